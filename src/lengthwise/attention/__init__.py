@@ -1,0 +1,54 @@
+"""Attention backends behind one varlen interface (FlashAttention's convention).
+
+    attend(q [Tq, H, D], k [Tk, Hkv, D], v [Tk, Hkv, D], meta) -> [Tq, H, D]
+
+Sequence i's queries are q[cu_q[i]:cu_q[i+1]]; its keys are k[cu_k[i] : cu_k[i] + used_k[i]]
+(used_k defaults to the cu_k spans). Queries are aligned to the end of their keys, so the same
+call serves packed prefill (Tq == Tk) and decode against a ragged KV cache (one query per sequence).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import LengthwiseError
+from .mask import MaskPattern, Causal, Bidirectional, SlidingWindow
+
+
+@dataclass
+class AttnMeta:
+    cu_q: torch.Tensor  # [B+1] int32
+    max_q: int
+    cu_k: torch.Tensor  # [B+1] int32; in a cache, the start of each sequence's region
+    max_k: int
+    used_k: torch.Tensor | None = None  # [B] int32 keys in use per sequence (cache decode)
+
+    @classmethod
+    def packed(cls, cu_seqlens: torch.Tensor, max_seqlen: int) -> "AttnMeta":
+        return cls(cu_seqlens, max_seqlen, cu_seqlens, max_seqlen)
+
+
+BACKENDS = ("reference", "varlen")
+
+
+def pick_backend(name: str | None, device: torch.device, dtype: torch.dtype) -> str:
+    if name in (None, "auto"):
+        return "varlen" if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) else "reference"
+    if name not in BACKENDS:
+        raise LengthwiseError(f"unknown attention backend {name!r}: choose one of {', '.join(BACKENDS)} or auto")
+    if name == "varlen" and (device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16)):
+        raise LengthwiseError("the varlen backend needs a CUDA device and float16/bfloat16: use --backend reference")
+    return name
+
+
+def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: str = "reference", scale: float | None = None):
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if backend == "reference":
+        from .reference import attend_reference
+        return attend_reference(q, k, v, meta, mask, scale)
+    from .varlen import attend_varlen
+    return attend_varlen(q, k, v, meta, mask, scale)
+
+
+__all__ = ["AttnMeta", "attend", "pick_backend", "BACKENDS", "MaskPattern", "Causal", "Bidirectional", "SlidingWindow"]

@@ -1,0 +1,77 @@
+"""Batched generation: one prepacked prefill, then decode steps over a ragged KV cache."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .kv import RaggedKVCache
+from .models.llama import Llama, Step
+from .ragged import RaggedBatch
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        from .errors import LengthwiseError
+        if self.temperature < 0:
+            raise LengthwiseError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise LengthwiseError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def sampler(self, device) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self.temperature == 0:
+            return lambda logits: logits.argmax(dim=-1)
+        gen = torch.Generator(device=device)
+        gen.manual_seed(self.seed if self.seed is not None else torch.seed())
+
+        def sample(logits):  # [B, V] -> [B]
+            probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+            if self.top_p < 1:
+                p_sorted, idx = probs.sort(dim=-1, descending=True)
+                # keep the smallest prefix whose mass reaches top_p (the top token always stays)
+                drop = (p_sorted.cumsum(-1) - p_sorted) >= self.top_p
+                p_sorted = p_sorted.masked_fill(drop, 0.0)
+                probs = torch.zeros_like(probs).scatter_(-1, idx, p_sorted)
+            return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+        return sample
+
+
+@torch.inference_mode()
+def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int],
+                 sampling: Sampling = Sampling(), backend: str = "reference",
+                 on_step: Callable[[int], None] | None = None) -> list[list[int]]:
+    """New token ids per prompt (EOS included when hit). Finished sequences leave the decode batch."""
+    dev = model.tok_embeddings.weight.device
+    cfg = model.cfg
+    batch = RaggedBatch.from_lists(prompts, dev)
+    cache = RaggedKVCache(cfg.n_layers, [len(p) + max_new_tokens for p in prompts], cfg.n_kv_heads, cfg.head_dim,
+                          model.tok_embeddings.weight.dtype, dev)
+    pick = sampling.sampler(dev)
+    active = torch.arange(len(prompts), device=dev)
+    slots, positions, meta = cache.plan(active, batch.cu_seqlens.diff().long())
+    step = Step(meta, model.mask, backend, cache, slots)
+    logits = model(batch.tokens, positions, step, out_rows=batch.last_index)  # [B, V]
+    out: list[list[int]] = [[] for _ in prompts]
+    for n in range(max_new_tokens):
+        nxt = pick(logits)  # [B_active]
+        keep = []
+        for j, (i, t) in enumerate(zip(active.tolist(), nxt.tolist())):
+            out[i].append(t)
+            if t not in eos_ids:
+                keep.append(j)
+        if on_step:
+            on_step(n + 1)
+        if not keep or n == max_new_tokens - 1:
+            break
+        keep_t = torch.tensor(keep, device=dev)
+        active, tokens = active[keep_t], nxt[keep_t]
+        slots, positions, meta = cache.plan(active, torch.ones_like(active))
+        logits = model(tokens, positions, Step(meta, model.mask, backend, cache, slots))
+    return out

@@ -1,0 +1,45 @@
+"""A ragged KV cache: one pool per layer, each sequence owning a region sized to its own need.
+
+Sequence i owns slots [start_i, start_i + capacity_i) and has used length_i of them. Nothing is
+padded to a batch maximum; attention reads exactly length_i keys per sequence (FlashAttention's
+seqused_k), so prefill, chunked prefill and decode are one code path.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..attention import AttnMeta
+from ..errors import LengthwiseError
+
+
+class RaggedKVCache:
+    def __init__(self, n_layers: int, capacities: list[int], n_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        cap = torch.tensor(capacities, dtype=torch.int64)
+        self.capacity = cap.to(device)  # [B]
+        self.start = (torch.cumsum(cap, 0) - cap).to(device)  # [B] region starts
+        self.length = torch.zeros(len(capacities), dtype=torch.int64, device=device)  # [B]
+        total = int(cap.sum())
+        self.k = torch.empty(n_layers, total, n_kv_heads, head_dim, dtype=dtype, device=device)  # [L, S, Hkv, D]
+        self.v = torch.empty_like(self.k)
+
+    def plan(self, seqs: torch.Tensor, n_new: torch.Tensor):
+        """Reserve n_new [B'] slots for the cache sequences seqs [B'] (ascending).
+
+        Returns slots [T] (where the new keys go), positions [T] and the AttnMeta for attending
+        over each sequence's whole cached prefix plus the new tokens.
+        """
+        old = self.length[seqs]
+        new_len = old + n_new
+        if bool((new_len > self.capacity[seqs]).any()):
+            raise LengthwiseError("KV cache region overflow: a sequence outgrew the space reserved for it")
+        cu_q = torch.zeros(len(seqs) + 1, dtype=torch.int32, device=seqs.device)
+        cu_q[1:] = torch.cumsum(n_new, 0)
+        offset = torch.arange(int(cu_q[-1]), device=seqs.device) - torch.repeat_interleave(cu_q[:-1].long(), n_new)
+        positions = torch.repeat_interleave(old, n_new) + offset  # [T]
+        slots = torch.repeat_interleave(self.start[seqs], n_new) + positions  # [T]
+        start = self.start[seqs]
+        cu_k = torch.cat([start, (start[-1] + self.capacity[seqs[-1]]).view(1)]).to(torch.int32)
+        meta = AttnMeta(cu_q, int(n_new.max()), cu_k, int(new_len.max()), new_len.to(torch.int32))
+        self.length[seqs] = new_len
+        return slots, positions, meta

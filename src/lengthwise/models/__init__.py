@@ -1,0 +1,1 @@
+"""Model families, one file each, and the loader that finds and reads checkpoints."""

@@ -1,0 +1,142 @@
+"""BERT family (BERT, MiniLM) on packed tokens: post-LayerNorm encoder, bidirectional within each sequence."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..attention import AttnMeta, MaskPattern, attend
+
+_ACTS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    hidden_dim: int
+    context_length: int = 512  # learned absolute positions: a hard limit
+    type_vocab_size: int = 2
+    norm_eps: float = 1e-12
+    act: str = "gelu"
+
+    @classmethod
+    def from_hf(cls, c: dict) -> "BertConfig":
+        return cls(
+            vocab_size=c["vocab_size"], dim=c["hidden_size"], n_layers=c["num_hidden_layers"],
+            n_heads=c["num_attention_heads"], hidden_dim=c["intermediate_size"],
+            context_length=c.get("max_position_embeddings", 512), type_vocab_size=c.get("type_vocab_size", 2),
+            norm_eps=c.get("layer_norm_eps", 1e-12), act=c.get("hidden_act", "gelu"),
+        )
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.wq = nn.Linear(cfg.dim, cfg.dim)
+        self.wk = nn.Linear(cfg.dim, cfg.dim)
+        self.wv = nn.Linear(cfg.dim, cfg.dim)
+        self.wo = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(self, x, meta: AttnMeta, backend: str):
+        T = x.shape[0]
+        q, k, v = (w(x).view(T, self.n_heads, -1) for w in (self.wq, self.wk, self.wv))  # [T, H, D]
+        return self.wo(attend(q, k, v, meta, MaskPattern(causal=False), backend).reshape(T, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        if cfg.act not in _ACTS:
+            from ..errors import LengthwiseError
+            raise LengthwiseError(f"unsupported BERT activation {cfg.act!r}: supported are {', '.join(_ACTS)}")
+        self.act = _ACTS[cfg.act]
+        self.attention = Attention(cfg)
+        self.attention_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim)
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim)
+        self.ffn_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+
+    def forward(self, x, meta, backend):
+        x = self.attention_norm(x + self.attention(x, meta, backend))  # post-LN
+        return self.ffn_norm(x + self.w2(self.act(self.w1(x))))
+
+
+class Bert(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.word = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.position = nn.Embedding(cfg.context_length, cfg.dim)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.dim)
+        self.embed_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+
+    def forward(self, tokens, positions, meta: AttnMeta, backend: str = "reference", token_types=None):
+        """tokens, positions [T] -> hidden states [T, dim]; token types default to segment 0."""
+        tt = self.token_type.weight[0] if token_types is None else self.token_type(token_types)
+        x = self.embed_norm(self.word(tokens) + tt + self.position(positions))
+        for layer in self.layers:
+            x = layer(x, meta, backend)
+        return x
+
+
+def pool(h: torch.Tensor, cu_seqlens: torch.Tensor, mode: str) -> torch.Tensor:
+    """Packed hidden states h [T, D] -> one vector per sequence [B, D]."""
+    lens = cu_seqlens.diff().long()
+    seq = torch.repeat_interleave(torch.arange(len(lens), device=h.device), lens)  # [T]
+    if mode == "cls":
+        return h[cu_seqlens[:-1].long()]
+    if mode == "max":
+        out = torch.full((len(lens), h.shape[1]), float("-inf"), dtype=h.dtype, device=h.device)
+        return out.scatter_reduce(0, seq[:, None].expand_as(h), h, "amax")
+    total = torch.zeros(len(lens), h.shape[1], dtype=torch.float32, device=h.device).index_add_(0, seq, h.float())
+    if mode == "mean":
+        return (total / lens[:, None]).to(h.dtype)
+    if mode == "mean_sqrt_len":
+        return (total / lens[:, None].float().sqrt()).to(h.dtype)
+    raise ValueError(f"unknown pooling {mode!r}")
+
+
+_NAMES = [
+    ("word.weight", "embeddings.word_embeddings.weight"),
+    ("position.weight", "embeddings.position_embeddings.weight"),
+    ("token_type.weight", "embeddings.token_type_embeddings.weight"),
+    ("embed_norm.{p}", "embeddings.LayerNorm.{p}"),
+    ("layers.{i}.attention.wq.{p}", "encoder.layer.{i}.attention.self.query.{p}"),
+    ("layers.{i}.attention.wk.{p}", "encoder.layer.{i}.attention.self.key.{p}"),
+    ("layers.{i}.attention.wv.{p}", "encoder.layer.{i}.attention.self.value.{p}"),
+    ("layers.{i}.attention.wo.{p}", "encoder.layer.{i}.attention.output.dense.{p}"),
+    ("layers.{i}.attention_norm.{p}", "encoder.layer.{i}.attention.output.LayerNorm.{p}"),
+    ("layers.{i}.w1.{p}", "encoder.layer.{i}.intermediate.dense.{p}"),
+    ("layers.{i}.w2.{p}", "encoder.layer.{i}.output.dense.{p}"),
+    ("layers.{i}.ffn_norm.{p}", "encoder.layer.{i}.output.LayerNorm.{p}"),
+]
+_RULES = [
+    (re.compile("^(?:bert\\.)?" + re.escape(hf).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)") + "$"), ours)
+    for ours, hf in _NAMES
+]
+
+
+def convert_checkpoint(sd: dict, cfg: BertConfig, fmt: str = "hf", arch: str = "bert") -> dict:
+    """The one load hook: HF names (with or without a 'bert.' prefix; old gamma/beta too) to ours."""
+    out = {}
+    for name, t in sd.items():
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        for pat, ours in _RULES:
+            m = pat.match(name)
+            if m:
+                out[ours.format(**m.groupdict())] = t
+                break
+    return out

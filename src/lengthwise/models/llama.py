@@ -1,0 +1,202 @@
+"""Llama family (Llama, SmolLM2, Qwen2, Mistral) on packed tokens: x is [T, dim], never [B, L, dim]."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..attention import AttnMeta, MaskPattern, attend
+from ..positions import RoPE, apply_rope
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    hidden_dim: int
+    head_dim: int = 0
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    context_length: int = 2048  # the trained context
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    sliding_window: int | None = None
+
+    def __post_init__(self):
+        self.head_dim = self.head_dim or self.dim // self.n_heads
+
+    @classmethod
+    def from_hf(cls, c: dict) -> "LlamaConfig":
+        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+        use_window = c.get("use_sliding_window", c.get("model_type") == "mistral")
+        return cls(
+            vocab_size=c["vocab_size"], dim=c["hidden_size"], n_layers=c["num_hidden_layers"],
+            n_heads=c["num_attention_heads"], n_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
+            hidden_dim=c["intermediate_size"], head_dim=c.get("head_dim") or 0, norm_eps=c.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", c.get("rope_theta", 10000.0)),
+            context_length=c.get("max_position_embeddings", 2048),
+            tie_embeddings=c.get("tie_word_embeddings", False),
+            qkv_bias=c.get("model_type") == "qwen2" or c.get("attention_bias", False),
+            o_bias=c.get("attention_bias", False),
+            sliding_window=c.get("sliding_window") if use_window else None,
+        )
+
+    @classmethod
+    def from_gguf(cls, f: dict, arch: str, tensor_names: set[str]) -> "LlamaConfig":
+        n_heads = f[f"{arch}.attention.head_count"]
+        return cls(
+            vocab_size=f.get(f"{arch}.vocab_size") or len(f["tokenizer.ggml.tokens"]), dim=f[f"{arch}.embedding_length"],
+            n_layers=f[f"{arch}.block_count"], n_heads=n_heads,
+            n_kv_heads=f.get(f"{arch}.attention.head_count_kv", n_heads), hidden_dim=f[f"{arch}.feed_forward_length"],
+            head_dim=f.get(f"{arch}.attention.key_length", 0), norm_eps=f[f"{arch}.attention.layer_norm_rms_epsilon"],
+            rope_theta=f.get(f"{arch}.rope.freq_base", 10000.0), context_length=f[f"{arch}.context_length"],
+            tie_embeddings="output.weight" not in tensor_names, qkv_bias="blk.0.attn_q.bias" in tensor_names,
+            sliding_window=f.get(f"{arch}.attention.sliding_window"),
+        )
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
+
+    def forward(self, x, cos, sin, step: "Step", layer: int):
+        T = x.shape[0]
+        q = apply_rope(self.wq(x).view(T, self.n_heads, self.head_dim), cos, sin)  # [T, H, D]
+        k = apply_rope(self.wk(x).view(T, self.n_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, D]
+        v = self.wv(x).view(T, self.n_kv_heads, self.head_dim)
+        if step.cache is not None:
+            step.cache.k[layer, step.slots] = k
+            step.cache.v[layer, step.slots] = v
+            k, v = step.cache.k[layer], step.cache.v[layer]
+        y = attend(q, k, v, step.meta, step.mask, step.backend)  # [T, H, D]
+        return self.wo(y.reshape(T, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # gate
+        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # up
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, x, cos, sin, step, layer):
+        x = x + self.attention(self.attention_norm(x), cos, sin, step, layer)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+@dataclass
+class Step:
+    """What one forward needs besides tokens: how sequences meet, and where keys are kept."""
+    meta: AttnMeta
+    mask: MaskPattern
+    backend: str = "reference"
+    cache: object | None = None  # RaggedKVCache
+    slots: torch.Tensor | None = None  # [T] cache slots of the new tokens
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: LlamaConfig, positions=None):
+        super().__init__()
+        self.cfg = cfg
+        self.positions = positions or RoPE()
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+
+    @property
+    def mask(self) -> MaskPattern:
+        return MaskPattern(causal=True, window=self.cfg.sliding_window)
+
+    def forward(self, tokens, positions, step: Step, out_rows=None):
+        """tokens, positions [T] -> logits [T, vocab], or [len(out_rows), vocab] for just those rows."""
+        cos, sin = self.positions.cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        x = self.tok_embeddings(tokens)  # [T, dim]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, step, i)
+        if out_rows is not None:
+            x = x[out_rows]
+        x = self.norm(x)
+        return F.linear(x, self.tok_embeddings.weight if self.output is None else self.output.weight)
+
+
+# One table adapts checkpoint names: (our name, HF name, GGUF name); {i} is the layer.
+_NAMES = [
+    ("tok_embeddings.weight", "model.embed_tokens.weight", "token_embd.weight"),
+    ("norm.weight", "model.norm.weight", "output_norm.weight"),
+    ("output.weight", "lm_head.weight", "output.weight"),
+    ("layers.{i}.attention_norm.weight", "model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight"),
+    ("layers.{i}.ffn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight"),
+    ("layers.{i}.attention.wq.{p}", "model.layers.{i}.self_attn.q_proj.{p}", "blk.{i}.attn_q.{p}"),
+    ("layers.{i}.attention.wk.{p}", "model.layers.{i}.self_attn.k_proj.{p}", "blk.{i}.attn_k.{p}"),
+    ("layers.{i}.attention.wv.{p}", "model.layers.{i}.self_attn.v_proj.{p}", "blk.{i}.attn_v.{p}"),
+    ("layers.{i}.attention.wo.{p}", "model.layers.{i}.self_attn.o_proj.{p}", "blk.{i}.attn_output.{p}"),
+    ("layers.{i}.feed_forward.w1.weight", "model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight"),
+    ("layers.{i}.feed_forward.w3.weight", "model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight"),
+    ("layers.{i}.feed_forward.w2.weight", "model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight"),
+]
+
+
+def _pattern(template: str) -> re.Pattern:
+    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)") + "$")
+
+
+_RULES = {fmt: [(_pattern(names[col]), names[0]) for names in _NAMES] for col, fmt in ((1, "hf"), (2, "gguf"))}
+
+
+def convert_checkpoint(sd: dict, cfg: LlamaConfig, fmt: str, arch: str = "llama") -> dict:
+    """The one load hook: checkpoint names (HF or GGUF) to ours. Unknown tensors are dropped."""
+    out = {}
+    for name, t in sd.items():
+        for pat, ours in _RULES[fmt]:
+            m = pat.match(name)
+            if m:
+                key = ours.format(**m.groupdict())
+                if fmt == "gguf" and arch == "llama" and name.endswith(("attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias")):
+                    t = _unpermute(t, cfg.n_heads if ".attn_q." in name else cfg.n_kv_heads)
+                out[key] = t
+                break
+    if cfg.tie_embeddings:
+        out.pop("output.weight", None)
+    return out
+
+
+def _unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    # llama.cpp stores q/k rows interleaved per head for its rotary kernel; undo to HF's half split.
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)

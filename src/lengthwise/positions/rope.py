@@ -1,0 +1,31 @@
+"""RoPE, rotary position embedding (Su et al., RoFormer, 2021).
+
+Each pair of channels is rotated by position * base^(-2i/d); attention then sees only relative offsets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class RoPE:
+    def inv_freq(self, head_dim: int, base: float) -> torch.Tensor:
+        """[head_dim/2] float32 angular frequencies."""
+        return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+
+    def cos_sin(self, positions: torch.Tensor, head_dim: int, base: float):
+        """positions [T] -> cos, sin [T, head_dim] float32."""
+        inv = self.inv_freq(head_dim, base).to(positions.device)
+        ang = positions.float()[:, None] * inv[None, :]  # [T, head_dim/2]
+        emb = torch.cat((ang, ang), dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, H, D] rotated by cos, sin [T, D]; the math runs in x's dtype, as HF does."""
+    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin

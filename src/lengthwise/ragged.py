@@ -1,0 +1,71 @@
+"""RaggedBatch: many sequences packed into one token stream, FlashAttention varlen style."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .errors import LengthwiseError
+
+
+@dataclass
+class RaggedBatch:
+    tokens: torch.Tensor  # [T] int64, every sequence back to back, no padding
+    cu_seqlens: torch.Tensor  # [B+1] int32, sequence i is tokens[cu[i]:cu[i+1]]
+    positions: torch.Tensor  # [T] int64, restarts at 0 for each sequence
+    max_seqlen: int
+
+    @classmethod
+    def from_lists(cls, seqs: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> "RaggedBatch":
+        if len(seqs) == 0:
+            raise LengthwiseError("empty batch: give at least one sequence")
+        lens = [len(s) for s in seqs]
+        if min(lens) == 0:
+            raise LengthwiseError(f"sequence {lens.index(0)} is empty: every sequence needs at least one token")
+        lens_t = torch.tensor(lens, dtype=torch.int64)
+        tokens = torch.tensor([t for s in seqs for t in s], dtype=torch.int64)
+        return cls.from_lens(tokens, lens_t, device)
+
+    @classmethod
+    def from_lens(cls, tokens: torch.Tensor, lens: torch.Tensor, device: torch.device | str = "cpu") -> "RaggedBatch":
+        cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(lens, 0)
+        # position = index minus the start of its own sequence
+        starts = torch.repeat_interleave(cu[:-1].to(torch.int64), lens)
+        positions = torch.arange(int(cu[-1]), dtype=torch.int64) - starts
+        return cls(tokens.to(device), cu.to(device), positions.to(device), int(lens.max()))
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], tokenizer, device: torch.device | str = "cpu", **kw) -> "RaggedBatch":
+        return cls.from_lists(tokenizer(list(texts), **kw)["input_ids"], device)
+
+    @property
+    def num_seqs(self) -> int:
+        return self.cu_seqlens.numel() - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens.numel()
+
+    @property
+    def lens(self) -> list[int]:
+        return self.cu_seqlens.diff().tolist()
+
+    @property
+    def last_index(self) -> torch.Tensor:
+        """[B] index of each sequence's last token in the packed stream."""
+        return self.cu_seqlens[1:].to(torch.int64) - 1
+
+    @property
+    def seq_ids(self) -> torch.Tensor:
+        """[T] which sequence each token belongs to."""
+        lens = self.cu_seqlens.diff().to(torch.int64)
+        return torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens)
+
+    def split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Split a packed [T, ...] output back into per-sequence [len_i, ...] views."""
+        return list(torch.split(x, self.lens, dim=0))
+
+    def to(self, device) -> "RaggedBatch":
+        return RaggedBatch(self.tokens.to(device), self.cu_seqlens.to(device), self.positions.to(device), self.max_seqlen)
