@@ -78,7 +78,7 @@ class CausalLM(_Loaded):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device)
             step = Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), self.module.mask, self.backend)
             for i, x in zip(group, b.split(self.module(b.tokens, b.positions, step))):
-                out[i] = x.float().cpu()
+                out[i] = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32).cpu()
         return out
 
     def generate(self, prompts: Sequence[str] | Sequence[Sequence[int]], max_new_tokens: int = 32,
