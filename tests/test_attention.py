@@ -1,0 +1,67 @@
+"""Attention backends against a dense float64 computation over the whole packed stream."""
+import pytest
+import torch
+
+from lengthwise.attention import AttnMeta, MaskPattern, attend
+from lengthwise.kv import RaggedKVCache
+
+
+def dense_reference(q, k, v, q_seq, k_seq, q_pos, k_pos, mask):
+    """Float64 attention over all T tokens with an explicit [Tq, Tk] mask: same sequence, plus the pattern."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1)
+    s = torch.einsum("qhd,khd->hqk", q.double(), k) / q.shape[-1] ** 0.5
+    ok = (q_seq[:, None] == k_seq[None, :]) & mask.allowed(q_pos, k_pos)
+    s = s.masked_fill(~ok, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", torch.softmax(s, -1), v)
+
+
+@pytest.mark.parametrize("mask", [MaskPattern(causal=True), MaskPattern(causal=False), MaskPattern(causal=True, window=5)])
+@pytest.mark.parametrize("lens", [[1], [3, 17, 1, 9], [40, 2]])
+def test_reference_packed_matches_dense(mask, lens):
+    g = torch.Generator().manual_seed(sum(lens))
+    T, H, Hkv, D = sum(lens), 4, 2, 8
+    q, k, v = (torch.randn(T, h, D, generator=g) for h in (H, Hkv, Hkv))
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
+    seq = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
+    pos = torch.arange(T) - cu[:-1].long()[seq]
+    out = attend(q, k, v, AttnMeta.packed(cu, max(lens)), mask, "reference")
+    ref = dense_reference(q, k, v, seq, seq, pos, pos, mask)
+    assert (out.double() - ref).abs().max() < 1e-5
+
+
+def test_cache_regions_with_gaps_match_dense():
+    """Decode against a ragged cache: each sequence reads only its own used slots, never the gaps."""
+    g = torch.Generator().manual_seed(1)
+    lens, Hkv, D = [5, 1, 12], 2, 8
+    cache = RaggedKVCache(1, [n + 4 for n in lens], Hkv, D, torch.float32, "cpu")
+    cache.k.fill_(float("nan"))  # unused slots are poison: reading one would show
+    cache.v.fill_(float("nan"))
+    seqs = torch.arange(3)
+    slots, pos, meta = cache.plan(seqs, torch.tensor(lens))
+    k, v = torch.randn(sum(lens), Hkv, D, generator=g), torch.randn(sum(lens), Hkv, D, generator=g)
+    cache.k[0, slots], cache.v[0, slots] = k, v
+    # one decode step for sequences 0 and 2 only
+    active = torch.tensor([0, 2])
+    slots2, pos2, meta2 = cache.plan(active, torch.ones(2, dtype=torch.long))
+    assert pos2.tolist() == [5, 12]
+    k2, v2 = torch.randn(2, Hkv, D, generator=g), torch.randn(2, Hkv, D, generator=g)
+    cache.k[0, slots2], cache.v[0, slots2] = k2, v2
+    q = torch.randn(2, 4, D, generator=g)
+    out = attend(q, cache.k[0], cache.v[0], meta2, MaskPattern(causal=True), "reference")
+    assert not out.isnan().any()
+    for j, (i, n) in enumerate([(0, 5), (2, 12)]):
+        start = sum(lens[:i])
+        kk = torch.cat([k[start:start + n], k2[j:j + 1]])
+        vv = torch.cat([v[start:start + n], v2[j:j + 1]])
+        p = torch.arange(n + 1)
+        ref = dense_reference(q[j:j + 1], kk, vv, torch.zeros(1), torch.zeros(n + 1), p[-1:], p, MaskPattern())
+        assert (out[j:j + 1].double() - ref).abs().max() < 1e-5
+
+
+def test_cache_overflow_is_an_error():
+    cache = RaggedKVCache(1, [2], 1, 4, torch.float32, "cpu")
+    cache.plan(torch.tensor([0]), torch.tensor([2]))
+    from lengthwise import LengthwiseError
+    with pytest.raises(LengthwiseError, match="overflow"):
+        cache.plan(torch.tensor([0]), torch.tensor([1]))
