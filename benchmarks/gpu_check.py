@@ -1,0 +1,127 @@
+"""GPU backend against the reference, on the GPU machine (see docs/gpu-check.md).
+
+    LENGTHWISE_MODEL_DIR=/tmp/lw-models PYTHONPATH=src python benchmarks/gpu_check.py
+
+Checks, all on mixed-length packed batches:
+  1. varlen attention kernels (bf16) against the float32 reference: plain causal, bidirectional,
+     sliding window, GQA, and decode against a ragged cache with gaps (seqused_k);
+  2. smollm2-135m logits: the varlen backend against the reference backend, both bf16 weights
+     (the backend's own error): max|diff| / max|ref| <= 2e-2. Reported beside it: varlen bf16
+     against reference float32, and reference bf16 against reference float32 (bf16's own drift);
+  3. greedy generation, varlen bf16 against reference float32 (agreement reported);
+  4. minilm-l6 embeddings, varlen bf16 against reference float32 (cosine per row);
+  5. random Qwen2 (qkv bias) and Mistral (window 64) configs, logits as in 2.
+Writes $OUT/gpu_check.json (or benchmarks/results/) and exits non-zero if a bound fails.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import lengthwise as lw  # noqa: E402
+from lengthwise.attention import AttnMeta, MaskPattern, attend  # noqa: E402
+from lengthwise.kv import RaggedKVCache  # noqa: E402
+
+BOUND = 2e-2
+rows, failed = [], []
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+def record(name, value, bound=None, higher_is_better=False):
+    ok = True if bound is None else (value >= bound if higher_is_better else value <= bound)
+    rows.append({"check": name, "value": value, "bound": bound, "ok": ok})
+    if not ok:
+        failed.append(name)
+    print(f"{'ok ' if ok else 'FAIL'} {name}: {value:.3g}" + ("" if bound is None else f" (bound {bound:g})"), flush=True)
+
+
+def kernels():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    lens = [1, 7, 64, 300, 1000, 33]
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    T, D = sum(lens), 64
+    for H, Hkv in [(8, 8), (9, 3)]:
+        q = torch.randn(T, H, D, device="cuda", generator=g)
+        k, v = (torch.randn(T, Hkv, D, device="cuda", generator=g) for _ in range(2))
+        for mask in [MaskPattern(True), MaskPattern(False), MaskPattern(True, window=48)]:
+            meta = AttnMeta.packed(cu, max(lens))
+            ref = attend(q, k, v, meta, mask, "reference")
+            out = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), meta, mask, "varlen")
+            record(f"kernel H={H} Hkv={Hkv} causal={mask.causal} window={mask.window}", rel(out, ref), BOUND)
+    # decode against a ragged cache with unused (poisoned) gaps
+    cache = RaggedKVCache(1, [n + 8 for n in lens], 3, D, torch.bfloat16, "cuda")
+    cache.k.fill_(float("nan"))
+    cache.v.fill_(float("nan"))
+    slots, _, _ = cache.plan(torch.arange(len(lens), device="cuda"), torch.tensor(lens, device="cuda"))
+    cache.k[0, slots] = torch.randn(T, 3, D, device="cuda", generator=g).bfloat16()
+    cache.v[0, slots] = torch.randn(T, 3, D, device="cuda", generator=g).bfloat16()
+    active = torch.tensor([0, 2, 3, 5], device="cuda")
+    slots2, _, meta2 = cache.plan(active, torch.ones_like(active))
+    cache.k[0, slots2] = torch.randn(4, 3, D, device="cuda", generator=g).bfloat16()
+    cache.v[0, slots2] = torch.randn(4, 3, D, device="cuda", generator=g).bfloat16()
+    q = torch.randn(4, 9, D, device="cuda", generator=g)
+    ref = attend(q, cache.k[0].float(), cache.v[0].float(), meta2, MaskPattern(True), "reference")
+    out = attend(q.bfloat16(), cache.k[0], cache.v[0], meta2, MaskPattern(True), "varlen")
+    record("kernel decode over ragged cache (seqused_k)", rel(out, ref), BOUND)
+
+
+def causal_model(name, lens=(1, 7, 64, 300, 1000)):
+    fast = lw.load(name, device="cuda", dtype="bfloat16", backend="varlen")
+    ref16 = lw.load(name, device="cuda", dtype="bfloat16", backend="reference")
+    ref = lw.load(name, device="cuda", dtype="float32", backend="reference")
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, fast.config.vocab_size, (n,), generator=g).tolist() for n in lens]
+    lf, l16, l32 = fast.logits(seqs), ref16.logits(seqs), ref.logits(seqs)
+    short = Path(str(name)).name
+    record(f"{short} logits, bf16: varlen vs reference backend, lens {list(lens)}",
+           max(rel(a, b) for a, b in zip(lf, l16)), BOUND)
+    record(f"{short} logits, varlen bf16 vs reference fp32", max(rel(a, b) for a, b in zip(lf, l32)))
+    record(f"{short} logits, reference bf16 vs reference fp32 (bf16's own drift)", max(rel(a, b) for a, b in zip(l16, l32)))
+    return fast, ref
+
+
+def main():
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
+    kernels()
+    fast, ref = causal_model("smollm2-135m")
+    prompts = ["The capital of France is", "Write a long story about a dragon who", "1, 2, 3,"]
+    a = fast.generate_ids(prompts, max_new_tokens=32)
+    b = ref.generate_ids(prompts, max_new_tokens=32)
+    agree = sum(x == y for p, q in zip(a, b) for x, y in zip(p, q)) / sum(len(p) for p in b)
+    record("smollm2-135m greedy 32 tokens, bf16 varlen vs fp32 reference: token agreement", agree)
+    enc_f = lw.load("minilm-l6", device="cuda", dtype="bfloat16", backend="varlen")
+    enc_r = lw.load("minilm-l6", device="cuda", dtype="float32", backend="reference")
+    texts = ["hi", "a sentence of moderate length about packing", "long text " * 100]
+    ef, er = torch.tensor(enc_f.embed(texts)), torch.tensor(enc_r.embed(texts))
+    record("minilm-l6 embeddings bf16 varlen vs fp32 reference: min cosine",
+           torch.nn.functional.cosine_similarity(ef, er).min().item(), 0.999, higher_is_better=True)
+    import tempfile
+    import transformers
+    with tempfile.TemporaryDirectory() as d:
+        for kind, cfg in [("qwen2", transformers.Qwen2Config), ("mistral", transformers.MistralConfig)]:
+            torch.manual_seed(0)
+            c = cfg(vocab_size=1000, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+                    num_key_value_heads=2, max_position_embeddings=4096, sliding_window=64 if kind == "mistral" else None)
+            m = getattr(transformers, f"{'Qwen2' if kind == 'qwen2' else 'Mistral'}ForCausalLM")(c)
+            m.save_pretrained(f"{d}/{kind}", safe_serialization=True)
+            causal_model(f"{d}/{kind}")
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "date": datetime.date.today().isoformat(), "bound": BOUND, "rows": rows, "failed": failed}
+    out = Path(os.environ.get("OUT", "benchmarks/results"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=1))
+    print("\nALL OK" if not failed else f"\nFAILED: {failed}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
