@@ -43,11 +43,49 @@ class Sampling:
         return sample
 
 
+class GraphDecoder:
+    """One decode step for every sequence, captured once as a CUDA graph and replayed per token.
+
+    Launch overhead dominates small-model decode; a replay is one launch. Finished sequences stay
+    in the batch (their outputs are ignored), which keeps every shape fixed.
+    """
+
+    def __init__(self, model: Llama, cache: RaggedKVCache, backend: str):
+        B = cache.length.numel()
+        self.tokens = torch.zeros(B, dtype=torch.int64, device=cache.length.device)  # [B] input buffer
+        self.cache, self.graph = cache, torch.cuda.CUDAGraph()
+
+        def step():
+            slots, positions, meta = cache.plan_decode_all()
+            return model(self.tokens, positions, Step(meta, model.mask, backend, cache, slots))
+
+        saved = cache.length.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph; its cache writes are overwritten later
+            for _ in range(2):
+                step()
+                cache.length.copy_(saved)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(self.graph):
+            self.logits = step()  # [B, V] output buffer
+        cache.length.copy_(saved)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        return self.logits
+
+
 @torch.inference_mode()
 def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int],
                  sampling: Sampling = Sampling(), backend: str = "reference",
-                 on_step: Callable[[int], None] | None = None) -> list[list[int]]:
-    """New token ids per prompt (EOS included when hit). Finished sequences leave the decode batch."""
+                 on_step: Callable[[int], None] | None = None, cuda_graph: bool | None = None) -> list[list[int]]:
+    """New token ids per prompt (EOS included when hit).
+
+    Eager decode drops finished sequences from the batch; with a CUDA graph (the default on a GPU
+    with the varlen backend) every sequence stays and one replay runs each step.
+    """
     dev = model.tok_embeddings.weight.device
     cfg = model.cfg
     batch = RaggedBatch.from_lists(prompts, dev)
@@ -58,18 +96,28 @@ def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eo
     slots, positions, meta = cache.plan(active, batch.cu_seqlens.diff().long())
     step = Step(meta, model.mask, backend, cache, slots)
     logits = model(batch.tokens, positions, step, out_rows=batch.last_index)  # [B, V]
+    if cuda_graph is None:
+        cuda_graph = dev.type == "cuda" and backend == "varlen"
+    graph = GraphDecoder(model, cache, backend) if cuda_graph and max_new_tokens > 1 else None
     out: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
     for n in range(max_new_tokens):
         nxt = pick(logits)  # [B_active]
         keep = []
         for j, (i, t) in enumerate(zip(active.tolist(), nxt.tolist())):
+            if done[i]:
+                continue
             out[i].append(t)
-            if t not in eos_ids:
+            done[i] = t in eos_ids
+            if not done[i]:
                 keep.append(j)
         if on_step:
             on_step(n + 1)
         if not keep or n == max_new_tokens - 1:
             break
+        if graph is not None:
+            logits = graph(nxt)
+            continue
         keep_t = torch.tensor(keep, device=dev)
         active, tokens = active[keep_t], nxt[keep_t]
         slots, positions, meta = cache.plan(active, torch.ones_like(active))

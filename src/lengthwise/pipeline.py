@@ -81,6 +81,23 @@ class CausalLM(_Loaded):
                 out[i] = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32).cpu()
         return out
 
+    @torch.inference_mode()
+    def next_token_logits(self, seqs: Sequence[Sequence[int]], max_tokens_per_forward: int = 65536,
+                          truncate: bool = False, on_group: Callable[[list[int]], None] | None = None) -> torch.Tensor:
+        """Prefill only: [B, vocab] logits of each sequence's last token, on the model's device.
+
+        The LM head runs on B rows, not T: what time-to-first-token needs.
+        """
+        seqs = self._fit([list(s) for s in seqs], self.context_length, truncate, "tail", "the model was trained on")
+        out = torch.empty(len(seqs), self.config.vocab_size, dtype=self.dtype, device=self.device)
+        for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
+            b = RaggedBatch.from_lists([seqs[i] for i in group], self.device)
+            step = Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), self.module.mask, self.backend)
+            out[group] = self.module(b.tokens, b.positions, step, out_rows=b.last_index)
+            if on_group:
+                on_group(group)
+        return out
+
     def generate(self, prompts: Sequence[str] | Sequence[Sequence[int]], max_new_tokens: int = 32,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = False,
                  truncate: bool = False, progress: Progress = None) -> list[str]:

@@ -1,9 +1,11 @@
 """RaggedBatch: many sequences packed into one token stream, FlashAttention varlen style."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .errors import LengthwiseError
@@ -24,7 +26,7 @@ class RaggedBatch:
         if min(lens) == 0:
             raise LengthwiseError(f"sequence {lens.index(0)} is empty: every sequence needs at least one token")
         lens_t = torch.tensor(lens, dtype=torch.int64)
-        tokens = torch.tensor([t for s in seqs for t in s], dtype=torch.int64)
+        tokens = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=sum(lens)))
         return cls.from_lens(tokens, lens_t, device)
 
     @classmethod

@@ -1,8 +1,9 @@
 """GPU attention through FlashAttention's varlen kernels as shipped in torch.
 
-The public `torch.nn.attention.varlen.varlen_attn` serves packed prefill. Older torch releases
-lack its window, GQA and seqused_k arguments; then the same kernel is reached through
-`aten._flash_attention_forward`, which has had them since torch 2.5.
+The public `torch.nn.attention.varlen.varlen_attn` serves what its installed release can do
+without copies. Its arguments grew over releases (torch 2.11 has window_size but no is_causal,
+enable_gqa or seqused_k), so whatever it cannot take (GQA without expanding heads, decode against
+a ragged cache) goes to the same kernel through `aten._flash_attention_forward`.
 """
 from __future__ import annotations
 
@@ -24,31 +25,20 @@ def _public_params() -> frozenset[str]:
 def attend_varlen(q, k, v, meta, mask, scale):
     params = _public_params()
     left, right = mask.flash_window
-    needs = set()
+    kw = {"window_size": (left, right)}
+    if "is_causal" in params:
+        kw["is_causal"] = mask.causal
+    if q.shape[1] != k.shape[1]:
+        kw["enable_gqa"] = True
     if meta.used_k is not None:
-        needs.add("seqused_k")
-    if left != -1:
-        needs.add("window_size")
+        kw["seqused_k"] = meta.used_k
     if scale != q.shape[-1] ** -0.5:
-        needs.add("scale")
-    if params and needs <= params:
+        kw["scale"] = scale
+    if set(kw) <= params:
         from torch.nn.attention.varlen import varlen_attn
-        kw = {}
-        if q.shape[1] != k.shape[1]:
-            if "enable_gqa" in params:
-                kw["enable_gqa"] = True
-            else:  # this torch's wrapper wants equal heads
-                rep = q.shape[1] // k.shape[1]
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        if "window_size" in needs:
-            kw["window_size"] = (left, right)
-        if "seqused_k" in needs:
-            kw["seqused_k"] = meta.used_k
-        if "scale" in needs:
-            kw["scale"] = scale
-        return varlen_attn(q, k, v, meta.cu_q, meta.cu_k, meta.max_q, meta.max_k, is_causal=mask.causal, **kw)
+        return varlen_attn(q, k, v, meta.cu_q, meta.cu_k, meta.max_q, meta.max_k, **kw)
     out = torch.ops.aten._flash_attention_forward(
         q, k, v, meta.cu_q, meta.cu_k, meta.max_q, meta.max_k, 0.0, mask.causal, False,
-        scale=scale, window_size_left=left if left != -1 else None,
-        window_size_right=right if right != -1 else None, seqused_k=meta.used_k)
+        scale=scale, window_size_left=None if left == -1 else left,
+        window_size_right=None if right == -1 else right, seqused_k=meta.used_k)
     return out[0]

@@ -22,6 +22,21 @@ class RaggedKVCache:
         total = int(cap.sum())
         self.k = torch.empty(n_layers, total, n_kv_heads, head_dim, dtype=dtype, device=device)  # [L, S, Hkv, D]
         self.v = torch.empty_like(self.k)
+        self.max_capacity = int(cap.max())
+        self.cu_k_all = torch.cat([self.start, self.start[-1:] + self.capacity[-1:]]).to(torch.int32)  # [B+1]
+
+    def plan_decode_all(self):
+        """One new token for every sequence, with no host sync, so a CUDA graph can capture it.
+
+        Same contract as plan(); the bound max_k is each region's capacity rather than its use.
+        """
+        B = self.length.numel()
+        positions = self.length.clone()  # [B]
+        slots = self.start + positions  # [B]
+        cu_q = torch.arange(B + 1, dtype=torch.int32, device=self.length.device)
+        meta = AttnMeta(cu_q, 1, self.cu_k_all, self.max_capacity, (positions + 1).to(torch.int32))
+        self.length += 1
+        return slots, positions, meta
 
     def plan(self, seqs: torch.Tensor, n_new: torch.Tensor):
         """Reserve n_new [B'] slots for the cache sequences seqs [B'] (ascending).

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import AttnMeta, MaskPattern, attend
+from . import fuse
 
 _ACTS = {
     "gelu": lambda x: F.gelu(x),
@@ -44,14 +45,12 @@ class Attention(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
-        self.wq = nn.Linear(cfg.dim, cfg.dim)
-        self.wk = nn.Linear(cfg.dim, cfg.dim)
-        self.wv = nn.Linear(cfg.dim, cfg.dim)
+        self.wqkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.wo = nn.Linear(cfg.dim, cfg.dim)
 
     def forward(self, x, meta: AttnMeta, backend: str):
         T = x.shape[0]
-        q, k, v = (w(x).view(T, self.n_heads, -1) for w in (self.wq, self.wk, self.wv))  # [T, H, D]
+        q, k, v = self.wqkv(x).view(T, 3, self.n_heads, -1).unbind(1)  # each [T, H, D]
         return self.wo(attend(q, k, v, meta, MaskPattern(causal=False), backend).reshape(T, -1))
 
 
@@ -139,4 +138,4 @@ def convert_checkpoint(sd: dict, cfg: BertConfig, fmt: str = "hf", arch: str = "
             if m:
                 out[ours.format(**m.groupdict())] = t
                 break
-    return out
+    return fuse(out, {"attention.wqkv": ("attention.wq", "attention.wk", "attention.wv")})

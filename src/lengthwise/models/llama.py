@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..attention import AttnMeta, MaskPattern, attend
 from ..positions import RoPE, apply_rope
+from . import fuse
 
 
 @dataclass
@@ -78,16 +79,15 @@ class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
 
     def forward(self, x, cos, sin, step: "Step", layer: int):
-        T = x.shape[0]
-        q = apply_rope(self.wq(x).view(T, self.n_heads, self.head_dim), cos, sin)  # [T, H, D]
-        k = apply_rope(self.wk(x).view(T, self.n_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, D]
-        v = self.wv(x).view(T, self.n_kv_heads, self.head_dim)
+        T, H, Hkv = x.shape[0], self.n_heads, self.n_kv_heads
+        qkv = self.wqkv(x).view(T, H + 2 * Hkv, self.head_dim)  # one GEMM for q, k and v
+        q = apply_rope(qkv[:, :H], cos, sin)  # [T, H, D]
+        k = apply_rope(qkv[:, H:H + Hkv], cos, sin)  # [T, Hkv, D]
+        v = qkv[:, H + Hkv:]
         if step.cache is not None:
             step.cache.k[layer, step.slots] = k
             step.cache.v[layer, step.slots] = v
@@ -99,12 +99,12 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # gate
-        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # up
+        self.w13 = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)  # gate and up in one GEMM
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -194,7 +194,9 @@ def convert_checkpoint(sd: dict, cfg: LlamaConfig, fmt: str, arch: str = "llama"
                 break
     if cfg.tie_embeddings:
         out.pop("output.weight", None)
-    return out
+    return fuse(out, {"attention.wqkv": ("attention.wq", "attention.wk", "attention.wv"),
+                      "feed_forward.w13": ("feed_forward.w1", "feed_forward.w3")})
+
 
 
 def _unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ Each pair of channels is rotated by position * base^(-2i/d); attention then sees
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -17,10 +18,17 @@ class RoPE:
 
     def cos_sin(self, positions: torch.Tensor, head_dim: int, base: float):
         """positions [T] -> cos, sin [T, head_dim] float32."""
-        inv = self.inv_freq(head_dim, base).to(positions.device)
+        inv = _on_device(self, head_dim, base, positions.device)
         ang = positions.float()[:, None] * inv[None, :]  # [T, head_dim/2]
         emb = torch.cat((ang, ang), dim=-1)
         return emb.cos(), emb.sin()
+
+
+@lru_cache(maxsize=64)
+def _on_device(scheme, head_dim: int, base: float, device: torch.device) -> torch.Tensor:
+    # computed once on the CPU (bit-equal to HF's init), then kept on the device: no copy per step,
+    # which also keeps decode steps capturable in a CUDA graph
+    return scheme.inv_freq(head_dim, base).to(device)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
