@@ -98,6 +98,13 @@ def main():
     b = ref.generate_ids(prompts, max_new_tokens=32)
     agree = sum(x == y for p, q in zip(a, b) for x, y in zip(p, q)) / sum(len(p) for p in b)
     record("smollm2-135m greedy 32 tokens, bf16 varlen vs fp32 reference: token agreement", agree)
+    from lengthwise.generate import generate_ids
+    ids = fast.tokenize(prompts * 3)
+    g = generate_ids(fast.module, ids, 48, set(), backend="varlen", cuda_graph=True)
+    e = generate_ids(fast.module, ids, 48, set(), backend="varlen", cuda_graph=False)
+    same = sum(x == y for p, q in zip(g, e) for x, y in zip(p, q)) / sum(len(p) for p in e)
+    record("smollm2-135m greedy 48 tokens, CUDA-graph decode vs eager decode: token agreement", same, 0.9,
+           higher_is_better=True)
     enc_f = lw.load("minilm-l6", device="cuda", dtype="bfloat16", backend="varlen")
     enc_r = lw.load("minilm-l6", device="cuda", dtype="float32", backend="reference")
     texts = ["hi", "a sentence of moderate length about packing", "long text " * 100]
