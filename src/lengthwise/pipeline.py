@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import AttnMeta, pick_backend
-from .errors import LengthwiseError
+from .errors import InputTooLong, LengthwiseError
 from .generate import Sampling, generate_ids
 from .models import load as L
 from .models.bert import pool
@@ -43,8 +43,7 @@ class _Loaded:
                 raise LengthwiseError(f"input {i} is empty: every input needs at least one token")
             if len(s) > limit:
                 if not truncate:
-                    raise LengthwiseError(f"input {i} has {len(s)} tokens, over the {limit} that {what}: "
-                                          "shorten it or pass truncate=True (--truncate)")
+                    raise InputTooLong(i, len(s), limit, what, "shorten it or pass truncate=True")
                 s = s[:limit] if keep == "head" else s[len(s) - limit:]
             out.append(list(s))
         return out
@@ -129,6 +128,10 @@ class Encoder(_Loaded):
         self.max_seq_length = min(settings["max_seq_length"] or self.config.context_length, self.config.context_length)
 
     @property
+    def context_length(self) -> int:
+        return self.max_seq_length
+
+    @property
     def dim(self) -> int:
         return self.config.dim
 
@@ -162,8 +165,21 @@ class Encoder(_Loaded):
         return self.embed_ids(self.tokenize(texts), max_tokens_per_forward, truncate, progress)
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise LengthwiseError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LengthwiseError(f"device {device}: torch sees no CUDA GPU here; use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LengthwiseError(f"device {device}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    elif dev.type != "cpu":
+        raise LengthwiseError(f"device {device}: lengthwise runs on cpu or cuda")
+    return dev
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -172,7 +188,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def load(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, backend: str = "auto") -> CausalLM | Encoder:
     """Load an embedded model by name, an HF folder (config.json + safetensors) or a .gguf file."""
-    dev = torch.device(device) if device is not None else _default_device()
+    dev = resolve_device(device)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise LengthwiseError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")

@@ -13,3 +13,9 @@ def fuse(sd: dict, groups: dict[str, tuple[str, ...]]) -> dict:
                 if all(k in out for k in keys):
                     out[f"{prefix}.{fused}.{suffix}"] = torch.cat([out.pop(k) for k in keys])
     return out
+
+
+def residual_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """The residual stream stays at least float32: with 16-bit weights only GEMM inputs are rounded,
+    not the running sum of 30 layers (in float32 and float64 nothing changes)."""
+    return torch.promote_types(weight_dtype, torch.float32)

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import AttnMeta, MaskPattern, attend
-from . import fuse
+from . import fuse, residual_dtype
 
 _ACTS = {
     "gelu": lambda x: F.gelu(x),
@@ -41,6 +41,14 @@ class BertConfig:
         )
 
 
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm in the residual dtype (at least float32), whatever the weights' dtype."""
+
+    def forward(self, x):
+        r = residual_dtype(x.dtype)
+        return F.layer_norm(x.to(r), self.normalized_shape, self.weight.to(r), self.bias.to(r), self.eps)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -62,14 +70,16 @@ class Block(nn.Module):
             raise LengthwiseError(f"unsupported BERT activation {cfg.act!r}: supported are {', '.join(_ACTS)}")
         self.act = _ACTS[cfg.act]
         self.attention = Attention(cfg)
-        self.attention_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attention_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim)
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim)
-        self.ffn_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.ffn_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps)
 
     def forward(self, x, meta, backend):
-        x = self.attention_norm(x + self.attention(x, meta, backend))  # post-LN
-        return self.ffn_norm(x + self.w2(self.act(self.w1(x))))
+        """x [T, dim] in the residual dtype; GEMMs run in the weights' dtype."""
+        w = self.w1.weight.dtype
+        x = self.attention_norm(x + self.attention(x.to(w), meta, backend))  # post-LN
+        return self.ffn_norm(x + self.w2(self.act(self.w1(x.to(w)))))
 
 
 class Bert(nn.Module):
@@ -79,13 +89,14 @@ class Bert(nn.Module):
         self.word = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.position = nn.Embedding(cfg.context_length, cfg.dim)
         self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.dim)
-        self.embed_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.embed_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
 
     def forward(self, tokens, positions, meta: AttnMeta, backend: str = "reference", token_types=None):
-        """tokens, positions [T] -> hidden states [T, dim]; token types default to segment 0."""
+        """tokens, positions [T] -> hidden states [T, dim] (at least float32); token types default to segment 0."""
         tt = self.token_type.weight[0] if token_types is None else self.token_type(token_types)
-        x = self.embed_norm(self.word(tokens) + tt + self.position(positions))
+        r = residual_dtype(self.word.weight.dtype)
+        x = self.embed_norm(self.word(tokens).to(r) + tt.to(r) + self.position(positions).to(r))
         for layer in self.layers:
             x = layer(x, meta, backend)
         return x

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..attention import AttnMeta, MaskPattern, attend
 from ..positions import RoPE, apply_rope
-from . import fuse
+from . import fuse, residual_dtype
 
 
 @dataclass
@@ -70,9 +70,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        """x in the residual dtype; the result in the weights' dtype, ready for the next GEMM."""
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return (self.weight * xf.to(x.dtype)).to(self.weight.dtype)
 
 
 class Attention(nn.Module):
@@ -147,7 +148,7 @@ class Llama(nn.Module):
     def forward(self, tokens, positions, step: Step, out_rows=None):
         """tokens, positions [T] -> logits [T, vocab], or [len(out_rows), vocab] for just those rows."""
         cos, sin = self.positions.cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
-        x = self.tok_embeddings(tokens)  # [T, dim]
+        x = self.tok_embeddings(tokens).to(residual_dtype(self.tok_embeddings.weight.dtype))  # [T, dim]
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, step, i)
         if out_rows is not None:

