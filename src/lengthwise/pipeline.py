@@ -186,8 +186,12 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None, backend: str = "auto") -> CausalLM | Encoder:
-    """Load an embedded model by name, an HF folder (config.json + safetensors) or a .gguf file."""
+         dtype: str | torch.dtype | None = None, backend: str = "auto", compile: bool = False) -> CausalLM | Encoder:
+    """Load an embedded model by name, an HF folder (config.json + safetensors) or a .gguf file.
+
+    compile=True runs the forward through torch.compile (dynamic shapes: one compile serves every
+    pack size), fusing norms, RoPE and activations; worth it for long runs on a GPU.
+    """
     dev = resolve_device(device)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
@@ -198,6 +202,8 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
     path = L.resolve(name_or_path)
     ck = L.read_checkpoint(path)
     module = L.build_module(ck, dtype, dev)
+    if compile:
+        module.forward = torch.compile(module.forward, dynamic=True)
     tok = L.load_tokenizer(path)
     args = (str(name_or_path), ck, module, tok, dev, dtype, chosen)
     if ck.family == "bert":
