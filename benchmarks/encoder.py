@@ -171,6 +171,8 @@ def main():
             print(table([r for r in rows if r["model"] == kind and r["mix"] == mix_name],
                         ["model", "mix", "system", "tokens_per_s", "lengthwise_speedup", "peak_gib"]), flush=True)
     name = "encoder_cpu" if device.type == "cpu" else "encoder"
+    if args.models and device.type == "cuda":
+        name += "_" + args.models.replace(",", "_")
 
     def plot(plt, rows):
         for r in rows:
