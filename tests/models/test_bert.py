@@ -5,7 +5,6 @@ import torch
 import transformers
 
 import lengthwise as lw
-from conftest import rel_err
 
 TEXTS = [
     "hi",

@@ -1,0 +1,106 @@
+"""Where the time goes, for the targets docs/benchmarks.md reports as missed.
+
+    LENGTHWISE_MODEL_DIR=/tmp/lw-models PYTHONPATH=src python benchmarks/profile.py
+
+For each workload: wall time, GPU-busy time (the sum of kernel durations from torch.profiler), the
+gap between them (launch gaps and Python overhead), and the GPU time split by kernel kind.
+Writes $OUT/profile.json (or benchmarks/results/).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import ROOT, mix, random_ids, sync
+from torch.profiler import ProfilerActivity, profile
+
+import lengthwise as lw
+from lengthwise import RaggedBatch
+from lengthwise.generate import GraphDecoder
+from lengthwise.models.llama import Step
+from lengthwise.kv import RaggedKVCache
+from lengthwise.models.load import EMBEDDED, locate_embedded
+
+
+def kind(name: str) -> str:
+    n = name.lower()
+    if "flash" in n or "fmha" in n or "attn" in n:
+        return "attention"
+    if "gemm" in n or "cutlass" in n or "sm90" in n or "nvjet" in n or "matmul" in n or "xmma" in n:
+        return "gemm"
+    if "triton" in n:
+        return "fused (triton)"
+    if "norm" in n:
+        return "norm"
+    if "index" in n or "scatter" in n or "gather" in n or "copy" in n or "cat" in n:
+        return "copy/index"
+    return "elementwise/other"
+
+
+def measure(label: str, fn, reps: int = 5) -> dict:
+    fn()
+    sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    wall = (time.perf_counter() - t) / reps
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        sync()
+    split: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            split[kind(e.name)] = split.get(kind(e.name), 0.0) + e.device_time / 1e3 / reps
+    busy = sum(split.values())
+    row = {"workload": label, "wall_ms": wall * 1e3, "gpu_busy_ms": busy, "gap_ms": wall * 1e3 - busy,
+           "busy_pct": busy / (wall * 1e3) * 100, "split_ms": dict(sorted(split.items(), key=lambda kv: -kv[1]))}
+    print(f"{label}: wall {row['wall_ms']:.2f} ms, GPU busy {busy:.2f} ms ({row['busy_pct']:.0f}%), "
+          + ", ".join(f"{k} {v:.2f}" for k, v in row["split_ms"].items()), flush=True)
+    return row
+
+
+def main():
+    rows = []
+    minilm = locate_embedded(EMBEDDED["minilm-l6"])
+    with tempfile.TemporaryDirectory() as d:
+        import transformers
+        torch.manual_seed(0)
+        transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False).save_pretrained(f"{d}/bert-base")
+        for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copy(minilm / f, f"{d}/bert-base/{f}")
+        ids = random_ids(mix("lognormal", 3072, seed=1), 30522)
+        for compiled in (False, True):
+            enc = lw.load(f"{d}/bert-base", device="cuda", dtype="bfloat16", compile=compiled)
+            rows.append(measure(f"bert-base mix (a), 3072 texts, 64k-token packs{' +compile' if compiled else ''}",
+                                lambda: enc.embed_ids(ids, max_tokens_per_forward=65536), reps=3))
+    smol = lw.load("smollm2-135m", device="cuda", dtype="bfloat16")
+    seqs = random_ids(mix("lognormal", 64, seed=5), smol.config.vocab_size, low=10)
+    for compiled in (False, True):
+        m = lw.load("smollm2-135m", device="cuda", dtype="bfloat16", compile=True) if compiled else smol
+        cfg = m.config
+        cache = RaggedKVCache(cfg.n_layers, [len(s) + 129 for s in seqs], cfg.n_kv_heads, cfg.head_dim, torch.bfloat16, "cuda")
+        batch = RaggedBatch.from_lists(seqs, "cuda")
+        slots, positions, meta = cache.plan(torch.arange(len(seqs), device="cuda"), batch.cu_seqlens.diff().long())
+        m.module(batch.tokens, positions, Step(meta, m.module.mask, m.backend, cache, slots), out_rows=batch.last_index)
+        graph = GraphDecoder(m.module, cache, m.backend)
+        tok = torch.ones(len(seqs), dtype=torch.long, device="cuda")
+
+        def step():
+            graph(tok)
+            cache.length -= 1  # replay the same step: the profile of one decode step
+        rows.append(measure(f"smollm2-135m decode step, 64 sequences, CUDA graph{' +compile' if compiled else ''}", step, reps=50))
+    out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                                  "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
