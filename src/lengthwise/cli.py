@@ -441,6 +441,105 @@ def generate(
         typer.echo(f"wrote {len(prompts)} completions to {output}", err=True)
 
 
+def _split_tasks(text: str) -> list[str]:
+    """'passkey,niah_single:haystack=noise,num_needles=2' -> ['passkey', 'niah_single:haystack=noise,num_needles=2']."""
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if "=" in part and ":" not in part and out:
+            out[-1] += "," + part  # another option of the task before
+        else:
+            out.append(part)
+    return out
+
+
+@app.command("eval", help="""\
+Run a length-evaluation grid: tasks x lengths x depths x samples, one JSON line per cell.
+
+Results are appended as each cell finishes. Rerunning the same command skips finished cells, so a
+killed run resumes where it stopped (it loses at most the cells in flight).
+
+[bold]Tasks[/bold]: passkey, niah_single, niah_multikey, niah_multivalue, niah_multiquery,
+variable_tracking, common_words, frequent_words, threads, confusing_facts (see docs/evaluation.md);
+options follow a colon, e.g. niah_single:haystack=noise.
+
+[bold]Examples[/bold]
+  lengthwise eval --model smollm2-135m --tasks passkey,niah_single --lengths 1k,2k,4k,8k --depths 5 --samples 4 --out runs/x.jsonl
+  lengthwise eval --backend hf --hf-rope '{"rope_type": "yarn", "factor": 4.0}' --tasks passkey --lengths 16k --out runs/hf.jsonl
+  lengthwise report runs/x.jsonl
+""")
+def eval_(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="RESULTS.jsonl", help="The results store (JSONL); created or resumed.")],
+    model: Annotated[str, ModelOpt] = "smollm2-135m",
+    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated task names, with options after a colon.")] = "passkey",
+    lengths: Annotated[str, typer.Option("--lengths", help="Prompt lengths in the model's tokens; k = 1024 (e.g. 1k,2k,4k).")] = "1k,2k,4k",
+    depths: Annotated[str, typer.Option("--depths", help="A count of depths spread over 0-100 (e.g. 5), or percentages (e.g. 10,50,90).")] = "5",
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Samples per task x length x depth cell.")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the generated prompts: same seed, same prompts.")] = 0,
+    backend: Annotated[str, typer.Option("--backend", help="lengthwise (the packed engine) or hf (HF transformers, the peer).")] = "lengthwise",
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap prompts in the model's chat template.")] = False,
+    hf_rope: Annotated[Optional[str], typer.Option("--hf-rope", metavar="JSON", help="hf backend: HF's own rope scaling, e.g. '{\"rope_type\": \"dynamic\", \"factor\": 8.0}'.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Run even when the CPU time estimate is absurd.")] = False,
+    allow_beyond_context: Annotated[bool, typer.Option("--allow-beyond-context", help="Run lengths past the model's trained context (warns).")] = False,
+    device: Annotated[Optional[str], DeviceOpt] = None,
+    dtype: Annotated[Dtype, DtypeOpt] = None,
+    max_batch_tokens: Annotated[int, typer.Option("--max-batch-tokens", min=1, help="Prompt tokens packed into one batch.")] = 65536,
+):
+    from .evaluation import EvalConfig, ResultStore, make_runner, run
+    from .evaluation.grid import cells, parse_depths, parse_lengths
+    rope = None
+    if hf_rope:
+        try:
+            rope = json.loads(hf_rope)
+        except json.JSONDecodeError as e:
+            raise LengthwiseError(f"--hf-rope is not valid JSON ({e.msg}): e.g. '{{\"rope_type\": \"yarn\", \"factor\": 4.0}}'") from None
+    cfg = EvalConfig(model=model, tasks=_split_tasks(tasks), lengths=parse_lengths(lengths), depths=parse_depths(depths),
+                     samples=samples, seed=seed, backend=backend, chat=chat, hf_rope=rope, device=device, dtype=dtype,
+                     max_batch_tokens=max_batch_tokens)
+    store = ResultStore(out)
+    if out.is_dir():
+        raise LengthwiseError(f"cannot write {out}: it is a directory")
+    if not out.parent.exists():
+        raise LengthwiseError(f"cannot write {out}: directory {out.parent} does not exist")
+    ids = {c.id for c in cells(cfg)}
+    total = len(ids)
+    todo = total - len(store.done_ids() & ids)
+    if todo == 0:
+        typer.echo(f"all {total} cells are already in {out}", err=True)
+        return
+    resolve_device(device)
+    runner = make_runner(cfg)
+    with _progress(f"eval ({todo} of {total} cells)", todo, "cells") as done:
+        n = run(cfg, store, runner, yes=yes, allow_beyond_context=allow_beyond_context,
+                progress=lambda k, _: done(k), warn=_warn)
+    typer.echo(f"ran {n} cells; {out} now holds {len(store.done_ids() & ids)} of this grid's {total}", err=True)
+
+
+@app.command(help="""\
+Summarize an eval results file: accuracy by task x length, depth x length heatmaps and
+accuracy-against-length curves (PNG), and optionally a markdown summary.
+
+Unreadable lines are reported by number and skipped; the rest is kept.
+""")
+def report(
+    results: Annotated[Path, typer.Argument(metavar="RESULTS.jsonl", help="A results store written by lengthwise eval.", show_default=False)],
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="Where the PNGs go. [default: RESULTS_report/ beside the file]")] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", metavar="FILE.md", help="Also write a markdown summary.")] = None,
+):
+    from .report import format_table, report as make_report
+    r = make_report(results, out_dir, markdown)
+    typer.echo(format_table(r["table"]))
+    typer.echo(f"wrote {len(r['plots'])} plots" + (f" and {markdown}" if markdown else ""), err=True)
+    bad = [w for w in r["warnings"] if w.startswith("line ")]
+    for w in r["warnings"]:
+        if w not in bad:
+            _warn(w)
+    if bad:  # the report covers the readable records; the exit code still says the file is damaged
+        n = sum(row.get("n", 0) for row in r["table"])
+        raise LengthwiseError(f"{len(bad)} unreadable line{'s' if len(bad) > 1 else ''} in {results} "
+                              f"({'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''}); the report covers the other {n} records")
+
+
 def main() -> None:
     """The console script: `lengthwise ...`."""
     app(prog_name="lengthwise")

@@ -14,6 +14,8 @@ import torch
 
 from ..errors import LengthwiseError
 from .mask import MaskPattern, Causal, Bidirectional, SlidingWindow
+from .reference import attend_reference
+from .varlen import attend_varlen
 
 
 @dataclass
@@ -45,9 +47,7 @@ def pick_backend(name: str | None, device: torch.device, dtype: torch.dtype) -> 
 def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: str = "reference", scale: float | None = None):
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if backend == "reference":
-        from .reference import attend_reference
         return attend_reference(q, k, v, meta, mask, scale)
-    from .varlen import attend_varlen
     return attend_varlen(q, k, v, meta, mask, scale)
 
 

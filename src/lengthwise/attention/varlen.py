@@ -8,22 +8,21 @@ a ragged cache) goes to the same kernel through `aten._flash_attention_forward`.
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
 
 import torch
 
 
-@lru_cache(maxsize=1)
-def _public_params() -> frozenset[str]:
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return frozenset()
-    return frozenset(inspect.signature(varlen_attn).parameters)
+try:
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # torch < 2.10
+    varlen_attn = None
+
+# read once: a plain constant keeps torch.compile from breaking the graph here
+_PARAMS = frozenset(inspect.signature(varlen_attn).parameters) if varlen_attn else frozenset()
 
 
 def attend_varlen(q, k, v, meta, mask, scale):
-    params = _public_params()
+    params = _PARAMS
     left, right = mask.flash_window
     kw = {"window_size": (left, right)}
     if "is_causal" in params:
@@ -35,7 +34,6 @@ def attend_varlen(q, k, v, meta, mask, scale):
     if scale != q.shape[-1] ** -0.5:
         kw["scale"] = scale
     if set(kw) <= params:
-        from torch.nn.attention.varlen import varlen_attn
         return varlen_attn(q, k, v, meta.cu_q, meta.cu_k, meta.max_q, meta.max_k, **kw)
     out = torch.ops.aten._flash_attention_forward(
         q, k, v, meta.cu_q, meta.cu_k, meta.max_q, meta.max_k, 0.0, mask.causal, False,

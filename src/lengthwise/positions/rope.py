@@ -5,7 +5,6 @@ Each pair of channels is rotated by position * base^(-2i/d); attention then sees
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
@@ -24,11 +23,16 @@ class RoPE:
         return emb.cos(), emb.sin()
 
 
-@lru_cache(maxsize=64)
+_INV_FREQ: dict = {}
+
+
 def _on_device(scheme, head_dim: int, base: float, device: torch.device) -> torch.Tensor:
     # computed once on the CPU (bit-equal to HF's init), then kept on the device: no copy per step,
-    # which also keeps decode steps capturable in a CUDA graph
-    return scheme.inv_freq(head_dim, base).to(device)
+    # which also keeps decode steps capturable in a CUDA graph (a plain dict, which torch.compile traces)
+    key = (scheme, head_dim, base, str(device))
+    if key not in _INV_FREQ:
+        _INV_FREQ[key] = scheme.inv_freq(head_dim, base).to(device)
+    return _INV_FREQ[key]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,132 @@
+"""Backends that run the same prompts: lengthwise's packed engine, and HF transformers as the peer.
+
+Both take Samples from tasks/ and return (outputs, timing). They render prompts identically, so a
+cell's prompt tokens are byte-identical across backends.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+import torch
+
+from ..errors import LengthwiseError
+
+
+def make_render(tok, chat: bool):
+    """render(prompt, answer_prefix) -> token ids; the answer prefix opens the model's own turn."""
+    cache: OrderedDict = OrderedDict()
+
+    def render(prompt: str, prefix: str) -> list[int]:
+        key = (prompt, prefix)
+        if key in cache:
+            return cache[key]
+        if chat:
+            if not tok.chat_template:
+                raise LengthwiseError("this model has no chat template: drop --chat")
+            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                          tokenize=True, return_dict=True)["input_ids"]
+            ids = list(ids) + tok(prefix, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tok(prompt + "\n" + prefix)["input_ids"]
+        cache[key] = ids
+        if len(cache) > 8:
+            cache.popitem(last=False)
+        return ids
+
+    return render
+
+
+class _Timer:
+    """Prefill time (to the first new token) and decode time of one batch, plus peak GPU memory."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self.t0 = time.perf_counter()
+        self.first = None
+
+    def step(self, n: int):
+        if n == 1:
+            self.first = time.perf_counter()
+
+    def result(self) -> dict:
+        if self.cuda:
+            torch.cuda.synchronize()
+        end = time.perf_counter()
+        first = self.first or end
+        return {"prefill_s": first - self.t0, "decode_s": end - first,
+                "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None}
+
+
+class LengthwiseRunner:
+    """The packed engine: a batch's prompts prefill as one packed stream, then decode together."""
+
+    def __init__(self, model: str, chat: bool = False, device=None, dtype=None):
+        from ..pipeline import CausalLM, load
+        self.lm = load(model, device=device, dtype=dtype)
+        if not isinstance(self.lm, CausalLM):
+            raise LengthwiseError(f"{model} is an encoder: eval needs a causal language model")
+        self.tok = self.lm.tokenizer
+        self.render = make_render(self.tok, chat)
+        cfg = self.lm.config
+        self.context_length, self.n_layers, self.width = cfg.context_length, cfg.n_layers, cfg.n_heads * cfg.head_dim
+        self.n_params = sum(p.numel() for p in self.lm.module.parameters())
+        self.on_cpu = self.lm.device.type == "cpu"
+
+    def generate(self, samples) -> tuple[list[str], dict]:
+        from ..generate import Sampling, generate_ids
+        ids = [self.render(s.prompt, s.answer_prefix) for s in samples]
+        timer = _Timer(self.lm.device)
+        new = generate_ids(self.lm.module, ids, max(s.max_new_tokens for s in samples), self.lm.eos_ids,
+                           Sampling(), self.lm.backend, on_step=timer.step)
+        timing = timer.result()
+        return [self.tok.decode(x, skip_special_tokens=True) for x in new], timing
+
+
+class HFRunner:
+    """HF transformers' AutoModelForCausalLM, one prompt at a time, greedy; its own rope scaling if given."""
+
+    def __init__(self, model: str, chat: bool = False, device=None, dtype=None, hf_rope: dict | None = None):
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from ..models.load import load_tokenizer, resolve
+        from ..pipeline import DTYPES, resolve_device
+        path = resolve(model)
+        self.device = resolve_device(device)
+        dt = DTYPES[dtype] if isinstance(dtype, str) else dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        folder, kw = (path.parent, {"gguf_file": path.name}) if path.suffix == ".gguf" else (path, {})
+        cfg = AutoConfig.from_pretrained(str(folder), **kw)
+        self.context_length = cfg.max_position_embeddings
+        if hf_rope:
+            if getattr(cfg, "rope_parameters", None) is not None:
+                cfg.rope_parameters = {**cfg.rope_parameters, **hf_rope}
+            else:
+                cfg.rope_scaling = hf_rope
+        self.model = AutoModelForCausalLM.from_pretrained(str(folder), config=cfg, dtype=dt, **kw).to(self.device).eval()
+        self.tok = load_tokenizer(path)
+        self.render = make_render(self.tok, chat)
+        self.n_layers, self.width = cfg.num_hidden_layers, cfg.hidden_size
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.on_cpu = self.device.type == "cpu"
+
+    @torch.inference_mode()
+    def generate(self, samples) -> tuple[list[str], dict]:
+        outs = []
+        timer = _Timer(self.device)
+        for s in samples:
+            ids = torch.tensor([self.render(s.prompt, s.answer_prefix)], device=self.device)
+            eos = self.tok.eos_token_id
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=s.max_new_tokens,
+                                      do_sample=False, eos_token_id=eos, pad_token_id=eos)
+            outs.append(self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        timing = timer.result()
+        timing["prefill_s"], timing["decode_s"] = None, timing["prefill_s"] + timing["decode_s"]  # not separable here
+        return outs, timing
+
+
+def make_runner(cfg):
+    if cfg.backend == "hf":
+        return HFRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype, cfg.hf_rope)
+    return LengthwiseRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype)

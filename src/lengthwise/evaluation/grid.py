@@ -1,0 +1,157 @@
+"""The grid runner: model x method x task x length x depth x sample, resumable, batched.
+
+Every cell gets a stable id from its full config; a rerun with the same config skips the cells the
+store already holds. Cells of one task and length run as one packed batch (lengthwise backend) or
+one prompt at a time (hf backend), and each finished cell is appended to the store at once.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from ..errors import LengthwiseError
+from ..tasks import get_task
+from .store import ResultStore
+
+BACKENDS = ("lengthwise", "hf")
+
+
+@dataclass
+class EvalConfig:
+    model: str
+    tasks: list[str]
+    lengths: list[int]
+    depths: list[float]
+    samples: int = 4
+    seed: int = 0
+    method: str = "none"
+    backend: str = "lengthwise"
+    chat: bool = False
+    hf_rope: dict | None = None  # the hf backend's own rope scaling, e.g. {"rope_type": "yarn", "factor": 4.0}
+    device: str | None = None
+    dtype: str | None = None
+    max_batch_tokens: int = 65536
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise LengthwiseError(f"unknown eval backend {self.backend!r}: choose {' or '.join(BACKENDS)}")
+        bad = [d for d in self.depths if not 0 <= d <= 100]
+        if bad:
+            raise LengthwiseError(f"depth {bad[0]:g} is outside 0-100: depths are percentages of the context")
+        if self.samples < 1:
+            raise LengthwiseError(f"samples must be at least 1, got {self.samples}")
+        if not self.lengths or min(self.lengths) < 1:
+            raise LengthwiseError("give at least one positive length")
+        for t in self.tasks:
+            get_task(t)  # unknown names and options fail here, before any model loads
+        if self.hf_rope and self.backend != "hf":
+            raise LengthwiseError("hf_rope applies to the hf backend only: use --positions for lengthwise")
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    length: int
+    depth: float
+    sample: int
+    id: str = field(compare=False)
+
+
+def cell_id(cfg: EvalConfig, task: str, length: int, depth: float, sample: int) -> str:
+    key = {"model": cfg.model, "method": cfg.method, "backend": cfg.backend, "chat": cfg.chat, "hf_rope": cfg.hf_rope,
+           "seed": cfg.seed, "task": task, "length": length, "depth": depth, "sample": sample}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cells(cfg: EvalConfig) -> list[Cell]:
+    return [Cell(t, n, d, s, cell_id(cfg, t, n, d, s))
+            for t in cfg.tasks for n in cfg.lengths for d in cfg.depths for s in range(cfg.samples)]
+
+
+def sample_seed(cfg: EvalConfig, sample: int) -> int:
+    return cfg.seed * 1_000_003 + sample
+
+
+def estimate_seconds(cfg: EvalConfig, n_params: int, n_layers: int, width: int, todo: list[Cell], cpu: bool) -> float:
+    """A rough time for the grid: matmul FLOPs plus causal attention, at a conservative device rate."""
+    rate = 4e10 if cpu else 1e14  # FLOP/s actually reached: 2 CPU cores in float32, or a GPU in bf16
+    flops = sum(2 * n_params * c.length + 2 * n_layers * width * c.length**2 for c in todo)
+    return flops / rate
+
+
+def run(cfg: EvalConfig, store: ResultStore, runner, yes: bool = False, allow_beyond_context: bool = False,
+        progress: Callable[[int, int], None] | None = None, warn: Callable[[str], None] = print) -> int:
+    """Run every cell the store lacks; returns how many ran. `runner` is a loaded backend (backends.py)."""
+    todo = [c for c in cells(cfg) if c.id not in store.done_ids()]
+    if not todo:
+        return 0
+    longest = max(c.length for c in todo)
+    if longest > runner.context_length:
+        msg = (f"length {longest} is beyond the {runner.context_length}-token context {cfg.model} was trained on "
+               f"and method {cfg.method!r} does not claim to reach it")
+        if not allow_beyond_context:
+            raise LengthwiseError(msg + ": pass --allow-beyond-context to run it anyway")
+        warn(msg + "; running anyway (--allow-beyond-context)")
+    secs = estimate_seconds(cfg, runner.n_params, runner.n_layers, runner.width, todo, runner.on_cpu)
+    if runner.on_cpu and secs > 1800 and not yes:
+        raise LengthwiseError(f"this grid ({len(todo)} cells, up to {longest} tokens) would take about "
+                              f"{secs / 3600:.1f} h on this CPU: shrink it, use a GPU, or pass --yes")
+    store.open_for_append()
+    done = 0
+    for batch in _batches(todo, cfg.max_batch_tokens):
+        samples = [get_task(c.task).make(runner.render, c.length, c.depth, sample_seed(cfg, c.sample)) for c in batch]
+        outputs, timing = runner.generate(samples)
+        for c, s, out in zip(batch, samples, outputs):
+            store.append({
+                "id": c.id, "model": cfg.model, "method": cfg.method, "backend": cfg.backend, "task": c.task,
+                "length": c.length, "depth": c.depth, "sample": c.sample, "seed": s.seed,
+                "score": get_task(c.task).score(out, s), "output": out, "answers": list(s.answers),
+                "prompt_tokens": s.n_tokens, **timing, "batch_size": len(batch), "config": asdict(cfg),
+                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            })
+            done += 1
+        if progress:
+            progress(done, len(todo))
+    return done
+
+
+def _batches(todo: list[Cell], max_tokens: int) -> list[list[Cell]]:
+    """Cells of one task and length together, up to max_tokens prompt tokens per batch."""
+    groups: dict[tuple[str, int], list[Cell]] = {}
+    for c in todo:
+        groups.setdefault((c.task, c.length), []).append(c)
+    out = []
+    for group in groups.values():
+        per = max(1, max_tokens // group[0].length)
+        out += [group[i:i + per] for i in range(0, len(group), per)]
+    return out
+
+
+def parse_lengths(text: str) -> list[int]:
+    """'1k,2k,4k' -> [1024, 2048, 4096]; plain numbers are tokens."""
+    out = []
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        try:
+            out.append(int(float(part[:-1]) * 1024) if part.endswith("k") else int(part))
+        except ValueError:
+            raise LengthwiseError(f"cannot read length {part!r}: use tokens like 4096 or 4k") from None
+    if not out or min(out) < 1:
+        raise LengthwiseError(f"lengths {text!r}: give positive lengths like 1k,2k,4k")
+    return out
+
+
+def parse_depths(text: str) -> list[float]:
+    """'5' -> 5 depths evenly from 0 to 100; '10,50,90' or '50%' -> those percentages."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) == 1 and parts[0].isdigit():
+        n = int(parts[0])
+        if n < 1:
+            raise LengthwiseError("--depths 0: give a count of at least 1, or percentages like 10,50,90")
+        return [50.0] if n == 1 else [round(100 * i / (n - 1), 2) for i in range(n)]
+    try:
+        return [float(p.rstrip("%")) for p in parts]
+    except ValueError:
+        raise LengthwiseError(f"cannot read depths {text!r}: give a count like 5 or percentages like 10,50,90") from None

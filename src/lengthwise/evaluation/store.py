@@ -1,0 +1,62 @@
+"""The results store: one JSON object per line, appended as each cell finishes.
+
+Crash safety: every record is one write of a whole line, flushed and fsynced. A process killed
+mid-write can leave at most one partial last line; `ResultStore` drops it before appending again,
+so a rerun loses at most the cells that were in flight and the file always parses.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import LengthwiseError
+
+
+class ResultStore:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def records(self) -> tuple[list[dict], list[str]]:
+        """(valid records in file order, one warning per unreadable line)."""
+        if not self.path.exists():
+            return [], []
+        out, warnings = [], []
+        with open(self.path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    warnings.append(f"line {n}: not valid JSON ({e.msg}); skipped")
+                    continue
+                if not isinstance(rec, dict) or "id" not in rec:
+                    warnings.append(f"line {n}: not a result record; skipped")
+                    continue
+                out.append(rec)
+        return out, warnings
+
+    def done_ids(self) -> set[str]:
+        return {r["id"] for r in self.records()[0]}
+
+    def open_for_append(self) -> None:
+        """Check the store can be written, and cut a partial last line left by a killed run."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self.path.touch()
+            return
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise LengthwiseError(f"cannot append to {self.path}: {e.strerror or e}") from None

@@ -1,0 +1,368 @@
+"""Tables and plots from a results store (JSONL, one cell per line, as the evaluation runner writes it).
+
+    read_results    records and warnings; bad lines are skipped, not fatal; duplicate ids keep the last
+    accuracy_table  mean score and cell count per (model, method, backend, task, length)
+    format_table    that table as plain text for the terminal
+    plots           PNG heatmaps (depth x length) and accuracy-vs-length curves
+    markdown        a summary with percentages, cell counts and the warnings
+    report          all of the above from one results path
+
+A NaN (or null) score is kept as a cell but left out of the means; a group whose scores are all NaN
+has accuracy NaN, shown as "nan".
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from .errors import LengthwiseError
+
+REQUIRED = ("task", "length", "depth", "method", "backend", "model", "score")
+GROUP = ("model", "method", "backend")  # one model variant: a table, a heatmap set, a curve
+MAX_WARNINGS_SHOWN = 20
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_results(path: str | Path) -> tuple[list[dict], list[str]]:
+    """(records, warnings) of a results JSONL; records get int length, float depth and float score."""
+    path = Path(path)
+    if not path.exists():
+        raise LengthwiseError(f"results file {path} does not exist")
+    if path.is_dir():
+        raise LengthwiseError(f"results {path} is a directory: give the .jsonl file the evaluation wrote")
+    try:
+        text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    except OSError as e:
+        raise LengthwiseError(f"cannot read {path}: {e.strerror}") from None
+    # split on "\n" only: json.dumps(ensure_ascii=False) leaves U+2028 raw, which splitlines() would cut
+    lines = text.split("\n")
+    cut_off = lines[-1].strip() != ""  # no final newline: a writer may have been killed mid-line
+    records, warnings = [], []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        rec, problem = _parse(line)
+        if problem:
+            if cut_off and i == len(lines) and problem.startswith("not valid JSON"):
+                problem += " in an unfinished last line (writer interrupted?)"
+            warnings.append(f"line {i}: {problem}; skipped")
+            continue
+        records.append(rec)
+    if not records:
+        why = "it is empty" if not warnings else f"all {len(warnings)} non-blank lines were skipped ({warnings[0]})"
+        raise LengthwiseError(f"results file {path} has no valid records: {why}")
+
+    last = {str(rec["id"]): j for j, rec in enumerate(records) if "id" in rec}  # id -> index of its last record
+    stale = [j for j, rec in enumerate(records) if "id" in rec and last[str(rec["id"])] != j]
+    if stale:
+        ids = sorted({str(records[j]["id"]) for j in stale})
+        warnings.append(f"{len(stale)} record{_s(len(stale))} repeat an earlier id ({len(ids)} id{_s(len(ids))}, "
+                        f"e.g. {ids[0]!r}); kept the last of each")
+        drop = set(stale)
+        records = [rec for j, rec in enumerate(records) if j not in drop]
+
+    n_nan = sum(1 for rec in records if math.isnan(rec["score"]))
+    if n_nan:
+        warnings.append(f"{n_nan} of {len(records)} record{_s(len(records))} have no score (NaN); "
+                        "left out of the means")
+    return records, warnings
+
+
+def _parse(line: str) -> tuple[dict | None, str | None]:
+    """(record, None) or (None, why it was skipped)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg} at column {e.colno})"
+    if not isinstance(obj, dict):
+        return None, f"not a JSON object (got {type(obj).__name__})"
+    missing = [k for k in REQUIRED if k not in obj]
+    if missing:
+        return None, f"missing key{_s(len(missing))} {', '.join(map(repr, missing))}"
+    rec = dict(obj)
+    for k in ("model", "method", "backend", "task"):
+        rec[k] = str(obj[k])
+    length, depth, score = obj["length"], obj["depth"], obj["score"]
+    if not _is_number(length) or not math.isfinite(length) or length != int(length) or length <= 0:
+        return None, f"length is not a positive integer ({length!r})"
+    if not _is_number(depth) or not math.isfinite(depth):
+        return None, f"depth is not a number ({depth!r})"
+    if score is not None and not _is_number(score):
+        return None, f"score is not a number ({score!r})"
+    rec["length"], rec["depth"] = int(length), float(depth)
+    rec["score"] = math.nan if score is None else float(score)
+    return rec, None
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float))  # bool counts: a pass/fail score of true is 1.0
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _natural(s: str) -> tuple:
+    """Sort key with numbers compared as numbers: yarn:factor=4 before yarn:factor=16."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", s) if p)
+
+
+def _group_key(g: tuple[str, str, str]) -> tuple:
+    model, method, backend = g
+    return _natural(model), method != "none", _natural(method), _natural(backend)  # baseline method first
+
+
+def _mean(xs: Iterable[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def accuracy_table(records: list[dict]) -> list[dict]:
+    """Rows {model, method, backend, task, length, accuracy, n}: mean score (0..1) over the n cells."""
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for r in records:
+        cells[(r["model"], r["method"], r["backend"], r["task"], r["length"])].append(r["score"])
+    keys = sorted(cells, key=lambda k: (_group_key(k[:3]), _natural(k[3]), k[4]))
+    return [dict(model=k[0], method=k[1], backend=k[2], task=k[3], length=k[4],
+                 accuracy=_mean(cells[k]), n=len(cells[k])) for k in keys]
+
+
+def _pivot(rows: list[dict]) -> list[tuple[tuple[str, str, str], list[str], list[int], dict]]:
+    """Per (model, method, backend) in table order: (group, tasks, lengths, {(task, length): row})."""
+    out: dict[tuple, tuple] = {}
+    for r in rows:
+        g = tuple(r[k] for k in GROUP)
+        tasks, lengths, cell = out.setdefault(g, ([], set(), {}))
+        if r["task"] not in tasks:
+            tasks.append(r["task"])
+        lengths.add(r["length"])
+        cell[(r["task"], r["length"])] = r
+    return [(g, tasks, sorted(lengths), cell) for g, (tasks, lengths, cell) in out.items()]
+
+
+def _pct(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{100 * x:.1f}"
+
+
+def _grid(tasks, lengths, cell, value, mean_label: str | None = None) -> list[list[str]]:
+    """Header plus one row per task; with mean_label and several tasks, a last row of the mean accuracy."""
+    rows = [["task"] + [_len_label(n, lengths) for n in lengths]]
+    for t in tasks:
+        rows.append([t] + [value(cell[(t, n)]) if (t, n) in cell else "-" for n in lengths])
+    if mean_label and len(tasks) > 1:
+        rows.append([mean_label] + [_pct(_mean(cell[(t, n)]["accuracy"] for t in tasks if (t, n) in cell))
+                                    for n in lengths])
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain text: per model/method/backend, accuracy in percent, tasks down, lengths across."""
+    blocks = []
+    for g, tasks, lengths, cell in _pivot(rows):
+        grid = _grid(tasks, lengths, cell, lambda r: _pct(r["accuracy"]), "mean")
+        widths = [max(len(row[c]) for row in grid) for c in range(len(grid[0]))]
+        lines = ["  ".join([row[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(row[1:], widths[1:])])
+                 for row in grid]
+        lines.insert(1, "-" * len(lines[0]))
+        blocks.append(" / ".join(g) + "  (accuracy %)\n" + "\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def markdown(records: list[dict], warnings: list[str]) -> str:
+    """A Markdown summary: per model/method/backend, accuracy (%) and cell counts by task x length."""
+    def table(grid):
+        esc = [[v.replace("|", "\\|") for v in row] for row in grid]
+        return "\n".join(["| " + " | ".join(esc[0]) + " |",
+                          "|" + "---|" + "---:|" * (len(esc[0]) - 1)]
+                         + ["| " + " | ".join(row) + " |" for row in esc[1:]])
+
+    out = ["# Results", "", f"{len(records)} cell{_s(len(records))}."]
+    for g, tasks, lengths, cell in _pivot(accuracy_table(records)):
+        acc = _grid(tasks, lengths, cell, lambda r: _pct(r["accuracy"]), "**mean**")
+        out += ["", f"## {' · '.join(f'`{v}`' for v in g)}", "", "Accuracy (%):", "", table(acc),
+                "", "Cells:", "", table(_grid(tasks, lengths, cell, lambda r: str(r["n"])))]
+    if warnings:
+        out += ["", "## Warnings", ""]
+        out += [f"- {w}" for w in warnings[:MAX_WARNINGS_SHOWN]]
+        if len(warnings) > MAX_WARNINGS_SHOWN:
+            out.append(f"- ... and {len(warnings) - MAX_WARNINGS_SHOWN} more")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _len_label(n: int, among: Iterable[int] = ()) -> str:
+    """1024 -> 1k, 32768 -> 32k, 1048576 -> 1M, 4000 -> 4k; raw numbers if two lengths would share a label."""
+    def label(m: int) -> str:
+        for unit, suffix in ((1 << 20, "M"), (1 << 10, "k"), (10 ** 6, "M"), (10 ** 3, "k")):
+            if m >= unit and m % unit == 0:
+                return f"{m // unit}{suffix}"
+        return str(m)
+    among = set(among) | {n}
+    return label(n) if len({label(m) for m in among}) == len(among) else str(n)
+
+
+def _safe(*parts: str) -> str:
+    """A file name stem of letters, digits, '-', '_' and '.'; 'yarn:factor=4' -> 'yarn_factor-4'."""
+    s = "_".join(p.replace(":", "_").replace("=", "-") for p in parts)
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", s)
+    return re.sub(r"-{2,}", "-", s).strip("-.") or "x"
+
+
+def _figure(w: float, h: float):
+    # no pyplot: its global state and GUI backends are not ours to touch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(w, h), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plots(records: list[dict], out_dir: str | Path) -> list[Path]:
+    """Write heatmaps (one per model/method/backend/task) and curves (one per task, plus all tasks) as PNG.
+
+    The all-tasks curve of a series averages, at each length, the task accuracies that series has there.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise LengthwiseError("plots need matplotlib: pip install 'lengthwise[bench]'") from None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def save(fig, stem: str) -> None:
+        p = out_dir / f"{stem}.png"
+        k = 2
+        while p in written:  # two names that differ only in unsafe characters
+            p, k = out_dir / f"{stem}-{k}.png", k + 1
+        fig.savefig(p)
+        written.append(p)
+
+    by_cell: dict[tuple, dict[tuple[float, int], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_cell[(r["model"], r["method"], r["backend"], r["task"])][(r["depth"], r["length"])].append(r["score"])
+    for key in sorted(by_cell, key=lambda k: (_group_key(k[:3]), _natural(k[3]))):
+        save(_heatmap(key, by_cell[key]), _safe("heatmap", *key))
+
+    rows = accuracy_table(records)
+    groups = sorted({tuple(r[k] for k in GROUP) for r in rows}, key=_group_key)
+    tasks = sorted({r["task"] for r in rows}, key=_natural)
+    acc = {(tuple(r[k] for k in GROUP), r["task"], r["length"]): r["accuracy"] for r in rows}
+    for task in tasks:
+        curves = {g: {n: a for (g2, t, n), a in acc.items() if g2 == g and t == task} for g in groups}
+        save(_curves(task, curves, groups), _safe("curve", task))
+    mean_curves = {}
+    for g in groups:
+        per_len = defaultdict(list)
+        for (g2, _, n), a in acc.items():
+            if g2 == g:
+                per_len[n].append(a)
+        mean_curves[g] = {n: _mean(v) for n, v in per_len.items()}
+    save(_curves(f"all tasks (mean of {len(tasks)})", mean_curves, groups), "curve_all-tasks")
+    return written
+
+
+def _heatmap(key: tuple[str, str, str, str], cells: dict[tuple[float, int], list[float]]):
+    import numpy as np
+    depths = sorted({d for d, _ in cells})
+    lengths = sorted({n for _, n in cells})
+    grid_dl = np.full((len(depths), len(lengths)), np.nan)
+    for (d, n), scores in cells.items():
+        grid_dl[depths.index(d), lengths.index(n)] = _mean(scores)
+    model, method, backend, task = key
+    title = f"{task}\n{model} · {method} · {backend}"
+    width = max(2.2 + 0.85 * len(lengths), 1.0 + 0.075 * max(map(len, title.split("\n"))))  # room for the title
+    fig = _figure(min(width, 20), min(1.8 + 0.42 * len(depths), 16))
+    ax = fig.add_subplot()
+    cmap = _cmap()
+    im = ax.imshow(np.ma.masked_invalid(grid_dl), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto",
+                   interpolation="nearest")
+    fontsize = 9 if len(lengths) <= 10 else 7
+    for i in range(len(depths)):
+        for j in range(len(lengths)):
+            v = grid_dl[i, j]
+            if (depths[i], lengths[j]) not in cells:
+                continue
+            ax.text(j, i, "nan" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=fontsize,
+                    color="white" if not np.isnan(v) and (v < 0.2 or v > 0.85) else "black")
+    ax.set_xticks(range(len(lengths)), [_len_label(n, lengths) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("depth (%)")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="score")
+    fig.tight_layout()
+    return fig
+
+
+def _cmap():
+    from matplotlib import colormaps
+    return colormaps["RdYlGn"].with_extremes(bad="lightgrey")  # grey: cells whose scores are all NaN
+
+
+def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tuple]):
+    """One line per (model, method, backend); colour by model and method, line style by backend."""
+    from matplotlib import colormaps
+    from matplotlib.ticker import NullLocator
+    fig = _figure(7.0, 4.5)
+    ax = fig.add_subplot()
+    several_models = len({g[0] for g in groups}) > 1
+    colour_keys = list(dict.fromkeys(g[:2] for g in groups))
+    backends = sorted({g[2] for g in groups}, key=lambda b: (b != "lengthwise", _natural(b)))  # ours drawn solid
+    palette = colormaps["tab10" if len(colour_keys) <= 10 else "tab20"]
+    styles = ["-", "--", ":", "-."]
+    all_lengths = sorted({n for c in curves.values() for n in c})
+    for g in groups:
+        pts = sorted(curves[g].items())
+        if not pts:
+            continue
+        label = " · ".join(g if several_models else g[1:])
+        b = backends.index(g[2])
+        colour = palette(colour_keys.index(g[:2]) % palette.N)
+        # later backends drawn thinner with hollow markers, so agreeing backends stay visible on top of each other
+        ax.plot([n for n, _ in pts], [a for _, a in pts], label=label, color=colour, linestyle=styles[b % len(styles)],
+                linewidth=2.0 if b == 0 else 1.3, marker="os^D"[b % 4], markersize=7 if b == 0 else 5,
+                markerfacecolor=colour if b == 0 else "white")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(all_lengths, [_len_label(n, all_lengths) for n in all_lengths])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(all_lengths[0] / 1.3, all_lengths[-1] * 1.3)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def report(path: str | Path, out_dir: str | Path | None = None, markdown_path: str | Path | None = None) -> dict:
+    """Read a results JSONL; write plots (default `<stem>_report/` beside it) and, if asked, the Markdown.
+
+    Returns {"table": accuracy_table rows, "plots": [Path], "warnings": [str], "markdown": str}.
+    """
+    path = Path(path)
+    records, warnings = read_results(path)
+    out_dir = Path(out_dir) if out_dir is not None else path.with_name(f"{path.stem}_report")
+    written = plots(records, out_dir)
+    md = markdown(records, warnings)
+    if markdown_path is not None:
+        markdown_path = Path(markdown_path)
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(md, encoding="utf-8")
+    return {"table": accuracy_table(records), "plots": written, "warnings": warnings, "markdown": md}

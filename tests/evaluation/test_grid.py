@@ -1,0 +1,153 @@
+"""The grid runner: resumable after a real kill, bad input refused, and passkey solved at 1k on CPU."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from typer.testing import CliRunner
+
+import lengthwise.cli as cli
+from lengthwise import LengthwiseError
+from lengthwise.evaluation import EvalConfig, ResultStore, cells, make_runner, run
+from lengthwise.evaluation.grid import parse_depths, parse_lengths
+from lengthwise.models.load import load_tokenizer, resolve
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory, smol_path):
+    """A random 2-layer Llama that speaks SmolLM2's tokenizer: fast enough to run whole grids on CPU."""
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+    load_tokenizer(smol_path).save_pretrained(folder)
+    return folder
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]  # raises on any unreadable line
+
+
+GRID = ["--tasks", "passkey,niah_single", "--lengths", "512,1k", "--depths", "3", "--samples", "3",
+        "--max-batch-tokens", "1024", "--device", "cpu"]
+
+
+def test_killed_run_resumes_without_duplicates_or_losses(tiny_lm, tmp_path):
+    out = tmp_path / "runs" / "grid.jsonl"
+    out.parent.mkdir()
+    cmd = [sys.executable, "-m", "lengthwise.cli", "eval", "--model", str(tiny_lm), "--out", str(out), *GRID]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and out.read_text().count("\n") >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()[-500:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = out.read_text()
+    n_before = before.count("\n")
+    assert 5 <= n_before < 36  # killed mid-grid
+    # a kill can land mid-line; simulate that worst case too
+    with open(out, "a") as f:
+        f.write('{"id": "half-writ')
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-1000:]
+    recs = _records(out)  # every line parses: the partial one was cut
+    ids = [x["id"] for x in recs]
+    assert len(ids) == len(set(ids)), "a cell was written twice"
+    assert len(ids) == 2 * 2 * 3 * 3, "a cell was lost"
+    assert out.read_text().startswith(before)  # finished cells were kept as they were
+    assert {(x["task"], x["length"], x["depth"], x["sample"]) for x in recs} == \
+        {(t, n, d, s) for t in ("passkey", "niah_single") for n in (512, 1024) for d in (0.0, 50.0, 100.0) for s in range(3)}
+    # a third run has nothing left to do
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "already" in r.stderr and out.read_text().count("\n") == 36
+
+
+def test_records_carry_the_required_fields(tiny_lm, tmp_path):
+    cfg = EvalConfig(model=str(tiny_lm), tasks=["passkey"], lengths=[300], depths=[50.0], samples=2, device="cpu")
+    store = ResultStore(tmp_path / "r.jsonl")
+    assert run(cfg, store, make_runner(cfg)) == 2
+    for rec in _records(store.path):
+        for key in ("task", "length", "depth", "sample", "method", "backend", "model", "score", "output",
+                    "prompt_tokens", "prefill_s", "decode_s", "peak_mem_gib", "seed", "config"):
+            assert key in rec
+        assert 0 <= rec["score"] <= 1 and abs(rec["prompt_tokens"] - 300) <= 6
+    assert run(cfg, store, make_runner(cfg)) == 0  # same config: nothing to do
+
+
+@pytest.mark.slow
+def test_passkey_at_1k_on_cpu(tmp_path):
+    """The embedded SmolLM2-135M finds the pass key at its native 1k, every depth (CPU, few samples)."""
+    cfg = EvalConfig(model="smollm2-135m", tasks=["passkey"], lengths=[1024], depths=parse_depths("3"), samples=2,
+                     device="cpu")
+    store = ResultStore(tmp_path / "passkey.jsonl")
+    run(cfg, store, make_runner(cfg))
+    recs = _records(store.path)
+    assert len(recs) == 6
+    assert sum(r["score"] for r in recs) / len(recs) >= 0.95, [(r["depth"], r["output"], r["answers"]) for r in recs]
+
+
+def test_parsing_lengths_and_depths():
+    assert parse_lengths("1k,2k,512") == [1024, 2048, 512]
+    assert parse_depths("5") == [0.0, 25.0, 50.0, 75.0, 100.0]
+    assert parse_depths("10,50,90") == [10.0, 50.0, 90.0]
+    with pytest.raises(LengthwiseError, match="cannot read length"):
+        parse_lengths("1q")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tasks", "passkey,nosuchtask"], "nosuchtask"),
+    (["--depths", "10,150"], "outside 0-100"),
+    (["--lengths", "64k"], "beyond the 4096-token context"),
+])
+def test_bad_eval_input_is_one_line(tiny_lm, tmp_path, args, needle):
+    r = CliRunner().invoke(cli.app, ["eval", "--model", str(tiny_lm), "--out", str(tmp_path / "x.jsonl"),
+                                     "--device", "cpu", "--samples", "1", *args])
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_cpu_estimate_refuses_absurd_grids(tiny_lm, tmp_path):
+    cfg = EvalConfig(model="smollm2-135m", tasks=["passkey"], lengths=[8192], depths=parse_depths("11"), samples=50,
+                     device="cpu")
+    with pytest.raises(LengthwiseError, match="would take about .* pass --yes"):
+        run(cfg, ResultStore(tmp_path / "big.jsonl"), make_runner(cfg))
+    assert not (tmp_path / "big.jsonl").exists()  # refused before anything was written
+
+
+def test_beyond_context_runs_only_when_allowed(tiny_lm, tmp_path):
+    out = tmp_path / "beyond.jsonl"
+    r = CliRunner().invoke(cli.app, ["eval", "--model", str(tiny_lm), "--out", str(out), "--device", "cpu",
+                                     "--tasks", "passkey", "--lengths", "4500", "--depths", "1", "--samples", "1",
+                                     "--allow-beyond-context"])
+    assert r.exit_code == 0, r.output
+    assert "beyond the 4096-token context" in r.stderr and "warning" in r.stderr
+    assert len(_records(out)) == 1
+
+
+def test_report_on_a_corrupted_store(tiny_lm, tmp_path):
+    cfg = EvalConfig(model=str(tiny_lm), tasks=["passkey"], lengths=[300, 600], depths=[0.0, 100.0], samples=1, device="cpu")
+    store = ResultStore(tmp_path / "r.jsonl")
+    run(cfg, store, make_runner(cfg))
+    lines = store.path.read_text().splitlines()
+    lines.insert(2, '{"id": "broken", "task": ')
+    store.path.write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(cli.app, ["report", str(store.path), "--out-dir", str(tmp_path / "plots"),
+                                     "--markdown", str(tmp_path / "summary.md")])
+    assert r.exit_code == 2, r.output
+    err = [x for x in r.stderr.strip().splitlines() if x.startswith("error")]
+    assert len(err) == 1 and "line 3" in err[0] and "4 records" in err[0]
+    assert "passkey" in r.stdout  # the rest was reported
+    assert (tmp_path / "summary.md").exists() and list((tmp_path / "plots").glob("*.png"))

@@ -1,0 +1,160 @@
+"""The report: hand-computed means, skipped bad lines with their numbers, last-duplicate-wins, PNGs, Markdown."""
+import json
+import math
+import re
+
+import pytest
+
+from lengthwise import LengthwiseError
+from lengthwise import report as R
+
+TASKS = ["passkey", "niah_single:haystack=noise", "copy"]
+LENGTHS = [1024, 2048, 4096]
+DEPTHS = [0.0, 50.0, 100.0]
+METHODS = ["none", "yarn:factor=4"]
+BACKENDS = ["lengthwise", "hf"]
+CAP = {"none": 1024, "yarn:factor=4": 2048}  # longest length a method gets fully right
+
+
+def score(task, method, backend, length, depth, sample):
+    if task == "copy":
+        return 0.75 if backend == "lengthwise" else 0.5
+    if length <= CAP[method]:
+        return 1.0
+    if task == "passkey":  # beyond the cap: depth 0 found, depth 50 half the samples, depth 100 lost
+        return {0.0: 1.0, 50.0: 1.0 - sample, 100.0: 0.0}[depth]
+    return 1.0 if depth == 0.0 and sample == 0 else 0.0  # niah: one hit in six
+
+
+# (method, task, length) -> mean score, worked out by hand from the rules above; the same for both backends
+EXPECTED = {
+    ("none", "passkey", 1024): 1.0, ("none", "passkey", 2048): 0.5, ("none", "passkey", 4096): 0.5,
+    ("yarn:factor=4", "passkey", 2048): 1.0, ("yarn:factor=4", "passkey", 4096): 0.5,
+    ("none", "niah_single:haystack=noise", 2048): 1 / 6, ("yarn:factor=4", "niah_single:haystack=noise", 4096): 1 / 6,
+    ("yarn:factor=4", "niah_single:haystack=noise", 1024): 1.0,
+}
+
+
+def make_records():
+    recs = []
+    for method in METHODS:
+        for backend in BACKENDS:
+            for task in TASKS:
+                for length in LENGTHS:
+                    for depth in DEPTHS:
+                        for sample in range(2):
+                            recs.append(dict(
+                                id=f"{method}|{backend}|{task}|{length}|{depth}|{sample}", model="smollm2-135m",
+                                method=method, backend=backend, task=task, length=length, depth=depth,
+                                sample=sample, seed=sample, score=score(task, method, backend, length, depth, sample),
+                                output="x", answers=["x"], prompt_tokens=length, prefill_s=0.1, decode_s=0.1,
+                                peak_mem_gib=None, config={}, time="2025-01-01T00:00:00"))
+    return recs
+
+
+def write(path, recs, tail=""):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs) + tail)
+    return path
+
+
+def row(table, method, backend, task, length):
+    (r,) = [r for r in table if (r["method"], r["backend"], r["task"], r["length"]) == (method, backend, task, length)]
+    return r
+
+
+def test_accuracy_equals_hand_computed_means(tmp_path):
+    recs, warnings = R.read_results(write(tmp_path / "res.jsonl", make_records()))
+    assert warnings == [] and len(recs) == 2 * 2 * 3 * 3 * 3 * 2
+    table = R.accuracy_table(recs)
+    assert len(table) == 2 * 2 * 3 * 3
+    for (method, task, length), want in EXPECTED.items():
+        for backend in BACKENDS:
+            r = row(table, method, backend, task, length)
+            assert r["accuracy"] == pytest.approx(want) and r["n"] == 6
+    assert row(table, "none", "lengthwise", "copy", 4096)["accuracy"] == 0.75
+    assert row(table, "none", "hf", "copy", 4096)["accuracy"] == 0.5
+    # sorted: baseline method first, lengths numeric within a task
+    assert table[0]["method"] == "none"
+    first = [r["length"] for r in table if (r["method"], r["backend"], r["task"]) == ("none", "hf", "passkey")]
+    assert first == LENGTHS
+    text = R.format_table(table)
+    assert "passkey" in text and "16.7" in text and "50.0" in text and "2k" in text
+
+
+def test_bad_lines_are_skipped_with_their_line_numbers(tmp_path):
+    good = make_records()[:10]
+    lines = [json.dumps(r) for r in good[:4]]
+    lines.append("[1, 2, 3]")  # line 5: not an object
+    lines.append("")  # line 6: blank, ignored silently
+    bad = dict(good[4]); del bad["score"]
+    lines.append(json.dumps(bad))  # line 7: missing key
+    lines += [json.dumps(r) for r in good[5:]]  # lines 8..12
+    lines.append(json.dumps(make_records()[10])[:37])  # line 13: a writer killed mid-line, no newline
+    path = tmp_path / "res.jsonl"
+    path.write_text("\n".join(lines))
+    recs, warnings = R.read_results(path)
+    assert len(warnings) == 3
+    assert warnings[0].startswith("line 5: not a JSON object") and warnings[0].endswith("skipped")
+    assert warnings[1].startswith("line 7: missing key 'score'")
+    assert warnings[2].startswith("line 13: not valid JSON (") and "unfinished last line" in warnings[2]
+    assert [r["id"] for r in recs] == [r["id"] for r in good if r is not good[4]]
+
+
+def test_duplicate_ids_keep_the_last(tmp_path):
+    recs = make_records()
+    again = dict(recs[0], score=0.0)  # a rerun of the first cell, now failing
+    path = write(tmp_path / "res.jsonl", recs + [again])
+    got, warnings = R.read_results(path)
+    assert len(got) == len(recs)
+    assert [g for g in got if g["id"] == recs[0]["id"]] == [again]
+    assert len(warnings) == 1 and warnings[0].startswith("1 record repeat")
+    r = row(R.accuracy_table(got), recs[0]["method"], recs[0]["backend"], recs[0]["task"], recs[0]["length"])
+    assert r["accuracy"] == pytest.approx(5 / 6) and r["n"] == 6
+
+
+def test_report_writes_pngs_and_markdown(tmp_path):
+    path = write(tmp_path / "run1.jsonl", make_records())
+    md_path = tmp_path / "out" / "summary.md"
+    out = R.report(path, markdown_path=md_path)
+    assert set(out) == {"table", "plots", "warnings", "markdown"}
+    # a heatmap per (model, method, backend, task), a curve per task, one all-tasks curve
+    assert len(out["plots"]) == 2 * 2 * 3 + 3 + 1
+    assert len(set(out["plots"])) == len(out["plots"])
+    for p in out["plots"]:
+        assert p.parent == tmp_path / "run1_report"
+        assert re.fullmatch(r"[A-Za-z0-9._-]+\.png", p.name), p.name
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+    names = {p.name for p in out["plots"]}
+    assert "heatmap_smollm2-135m_yarn_factor-4_hf_niah_single_haystack-noise.png" in names
+    assert "curve_all-tasks.png" in names
+    md = out["markdown"]
+    assert md_path.read_text() == md
+    assert md.count("Accuracy (%)") == 4 and md.count("Cells:") == 4
+    for pct in ("100.0", "50.0", "16.7", "75.0"):
+        assert pct in md
+    assert "| 1k | 2k | 4k |" in md
+
+
+def test_degenerate_inputs_do_not_crash(tmp_path):
+    one = make_records()[:1]
+    nan = [dict(r, id=f"n{i}", score=float("nan") if i % 2 else None) for i, r in enumerate(make_records()[:3])]
+    single_depth = [r for r in make_records() if r["depth"] == 50.0]
+    for name, recs in [("one", one), ("nan", nan), ("depth", single_depth)]:
+        out = R.report(write(tmp_path / f"{name}.jsonl", recs), out_dir=tmp_path / name)
+        assert out["plots"] and all(p.stat().st_size > 0 for p in out["plots"])
+        assert out["markdown"] and R.format_table(out["table"])
+    out = R.report(tmp_path / "nan.jsonl", out_dir=tmp_path / "nan")
+    assert any("NaN" in w for w in out["warnings"])
+    assert math.isnan(out["table"][0]["accuracy"]) and "nan" in out["markdown"]
+
+
+def test_missing_empty_or_all_bad_file_is_a_lengthwise_error(tmp_path):
+    with pytest.raises(LengthwiseError, match="does not exist"):
+        R.read_results(tmp_path / "nope.jsonl")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(LengthwiseError, match="no valid records"):
+        R.report(tmp_path / "empty.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"id": 1}\nnot json\n')
+    with pytest.raises(LengthwiseError, match="no valid records") as e:
+        R.read_results(tmp_path / "bad.jsonl")
+    assert "\n" not in str(e.value)
