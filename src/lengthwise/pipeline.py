@@ -92,7 +92,7 @@ class CausalLM(_Loaded):
         for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device)
             step = Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), self.module.mask, self.backend)
-            out[group] = self.module(b.tokens, b.positions, step, out_rows=b.last_index)
+            out[group[0]:group[-1] + 1] = self.module(b.tokens, b.positions, step, out_rows=b.last_index)  # groups are consecutive
             if on_group:
                 on_group(group)
         return out
@@ -145,19 +145,17 @@ class Encoder(_Loaded):
         if truncate and self.tokenizer is not None and self.tokenizer.sep_token_id is not None:
             # a cut BERT input still ends with [SEP], as sentence-transformers does
             seqs = [s if s[-1] == self.tokenizer.sep_token_id else s[:-1] + [self.tokenizer.sep_token_id] for s in seqs]
-        out = np.empty((len(seqs), self.dim), dtype=np.float32)
+        out = torch.empty(len(seqs), self.dim, dtype=torch.float32, device=self.device)
         done = 0
         for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device)
             h = self.module(b.tokens, b.positions, AttnMeta.packed(b.cu_seqlens, b.max_seqlen), self.backend)
             e = pool(h, b.cu_seqlens, self.pooling).float()
-            if self.normalize:
-                e = F.normalize(e, dim=-1)
-            out[group] = e.cpu().numpy()
+            out[group[0]:group[-1] + 1] = F.normalize(e, dim=-1) if self.normalize else e  # groups are consecutive
             done += len(group)
             if progress:
                 progress(done)
-        return out
+        return out.cpu().numpy()  # the one sync: groups queue back to back on the GPU
 
     def embed(self, texts: Sequence[str], truncate: bool = False, max_tokens_per_forward: int = 16384,
               progress: Progress = None) -> np.ndarray:

@@ -105,7 +105,7 @@ class Bert(nn.Module):
 def pool(h: torch.Tensor, cu_seqlens: torch.Tensor, mode: str) -> torch.Tensor:
     """Packed hidden states h [T, D] -> one vector per sequence [B, D]."""
     lens = cu_seqlens.diff().long()
-    seq = torch.repeat_interleave(torch.arange(len(lens), device=h.device), lens)  # [T]
+    seq = torch.repeat_interleave(torch.arange(len(lens), device=h.device), lens, output_size=h.shape[0])  # [T], no sync
     if mode == "cls":
         return h[cu_seqlens[:-1].long()]
     if mode == "max":

@@ -192,7 +192,7 @@ def build_module(ck: Checkpoint, dtype: torch.dtype, device: torch.device, **kw)
                                   f"the config implies {tuple(v.shape)}")
     state = {k: ck.state[k].to(device=device, dtype=dtype) for k in expected}
     model.load_state_dict(state, assign=True)
-    return model.eval()
+    return model.eval().requires_grad_(False)  # an inference engine: no autograd bookkeeping, ever
 
 
 def load_tokenizer(path: Path):

@@ -1,6 +1,6 @@
 """Where the time goes, for the targets docs/benchmarks.md reports as missed.
 
-    LENGTHWISE_MODEL_DIR=/tmp/lw-models PYTHONPATH=src python benchmarks/profile.py
+    LENGTHWISE_MODEL_DIR=/tmp/lw-models PYTHONPATH=src python benchmarks/where_time_goes.py
 
 For each workload: wall time, GPU-busy time (the sum of kernel durations from torch.profiler), the
 gap between them (launch gaps and Python overhead), and the GPU time split by kernel kind.
@@ -66,6 +66,7 @@ def measure(label: str, fn, reps: int = 5) -> dict:
     return row
 
 
+@torch.inference_mode()
 def main():
     rows = []
     minilm = locate_embedded(EMBEDDED["minilm-l6"])

@@ -1,0 +1,148 @@
+"""What every task shares: the Sample it builds, the Task base class, and the length search.
+
+A task draws its content from a string-seeded `random.Random` and writes its text around n filler units
+(words, noise sentences, list entries). `fit` finds the n whose render is within 2% of the target length,
+measured in the evaluated model's own tokens through `render(prompt, answer_prefix)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+from ..errors import LengthwiseError
+from .scoring import recall
+
+Render = Callable[[str, str], list[int]]  # render(prompt, answer_prefix) -> the token ids the model will see
+
+TOLERANCE = 0.02  # |n_tokens - length| <= TOLERANCE * length
+MAX_RENDERS = 15
+GOOD_ENOUGH = 6  # renders after which any length within the tolerance will do
+
+
+@dataclass(frozen=True)
+class Sample:
+    task: str  # registry name, e.g. "niah_single"
+    options: dict  # task options used, e.g. {"haystack": "noise"}
+    prompt: str  # instructions + haystack + question, no chat template
+    answer_prefix: str  # the answer starts with it; the runner appends it after the prompt or assistant header
+    answers: tuple[str, ...]  # expected values
+    length: int  # target length in tokens
+    depth: float  # 0..100, where the key sits
+    seed: int
+    max_new_tokens: int
+    n_tokens: int  # len(render(prompt, answer_prefix)) as built
+    meta: dict  # anything else (needle positions, distractors, ...)
+
+
+@dataclass
+class Draft:
+    """One build of a task at a given number of filler units, before its length is known."""
+    prompt: str
+    answer_prefix: str
+    answers: list[str]
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Base class: subclasses are small frozen dataclasses whose fields are the task's options."""
+    name: ClassVar[str] = ""
+    max_new_tokens: ClassVar[int] = 32
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v, want = getattr(self, f.name), type(f.default)
+            if want is float and type(v) is int:
+                object.__setattr__(self, f.name, float(v))
+            elif type(v) is not want:
+                raise LengthwiseError(f"task {self.name}: option {f.name} takes {want.__name__} values, got {v!r}")
+        self.check()
+
+    def check(self) -> None:
+        """Raise LengthwiseError for option values out of range."""
+
+    def options(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def unit_tokens(self, length: int) -> float:
+        """A first guess at tokens per filler unit (here an essay word); fit() then measures it."""
+        return 1.4
+
+    def min_units(self, length: int) -> int:
+        """The fewest filler units with which the task is well posed."""
+        return 0
+
+    def build(self, rng: random.Random, n: int, length: int, depth: float) -> Draft:
+        """The task's text around n filler units; draws from rng in an order that does not depend on n."""
+        raise NotImplementedError
+
+    def make(self, render: Render, length: int, depth: float, seed: int) -> Sample:
+        if not 0 <= depth <= 100:
+            raise LengthwiseError(f"task {self.name}: depth must be within 0..100, got {depth}")
+        if int(length) != length or length < 1:
+            raise LengthwiseError(f"task {self.name}: length must be a positive integer, got {length}")
+        length, depth = int(length), float(depth)
+        key = f"{self.name}-{length}-{depth}-{seed}-{json.dumps(self.options(), sort_keys=True)}"
+        drafts: dict[int, tuple[Draft, int]] = {}
+
+        def measure(n: int) -> int:
+            d = self.build(random.Random(key), n, length, depth)
+            drafts[n] = d, len(render(d.prompt, d.answer_prefix))
+            return drafts[n][1]
+
+        n = fit(measure, length, self.min_units(length), self.unit_tokens(length), self.name)
+        d, n_tokens = drafts[n]
+        if abs(n_tokens - length) > TOLERANCE * length:  # fit() guarantees it; kept as the contract's check
+            raise LengthwiseError(f"task {self.name}: built {n_tokens} tokens for a target of {length}")
+        return Sample(self.name, self.options(), d.prompt, d.answer_prefix, tuple(d.answers), length, depth, seed,
+                      self.max_new_tokens, n_tokens, {"units": n, "renders": len(drafts), **d.meta})
+
+    def score(self, output: str, sample: Sample) -> float:
+        """Recall of the expected answers: 0/1 for single-answer tasks."""
+        return recall(output, sample.answers)
+
+
+def fit(measure: Callable[[int], int], length: int, lo: int, unit_tokens: float, task: str) -> int:
+    """The number of units n >= lo whose measure(n) (growing with n) is closest to length, within TOLERANCE.
+
+    Secant steps on the measured tokens per unit, kept inside a bracket, with bisection as the fallback.
+    It aims at a quarter of the tolerance, and settles for the tolerance after GOOD_ENOUGH renders:
+    typically 3-4 renders in all.
+    """
+    tol = TOLERANCE * length
+    seen: dict[int, int] = {}
+
+    def m(n: int) -> int:
+        if n not in seen:
+            seen[n] = measure(n)
+        return seen[n]
+
+    t_lo = m(lo)
+    if t_lo > length + tol:
+        raise LengthwiseError(f"task {task}: length {length} is too small; its fixed parts already take {t_lo} tokens")
+    if abs(t_lo - length) <= tol / 4:
+        return lo
+    base, hi, n = lo, None, lo + max(1, round((length - t_lo) / unit_tokens))
+    for _ in range(2 * MAX_RENDERS):  # bounded even if measure were not monotone
+        if len(seen) >= MAX_RENDERS:
+            break
+        t = m(n)
+        if abs(t - length) <= tol / 4 or (abs(t - length) <= tol and len(seen) >= GOOD_ENOUGH):
+            break
+        lo, hi = (n, hi) if t < length else (lo, n)
+        nxt = n + round((length - t) / max((t - seen[base]) / (n - base), 1e-3))
+        if hi is None:
+            nxt = max(nxt, lo + 1)
+        elif hi - lo <= 1:
+            break
+        elif not lo < nxt < hi or nxt in seen:
+            nxt = (lo + hi) // 2
+        n = nxt
+    best = min(seen, key=lambda k: abs(seen[k] - length))
+    if abs(seen[best] - length) > tol:
+        raise LengthwiseError(f"task {task}: no filler amount gives {length} tokens ±2% "
+                              f"(closest: {seen[best]} tokens with {best} units, after {len(seen)} renders)")
+    return best
