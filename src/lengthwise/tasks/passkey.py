@@ -25,7 +25,9 @@ class Passkey(Task):
         key = words.number(5)(rng)
         needle = f"The pass key is {key}. Keep it in mind: {key} is the pass key."
         text, (at,) = weave(sents, [(depth / 100, needle)])
-        prompt = ("A pass key is hidden somewhere in the long, repetitive text below. Find it and remember it; "
-                  f"you will be asked for it afterwards.\n\n{text}\n\nWhat is the pass key?")
+        # "Answer with the number only" took SmolLM2-135M from 80% to 100% at 1k, base and chat alike
+        prompt = ("A lot of irrelevant text follows, and one important piece of information is hidden inside it. "
+                  f"Find it and memorize it; I will quiz you about it afterwards.\n\n{text}\n\n"
+                  "What is the pass key? Answer with the number only.")
         return Draft(prompt, "The pass key is", [key],
                      {"needle_char": at, "haystack_chars": len(text), "filler": SOURCE["noise"]})
