@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import bar_plot, copy_gbps, matmul_tflops, mix, peak_mem_gib, random_ids, save, sync, table, timed
+from common import bar_plot, copy_gbps, matmul_tflops, mix, padded, peak_mem_gib, random_ids, save, sync, table, timed
 
 import lengthwise as lw
 from lengthwise.generate import generate_ids
@@ -65,12 +65,7 @@ def hf_prefill(hf, groups, ends):
     """Each group: a left-padded batch. Records an event when each group finishes."""
     with torch.inference_mode():
         for g in groups:
-            L = max(len(s) for s in g)
-            ids = torch.zeros(len(g), L, dtype=torch.long)
-            mask = torch.zeros(len(g), L, dtype=torch.long)
-            for i, s in enumerate(g):
-                ids[i, L - len(s):] = torch.tensor(s)
-                mask[i, L - len(s):] = 1
+            ids, mask = padded(g, left=True)
             hf(input_ids=ids.to(DEV), attention_mask=mask.to(DEV), logits_to_keep=1)
             ends.append((torch.cuda.Event(enable_timing=True), len(g)))
             ends[-1][0].record()
@@ -149,12 +144,7 @@ def generation(folder, args, bw):
     lens = mix("lognormal", B, seed=5)
     seqs = random_ids(lens, lm.config.vocab_size, seed=6, low=10)
     L = max(lens)
-    ids = torch.zeros(B, L, dtype=torch.long)
-    mask = torch.zeros(B, L, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, L - len(s):] = torch.tensor(s)
-        mask[i, L - len(s):] = 1
-    ids, mask = ids.to(DEV), mask.to(DEV)
+    ids, mask = (t.to(DEV) for t in padded(seqs, left=True))
 
     fast = lw.load(folder, device=DEV, dtype="bfloat16", compile=True) if args.compile else None
 

@@ -36,6 +36,18 @@ def random_ids(lens: list[int], vocab: int, seed: int = 0, low: int = 1000) -> l
     return [r.integers(low, vocab, n).tolist() for n in lens]
 
 
+def padded(seqs: list[list[int]], left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The peers' input: ids and attention mask [B, max_len], padded right (encoders) or left (generate)."""
+    L = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), L, dtype=torch.long)
+    mask = torch.zeros(len(seqs), L, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        where = slice(L - len(s), L) if left else slice(0, len(s))
+        ids[i, where] = torch.tensor(s)
+        mask[i, where] = 1
+    return ids, mask
+
+
 def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()

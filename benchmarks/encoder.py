@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import bar_plot, mix, peak_mem_gib, save, table, timed
+from common import bar_plot, mix, padded, peak_mem_gib, save, table, timed
 
 import lengthwise as lw
 from lengthwise.models.load import EMBEDDED, locate_embedded
@@ -61,13 +61,7 @@ def hf_embed(hf, batches: list[list[list[int]]], device) -> list[torch.Tensor]:
     out = []
     with torch.inference_mode():
         for b in batches:
-            L = max(len(s) for s in b)
-            ids = torch.zeros(len(b), L, dtype=torch.long)
-            mask = torch.zeros(len(b), L, dtype=torch.long)
-            for i, s in enumerate(b):
-                ids[i, :len(s)] = torch.tensor(s)
-                mask[i, :len(s)] = 1
-            ids, mask = ids.to(device), mask.to(device)
+            ids, mask = (t.to(device) for t in padded(b))
             h = hf(input_ids=ids, attention_mask=mask).last_hidden_state
             m = mask[..., None].to(h.dtype)
             out.append((h * m).sum(1) / m.sum(1))
