@@ -27,38 +27,39 @@ def fmt(v, digits=3):
     return str(v)
 
 
-def encoder(rows: list[dict]):
-    print("| model | mix | system | tokens/s | lengthwise x | peak GiB |")
-    print("|---|---|---|---|---|---|")
+def pct(v):
+    return f"{v:.1%}"
+
+
+# (header, key, formatter) per column, one list per kind of result
+COLUMNS = {
+    "encoder": [("model", "model", str), ("mix", "mix", str), ("system", "system", str), ("tokens/s", "tokens_per_s", fmt),
+                ("lengthwise x", "lengthwise_speedup", fmt), ("peak GiB", "peak_gib", fmt)],
+    "prefill": [("model", "model", str), ("mix", "mix", str), ("system", "system", str), ("tokens/s", "tokens_per_s", fmt),
+                ("mean TTFT s", "mean_ttft_s", fmt), ("MFU", "mfu", pct), ("lengthwise x", "lengthwise_speedup", fmt),
+                ("peak GiB", "peak_gib", fmt)],
+    "generation": [("system", "system", str), ("output tokens/s", "output_tokens_per_s", fmt),
+                   ("decode step ms", "decode_step_ms", fmt), ("% of HBM roofline", "pct_of_hbm_roofline", fmt),
+                   ("lengthwise x", "lengthwise_speedup", fmt), ("peak GiB", "peak_gib", fmt)],
+}
+
+
+def markdown_table(rows: list[dict], kind: str):
+    cols = COLUMNS[kind]
+    print("| " + " | ".join(h for h, _, _ in cols) + " |")
+    print("|" + "---|" * len(cols))
     for r in rows:
-        print(f"| {r['model']} | {r['mix']} | {r['system']} | {fmt(r['tokens_per_s'])} | "
-              f"{fmt(r['lengthwise_speedup'])} | {fmt(r['peak_gib'])} |")
-
-
-def prefill(rows: list[dict]):
-    print("| model | mix | system | tokens/s | mean TTFT s | MFU | lengthwise x | peak GiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['mix']} | {r['system']} | {fmt(r['tokens_per_s'])} | {fmt(r['mean_ttft_s'])} | "
-              f"{r['mfu']:.1%} | {fmt(r['lengthwise_speedup'])} | {fmt(r['peak_gib'])} |")
-
-
-def generation(rows: list[dict]):
-    print("| system | output tokens/s | decode step ms | % of HBM roofline | lengthwise x | peak GiB |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['system']} | {fmt(r['output_tokens_per_s'])} | {fmt(r['decode_step_ms'])} | "
-              f"{fmt(r['pct_of_hbm_roofline'])} | {fmt(r['lengthwise_speedup'])} | {fmt(r['peak_gib'])} |")
+        print("| " + " | ".join(f(r[k]) for _, k, f in cols) + " |")
 
 
 def main():
-    for title, pattern, fn in [("Encoder (GPU)", "encoder_[!c]*.json", encoder), ("Encoder (CPU)", "encoder_cpu.json", encoder),
-                               ("Causal prefill", "prefill*.json", prefill), ("Generation", "generation*.json", generation)]:
+    for title, pattern, kind in [("Encoder (GPU)", "encoder_[!c]*.json", "encoder"), ("Encoder (CPU)", "encoder_cpu.json", "encoder"),
+                                 ("Causal prefill", "prefill*.json", "prefill"), ("Generation", "generation*.json", "generation")]:
         rows = load(pattern)
         if rows:
             files = sorted({r["_file"] for r in rows})
             print(f"\n### {title}\n\n{rows[0]['_device']}, {rows[0]['_date']} ({', '.join(files)})\n")
-            fn(rows)
+            markdown_table(rows, kind)
 
 
 if __name__ == "__main__":

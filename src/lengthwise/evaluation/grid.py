@@ -102,13 +102,14 @@ def run(cfg: EvalConfig, store: ResultStore, runner, yes: bool = False, allow_be
     store.open_for_append()
     done = 0
     for batch in _batches(todo, cfg.max_batch_tokens):
-        samples = [get_task(c.task).make(runner.render, c.length, c.depth, sample_seed(cfg, c.sample)) for c in batch]
+        task = get_task(batch[0].task)  # a batch holds one task and one length
+        samples = [task.make(runner.render, c.length, c.depth, sample_seed(cfg, c.sample)) for c in batch]
         outputs, timing = runner.generate(samples)
         for c, s, out in zip(batch, samples, outputs):
             store.append({
                 "id": c.id, "model": cfg.model, "method": cfg.method, "backend": cfg.backend, "task": c.task,
                 "length": c.length, "depth": c.depth, "sample": c.sample, "seed": s.seed,
-                "score": get_task(c.task).score(out, s), "output": out, "answers": list(s.answers),
+                "score": task.score(out, s), "output": out, "answers": list(s.answers),
                 "prompt_tokens": s.n_tokens, **timing, "batch_size": len(batch), "config": asdict(cfg),
                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             })
