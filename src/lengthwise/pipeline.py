@@ -15,6 +15,7 @@ from .models import load as L
 from .models.bert import pool
 from .models.llama import Step
 from .packing import token_budget
+from .positions import RoPE, parse as parse_positions
 from .ragged import RaggedBatch
 
 Progress = Callable[[int], None] | None  # called with how many units are done so far
@@ -53,6 +54,15 @@ class _Loaded:
 
 
 class CausalLM(_Loaded):
+    @property
+    def context_length(self) -> int:
+        """The longest input: the trained context, or what the position scheme claims to reach."""
+        return self.module.rotary.reach
+
+    @property
+    def positions(self) -> RoPE:
+        return self.module.rotary.scheme
+
     @property
     def eos_ids(self) -> set[int]:
         tok = self.tokenizer
@@ -184,8 +194,13 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None, backend: str = "auto", compile: bool = False) -> CausalLM | Encoder:
+         dtype: str | torch.dtype | None = None, backend: str = "auto", compile: bool = False,
+         positions: "str | RoPE | None" = None) -> CausalLM | Encoder:
     """Load an embedded model by name, an HF folder (config.json + safetensors) or a .gguf file.
+
+    positions picks a position scheme for RoPE models, e.g. "yarn:factor=4" or
+    lw.positions.SelfExtend(group=8, window=1024) (see lengthwise.positions); None keeps the
+    checkpoint's own.
 
     compile=True runs the forward through torch.compile (dynamic shapes: one compile serves every
     pack size), fusing norms, RoPE and activations; worth it for long runs on a GPU.
@@ -197,9 +212,13 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
         dtype = DTYPES[dtype]
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     chosen = pick_backend(backend, dev, dtype)
+    scheme = parse_positions(positions) if positions is not None else None
     path = L.resolve(name_or_path)
     ck = L.read_checkpoint(path)
-    module = L.build_module(ck, dtype, dev)
+    if scheme is not None and ck.family != "llama":
+        raise LengthwiseError(f"--positions {scheme.spec()}: {ck.arch} models use learned absolute positions, "
+                              "not RoPE; position schemes apply to RoPE models (Llama, Qwen2, Mistral)")
+    module = L.build_module(ck, dtype, dev, **({"positions": scheme} if scheme is not None else {}))
     if compile:
         module.forward = torch.compile(module.forward, dynamic=True)
     tok = L.load_tokenizer(path)

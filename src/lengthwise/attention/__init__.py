@@ -44,11 +44,13 @@ def pick_backend(name: str | None, device: torch.device, dtype: torch.dtype) -> 
     return name
 
 
-def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: str = "reference", scale: float | None = None):
+def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: str = "reference", scale: float | None = None,
+           return_lse: bool = False):
+    """-> out [Tq, H, D], and with return_lse the log-sum-exp of each query's scores [Tq, H] float32."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if backend == "reference":
-        return attend_reference(q, k, v, meta, mask, scale)
-    return attend_varlen(q, k, v, meta, mask, scale)
+        return attend_reference(q, k, v, meta, mask, scale, return_lse)
+    return attend_varlen(q, k, v, meta, mask, scale, return_lse)
 
 
 __all__ = ["AttnMeta", "attend", "pick_backend", "BACKENDS", "MaskPattern", "Causal", "Bidirectional", "SlidingWindow"]

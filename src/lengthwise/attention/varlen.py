@@ -21,7 +21,7 @@ except ImportError:  # torch < 2.10
 _PARAMS = frozenset(inspect.signature(varlen_attn).parameters) if varlen_attn else frozenset()
 
 
-def attend_varlen(q, k, v, meta, mask, scale):
+def attend_varlen(q, k, v, meta, mask, scale, return_lse: bool = False):
     params = _PARAMS
     left, right = mask.flash_window
     kw = {"window_size": (left, right)}
@@ -33,10 +33,23 @@ def attend_varlen(q, k, v, meta, mask, scale):
         kw["seqused_k"] = meta.used_k
     if scale != q.shape[-1] ** -0.5:
         kw["scale"] = scale
-    if set(kw) <= params:
+    if set(kw) <= params and not return_lse:
         return varlen_attn(q, k, v, meta.cu_q, meta.cu_k, meta.max_q, meta.max_k, **kw)
     out = torch.ops.aten._flash_attention_forward(
         q, k, v, meta.cu_q, meta.cu_k, meta.max_q, meta.max_k, 0.0, mask.causal, False,
         scale=scale, window_size_left=None if left == -1 else left,
         window_size_right=None if right == -1 else right, seqused_k=meta.used_k)
-    return out[0]
+    if not return_lse:
+        return out[0]
+    return out[0], _lse_per_token(out[1], meta, q.shape[0])
+
+
+def _lse_per_token(lse: torch.Tensor, meta, total_q: int) -> torch.Tensor:
+    """FlashAttention's log-sum-exp as [Tq, H] float32; rows that saw no key come back as +inf there."""
+    if lse.dim() == 2:  # [H, Tq]: the varlen layout of FlashAttention >= 2.4
+        return lse.T
+    # [B, H, max_q]: older releases pad per sequence
+    n_q = meta.cu_q.diff().long()
+    seq = torch.repeat_interleave(torch.arange(n_q.numel(), device=lse.device), n_q, output_size=total_q)
+    row = torch.arange(total_q, device=lse.device) - meta.cu_q[:-1].long()[seq]
+    return lse[seq, :, row]

@@ -14,7 +14,7 @@ from ..errors import LengthwiseError
 
 class RaggedKVCache:
     def __init__(self, n_layers: int, capacities: list[int], n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str):
+                 dtype: torch.dtype, device: torch.device | str, far_keys: bool = False):
         cap = torch.tensor(capacities, dtype=torch.int64)
         self.capacity = cap.to(device)  # [B]
         self.start = (torch.cumsum(cap, 0) - cap).to(device)  # [B] region starts
@@ -22,6 +22,8 @@ class RaggedKVCache:
         total = int(cap.sum())
         self.k = torch.empty(n_layers, total, n_kv_heads, head_dim, dtype=dtype, device=device)  # [L, S, Hkv, D]
         self.v = torch.empty_like(self.k)
+        # keys rotated for a remap's far pass (positions/rope.py: Remap), when those differ from k
+        self.k_far = torch.empty_like(self.k) if far_keys else None
         self.max_capacity = int(cap.max())
         self.cu_k_all = torch.cat([self.start, self.start[-1:] + self.capacity[-1:]]).to(torch.int32)  # [B+1]
 

@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import AttnMeta, MaskPattern, attend
-from ..positions import RoPE, apply_rope
+from ..attention.two_region import attend_two_region
+from ..positions import Linear, RoPE, Rotary, Rotation, YaRN, apply_rope, from_hf
 from . import fuse, residual_dtype
 
 
@@ -29,6 +30,7 @@ class LlamaConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     sliding_window: int | None = None
+    rope: RoPE | None = None  # the checkpoint's own RoPE scaling (HF rope_scaling), if any
 
     def __post_init__(self):
         self.head_dim = self.head_dim or self.dim // self.n_heads
@@ -47,6 +49,7 @@ class LlamaConfig:
             qkv_bias=c.get("model_type") == "qwen2" or c.get("attention_bias", False),
             o_bias=c.get("attention_bias", False),
             sliding_window=c.get("sliding_window") if use_window else None,
+            rope=from_hf(rope, c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]),
         )
 
     @classmethod
@@ -59,8 +62,22 @@ class LlamaConfig:
             head_dim=f.get(f"{arch}.attention.key_length", 0), norm_eps=f[f"{arch}.attention.layer_norm_rms_epsilon"],
             rope_theta=f.get(f"{arch}.rope.freq_base", 10000.0), context_length=f[f"{arch}.context_length"],
             tie_embeddings="output.weight" not in tensor_names, qkv_bias="blk.0.attn_q.bias" in tensor_names,
-            sliding_window=f.get(f"{arch}.attention.sliding_window"),
+            sliding_window=f.get(f"{arch}.attention.sliding_window"), rope=_gguf_rope(f, arch),
         )
+
+
+def _gguf_rope(f: dict, arch: str) -> RoPE | None:
+    kind = f.get(f"{arch}.rope.scaling.type", "none")
+    factor = float(f.get(f"{arch}.rope.scaling.factor") or 1.0)
+    if kind in ("none", "") or factor == 1.0:
+        return None
+    orig = int(f.get(f"{arch}.rope.scaling.original_context_length") or 0)
+    if kind == "linear":
+        return Linear(factor)
+    if kind == "yarn":
+        return YaRN(factor, original=orig)
+    from ..errors import LengthwiseError
+    raise LengthwiseError(f"this GGUF uses RoPE scaling {kind!r}, which lengthwise does not read yet (linear, yarn)")
 
 
 class RMSNorm(nn.Module):
@@ -83,17 +100,29 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
 
-    def forward(self, x, cos, sin, step: "Step", layer: int):
+    def forward(self, x, rot: Rotation, step: "Step", layer: int):
         T, H, Hkv = x.shape[0], self.n_heads, self.n_kv_heads
         qkv = self.wqkv(x).view(T, H + 2 * Hkv, self.head_dim)  # one GEMM for q, k and v
-        q = apply_rope(qkv[:, :H], cos, sin)  # [T, H, D]
-        k = apply_rope(qkv[:, H:H + Hkv], cos, sin)  # [T, Hkv, D]
+        q = apply_rope(qkv[:, :H], rot.cos, rot.sin)  # [T, H, D]
+        k = apply_rope(qkv[:, H:H + Hkv], rot.cos, rot.sin)  # [T, Hkv, D]
         v = qkv[:, H + Hkv:]
-        if step.cache is not None:
-            step.cache.k[layer, step.slots] = k
-            step.cache.v[layer, step.slots] = v
-            k, v = step.cache.k[layer], step.cache.v[layer]
-        y = attend(q, k, v, step.meta, step.mask, step.backend)  # [T, H, D]
+        far = rot.far
+        if far is not None:  # a remap: queries (and maybe keys) rotated again for the far region
+            qf = apply_rope(qkv[:, :H], far.cos_q, far.sin_q)
+            kf = k if far.cos_k is None else apply_rope(qkv[:, H:H + Hkv], far.cos_k, far.sin_k)
+        cache = step.cache
+        if cache is not None:
+            cache.k[layer, step.slots] = k
+            cache.v[layer, step.slots] = v
+            k, v = cache.k[layer], cache.v[layer]
+            if far is not None:
+                if cache.k_far is not None and far.cos_k is not None:
+                    cache.k_far[layer, step.slots] = kf
+                kf = k if far.cos_k is None else cache.k_far[layer]
+        if far is None:
+            y = attend(q, k, v, step.meta, step.mask, step.backend)  # [T, H, D]
+        else:
+            y = attend_two_region(q, k, v, qf, kf, step.meta, step.mask, far, step.backend)
         return self.wo(y.reshape(T, -1))
 
 
@@ -116,8 +145,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x, cos, sin, step, layer):
-        x = x + self.attention(self.attention_norm(x), cos, sin, step, layer)
+    def forward(self, x, rot, step, layer):
+        x = x + self.attention(self.attention_norm(x), rot, step, layer)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -132,10 +161,14 @@ class Step:
 
 
 class Llama(nn.Module):
-    def __init__(self, cfg: LlamaConfig, positions=None):
+    def __init__(self, cfg: LlamaConfig, positions: RoPE | None = None):
         super().__init__()
         self.cfg = cfg
-        self.positions = positions or RoPE()
+        self.rotary = Rotary(positions or cfg.rope or RoPE(), cfg.head_dim, cfg.rope_theta, cfg.context_length)
+        if self.rotary.far_needed and cfg.sliding_window is not None:
+            from ..errors import LengthwiseError
+            raise LengthwiseError(f"{self.rotary.scheme.name} remaps far keys, but this model attends within a "
+                                  f"{cfg.sliding_window}-token sliding window: use a RoPE scaling instead")
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -147,10 +180,10 @@ class Llama(nn.Module):
 
     def forward(self, tokens, positions, step: Step, out_rows=None):
         """tokens, positions [T] -> logits [T, vocab], or [len(out_rows), vocab] for just those rows."""
-        cos, sin = self.positions.cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        rot = self.rotary(positions, step.meta)
         x = self.tok_embeddings(tokens).to(residual_dtype(self.tok_embeddings.weight.dtype))  # [T, dim]
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, step, i)
+            x = layer(x, rot, step, i)
         if out_rows is not None:
             x = x[out_rows]
         x = self.norm(x)

@@ -1,10 +1,134 @@
-"""Position schemes: how a token's index becomes a rotation or a bias.
+"""Position schemes: how a token's index becomes a rotation, one small dataclass per file.
 
-A scheme for RoPE models is a small dataclass with
-    cos_sin(positions [T], head_dim, base) -> (cos [T, head_dim], sin [T, head_dim])
-in the half-rotation layout HF Llama uses. Scalings and remaps (PI, NTK, YaRN, SelfExtend, ...)
-plug in here and every RoPE model and backend picks them up.
+RoPE scalings change the frequencies (linear, ntk, dynamic_ntk, yarn, longrope, giraffe, llama3);
+remaps change the positions far keys are seen at (self_extend, distance_cap, string); attention
+patterns choose which far keys are seen at all (sinks, lambda). Every scheme plugs into every RoPE
+model and backend through `Rotary`; pick one with `lw.load(..., positions="yarn:factor=4")` or
+`--positions yarn:factor=4`.
 """
-from .rope import RoPE, apply_rope
+from __future__ import annotations
 
-__all__ = ["RoPE", "apply_rope"]
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+from ..errors import LengthwiseError
+from .distance_cap import DistanceCap
+from .dynamic_ntk import DynamicNTK
+from .giraffe import Giraffe
+from .lambda_shape import LambdaShape
+from .linear import Linear
+from .llama3 import Llama3
+from .longrope import LongRoPE
+from .ntk import NTK
+from .rope import RoPE, Remap, Rotary, Rotation, apply_rope
+from .self_extend import SelfExtend
+from .sinks import Sinks
+from .string_shift import STRING
+from .yarn import YaRN
+
+SCHEMES: dict[str, type[RoPE]] = {c.name: c for c in (
+    RoPE, Linear, NTK, DynamicNTK, YaRN, LongRoPE, Giraffe, Llama3, SelfExtend, DistanceCap, STRING, Sinks, LambdaShape)}
+
+
+def parse(spec: "str | RoPE | None") -> RoPE:
+    """'yarn:factor=4' or 'self_extend:group=8,window=1024' -> the scheme; None or 'none' -> plain RoPE.
+
+    List values are written a/b/c, or @file.json for a JSON list.
+    """
+    if spec is None:
+        return RoPE()
+    if isinstance(spec, RoPE):
+        return spec
+    name, _, args = str(spec).strip().partition(":")
+    cls = SCHEMES.get(name.strip())
+    if cls is None:
+        raise LengthwiseError(f"unknown position scheme {name!r}: choose one of {', '.join(SCHEMES)}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    kw = {}
+    for part in (p.strip() for p in args.split(",") if p.strip()):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in known:
+            opts = ", ".join(known) or "none"
+            raise LengthwiseError(f"{name}: cannot read option {part!r} (options: {opts}); write e.g. {name}:"
+                                  f"{next(iter(known), 'factor')}=4")
+        kw[key] = _value(name, key, value.strip(), known[key])
+    return cls(**kw)
+
+
+def _value(scheme: str, key: str, text: str, kind):
+    try:
+        if kind == tuple[float, ...]:
+            if text.startswith("@"):
+                return tuple(float(x) for x in json.loads(Path(text[1:]).read_text()))
+            return tuple(float(x) for x in text.split("/"))
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if kind is int:
+            return int(text)
+        return float(text)
+    except (ValueError, OSError, TypeError, json.JSONDecodeError) as e:
+        what = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "numbers a/b/c or @file.json")
+        detail = f" ({e})" if isinstance(e, OSError) else ""
+        raise LengthwiseError(f"{scheme}: {key}={text!r} is not {what}{detail}") from None
+
+
+# HF config "rope_scaling" / "rope_parameters" -> our scheme (what the checkpoint was trained with)
+def from_hf(rope: dict | None, head_dim: int) -> RoPE | None:
+    if not rope:
+        return None
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    orig = int(rope.get("original_max_position_embeddings") or 0)
+    f = rope.get("factor")
+    if kind == "default":
+        return None
+    if kind == "linear":
+        return Linear(float(f))
+    if kind == "dynamic":
+        return DynamicNTK(float(f))
+    if kind == "yarn":
+        return YaRN(float(f), float(rope.get("beta_fast") or 32), float(rope.get("beta_slow") or 1),
+                    _yarn_attn(rope, float(f)), orig, bool(rope.get("truncate", True)))
+    if kind == "longrope":
+        return LongRoPE(tuple(rope["long_factor"]), tuple(rope["short_factor"]), float(f or 0),
+                        float(rope.get("attention_factor") or 0), orig)
+    if kind == "llama3":
+        return Llama3(float(f), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]), orig)
+    raise LengthwiseError(f"this checkpoint uses RoPE scaling {kind!r}, which lengthwise does not implement yet "
+                          f"(supported: linear, dynamic, yarn, longrope, llama3)")
+
+
+def _yarn_attn(rope: dict, factor: float) -> float:
+    if rope.get("attention_factor"):
+        return float(rope["attention_factor"])
+    m, m_all = rope.get("mscale"), rope.get("mscale_all_dim")
+    if m and m_all and factor > 1:
+        import math
+        return (0.1 * m * math.log(factor) + 1.0) / (0.1 * m_all * math.log(factor) + 1.0)
+    return 0.0
+
+
+# our scheme -> HF's own rope_parameters, for the hf backend to run the peer's version of a method
+def to_hf(scheme: RoPE, trained: int) -> dict | None:
+    if type(scheme) is RoPE:
+        return None
+    if isinstance(scheme, Linear):
+        return {"rope_type": "linear", "factor": scheme.factor}
+    if isinstance(scheme, DynamicNTK):
+        return {"rope_type": "dynamic", "factor": scheme.factor}
+    if isinstance(scheme, YaRN):
+        d = {"rope_type": "yarn", "factor": scheme.factor, "beta_fast": scheme.beta_fast, "beta_slow": scheme.beta_slow,
+             "original_max_position_embeddings": scheme.original or trained, "truncate": scheme.truncate}
+        return d | ({"attention_factor": scheme.attn_factor} if scheme.attn_factor else {})
+    raise LengthwiseError(f"HF transformers has no built-in {scheme.name!r}: the hf backend runs linear, "
+                          "dynamic_ntk and yarn")
+
+
+__all__ = ["RoPE", "Remap", "Rotary", "Rotation", "apply_rope", "SCHEMES", "parse", "from_hf", "to_hf",
+           "Linear", "NTK", "DynamicNTK", "YaRN", "LongRoPE", "Giraffe", "Llama3", "SelfExtend", "DistanceCap",
+           "STRING", "Sinks", "LambdaShape"]
