@@ -64,6 +64,11 @@ class CausalLM(_Loaded):
         return self.module.rotary.scheme
 
     @property
+    def _reach_text(self) -> str:
+        r = self.module.rotary
+        return "the model was trained on" if r.reach == r.trained else f"--positions {r.scheme.spec()} reaches"
+
+    @property
     def eos_ids(self) -> set[int]:
         tok = self.tokenizer
         return {tok.eos_token_id} if tok is not None and tok.eos_token_id is not None else set()
@@ -81,7 +86,7 @@ class CausalLM(_Loaded):
     def logits(self, seqs: Sequence[Sequence[int]], max_tokens_per_forward: int = 32768,
                truncate: bool = False) -> list[torch.Tensor]:
         """Per-sequence logits [len_i, vocab], float32 on CPU, from packed forwards (no padding)."""
-        seqs = self._fit([list(s) for s in seqs], self.context_length, truncate, "tail", "the model was trained on")
+        seqs = self._fit([list(s) for s in seqs], self.context_length, truncate, "tail", self._reach_text)
         out: list[torch.Tensor] = [None] * len(seqs)  # type: ignore[list-item]
         for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device)
@@ -97,7 +102,7 @@ class CausalLM(_Loaded):
 
         The LM head runs on B rows, not T: what time-to-first-token needs.
         """
-        seqs = self._fit([list(s) for s in seqs], self.context_length, truncate, "tail", "the model was trained on")
+        seqs = self._fit([list(s) for s in seqs], self.context_length, truncate, "tail", self._reach_text)
         out = torch.empty(len(seqs), self.config.vocab_size, dtype=self.dtype, device=self.device)
         for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device)

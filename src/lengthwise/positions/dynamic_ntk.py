@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from .rope import RoPE, at_least_one, default_inv_freq
+from .rope import UNBOUNDED, RoPE, at_least_one, default_inv_freq
 
 
 @dataclass(frozen=True)
@@ -35,4 +35,4 @@ class DynamicNTK(RoPE):
         return 1.0 / (b.float()[:, None] ** expo[None, :])
 
     def reach(self, trained):
-        return int(trained * self.factor)
+        return UNBOUNDED  # the base grows with each sequence's length

@@ -1,0 +1,192 @@
+"""RoPE scalings against HF transformers' own rope init functions, and end to end against HF models."""
+import math
+
+import pytest
+import torch
+import transformers
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+import lengthwise as lw
+from lengthwise.positions import (NTK, DynamicNTK, Giraffe, Linear, Llama3, LongRoPE, Rotary, YaRN, from_hf,
+                                  parse)
+from conftest import rel_err, tiny_hf_causal
+
+HEAD_DIM, BASE, TRAINED = 64, 10000.0, 8192
+
+
+def _hf(rope: dict, head_dim=HEAD_DIM, base=BASE, trained=TRAINED):
+    return transformers.LlamaConfig(hidden_size=head_dim * 4, num_attention_heads=4, max_position_embeddings=trained,
+                                    rope_parameters={"rope_theta": base, **rope})
+
+
+def _ours(scheme, head_dim=HEAD_DIM, base=BASE, trained=TRAINED):
+    r = Rotary(scheme, head_dim, base, trained)
+    return r._inv_cpu, r.factor
+
+
+@pytest.mark.parametrize("factor", [2.0, 4.0, 16.0])
+def test_linear_matches_hf(factor):
+    inv, att = ROPE_INIT_FUNCTIONS["linear"](_hf({"rope_type": "linear", "factor": factor}))
+    ours, f = _ours(Linear(factor))
+    assert torch.equal(ours, inv) and f == att == 1.0
+
+
+@pytest.mark.parametrize("factor,beta_fast,beta_slow,truncate,head_dim,base,original", [
+    (4.0, 32, 1, True, 64, 10000.0, 0),
+    (8.0, 32, 1, True, 64, 100000.0, 0),  # SmolLM2's base
+    (16.0, 16, 2, False, 128, 500000.0, 4096),
+    (1.0, 32, 1, True, 64, 10000.0, 0),  # factor 1: no temperature
+])
+def test_yarn_matches_hf(factor, beta_fast, beta_slow, truncate, head_dim, base, original):
+    rope = {"rope_type": "yarn", "factor": factor, "beta_fast": beta_fast, "beta_slow": beta_slow, "truncate": truncate}
+    if original:
+        rope["original_max_position_embeddings"] = original
+    inv, att = ROPE_INIT_FUNCTIONS["yarn"](_hf(rope, head_dim, base))
+    ours, f = _ours(YaRN(factor, beta_fast, beta_slow, 0.0, original, truncate), head_dim, base)
+    assert torch.allclose(ours, inv, rtol=1e-6, atol=0), (ours - inv).abs().max()
+    assert f == pytest.approx(att, rel=1e-12)
+    # the paper's temperature: sqrt(1/t) = 0.1 ln(s) + 1, applied to cos and sin
+    assert f == pytest.approx(1.0 if factor <= 1 else 0.1 * math.log(factor) + 1)
+
+
+def test_yarn_from_hf_config_uses_mscale():
+    rope = {"rope_type": "yarn", "factor": 4.0, "mscale": 1.0, "mscale_all_dim": 0.5}
+    _, att = ROPE_INIT_FUNCTIONS["yarn"](_hf(rope))
+    assert _ours(from_hf(rope, HEAD_DIM))[1] == pytest.approx(att, rel=1e-12)
+
+
+@pytest.mark.parametrize("seq_len", [100, 8192, 8193, 20000, 131072])
+def test_dynamic_ntk_matches_hf_at_each_length(seq_len):
+    cfg = _hf({"rope_type": "dynamic", "factor": 4.0})
+    inv, _ = ROPE_INIT_FUNCTIONS["dynamic"](cfg, seq_len=seq_len)
+    ours = DynamicNTK(4.0).inv_freq_at(torch.tensor([seq_len]), HEAD_DIM, BASE, TRAINED)[0]
+    assert torch.allclose(ours, inv, rtol=1e-6, atol=0)
+
+
+def test_static_ntk_is_dynamic_ntk_frozen_at_one_length():
+    # dynamic NTK at length L uses alpha = s L / L0 - (s - 1); static NTK with that alpha is the same base
+    cfg = _hf({"rope_type": "dynamic", "factor": 2.0})
+    inv, _ = ROPE_INIT_FUNCTIONS["dynamic"](cfg, seq_len=4 * TRAINED)
+    ours, f = _ours(NTK(2.0 * 4 - 1))
+    assert torch.allclose(ours, inv, rtol=1e-6, atol=0) and f == 1.0
+    # hand check: the highest frequency is untouched, the lowest is scaled by exactly 1/alpha
+    plain = 1.0 / BASE ** (torch.arange(0, HEAD_DIM, 2).float() / HEAD_DIM)
+    assert ours[0] == plain[0]
+    assert ours[-1].item() == pytest.approx(plain[-1].item() / 7.0 ** ((HEAD_DIM - 2) / (HEAD_DIM - 2)), rel=1e-5)
+
+
+def test_longrope_matches_hf():
+    long = [1.0 + 0.25 * i for i in range(HEAD_DIM // 2)]
+    short = [1.0 + 0.01 * i for i in range(HEAD_DIM // 2)]
+    rope = {"rope_type": "longrope", "long_factor": long, "short_factor": short, "original_max_position_embeddings": 4096}
+    cfg = _hf(rope, trained=16384)
+    inv_long, att = ROPE_INIT_FUNCTIONS["longrope"](cfg, seq_len=5000)
+    inv_short, _ = ROPE_INIT_FUNCTIONS["longrope"](cfg, seq_len=100)
+    scheme = from_hf(cfg.rope_parameters, HEAD_DIM)
+    scheme = LongRoPE(scheme.factors, scheme.short_factors, 16384 / 4096, 0.0, 4096)  # HF's factor from the config
+    both = scheme.inv_freq_at(torch.tensor([5000, 100]), HEAD_DIM, BASE, 16384)
+    assert torch.equal(both[0], inv_long) and torch.equal(both[1], inv_short)
+    assert Rotary(scheme, HEAD_DIM, BASE, 16384).factor == pytest.approx(att, rel=1e-12)
+
+
+def test_llama3_matches_hf():
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
+    inv, _ = ROPE_INIT_FUNCTIONS["llama3"](_hf(rope, 128, 500000.0, 131072))
+    ours, _ = _ours(from_hf(rope, 128), 128, 500000.0, 131072)
+    assert torch.equal(ours, inv)
+
+
+def test_giraffe_truncates_by_wavelength():
+    T = 1024
+    inv, _ = _ours(Giraffe(truncate=T), trained=T)
+    plain = 1.0 / BASE ** (torch.arange(0, HEAD_DIM, 2).float() / HEAD_DIM)
+    wave = 2 * math.pi / plain
+    for w, p, o in zip(wave.tolist(), plain.tolist(), inv.tolist()):
+        if w <= T:
+            assert o == p  # turns at least once in T tokens: kept
+        elif w <= 8 * T:
+            assert o == pytest.approx(2 * math.pi / (16 * T))  # wavelength set to 16 T
+        else:
+            assert o == 0.0  # never turns: no rotation
+    assert (inv == 0).any() and (inv == plain).any()
+
+
+# --- end to end: our model with a scheme against HF's model with the same rope_scaling -------------
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "linear", "factor": 4.0},
+    {"rope_type": "yarn", "factor": 4.0},
+    {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 32},
+])
+def test_checkpoint_rope_scaling_matches_hf_past_the_trained_length(tmp_path, rope):
+    hf, folder = tiny_hf_causal("llama", tmp_path, max_position_embeddings=32, rope_parameters={"rope_theta": 10000.0, **rope})
+    lm = lw.load(folder, device="cpu", dtype="float32")
+    assert lm.positions.name == {"linear": "linear", "yarn": "yarn", "llama3": "llama3"}[rope["rope_type"]]
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, 211, (n,), generator=g).tolist() for n in (5, 90, 127)]
+    with torch.no_grad():
+        ref = [hf(torch.tensor([s])).logits[0] for s in seqs]
+    for o, r in zip(lm.logits(seqs), ref):
+        assert rel_err(o, r) <= 1e-4
+
+
+@pytest.mark.parametrize("spec,hf_rope", [
+    ("linear:factor=4", {"rope_type": "linear", "factor": 4.0}),
+    ("yarn:factor=8", {"rope_type": "yarn", "factor": 8.0}),
+])
+def test_positions_option_matches_hf_rope_scaling(tmp_path, spec, hf_rope):
+    _, folder = tiny_hf_causal("llama", tmp_path, max_position_embeddings=32)
+    hf, _ = tiny_hf_causal("llama", tmp_path / "hf", max_position_embeddings=32,
+                           rope_parameters={"rope_theta": 10000.0, **hf_rope})
+    lm = lw.load(folder, device="cpu", dtype="float32", positions=spec)
+    s = torch.randint(0, 211, (120,), generator=torch.Generator().manual_seed(1)).tolist()
+    with torch.no_grad():
+        ref = hf(torch.tensor([s])).logits[0]
+    assert rel_err(lm.logits([s])[0], ref) <= 1e-4
+
+
+def test_dynamic_ntk_packed_sequences_each_use_their_own_length(tmp_path):
+    """HF scales a batch by its longest input; lengthwise by each sequence's own length, as HF does one at a time."""
+    hf, folder = tiny_hf_causal("llama", tmp_path, max_position_embeddings=32,
+                                rope_parameters={"rope_theta": 10000.0, "rope_type": "dynamic", "factor": 2.0})
+    lm = lw.load(folder, device="cpu", dtype="float32")
+    assert isinstance(lm.positions, DynamicNTK)
+    g = torch.Generator().manual_seed(2)
+    seqs = [torch.randint(0, 211, (n,), generator=g).tolist() for n in (20, 150, 64, 33)]
+    packed = lm.logits(seqs)
+    for s, o in zip(seqs, packed):
+        hf.model.rotary_emb.max_seq_len_cached = 32  # one fresh sequence at a time
+        hf.model.rotary_emb.inv_freq = hf.model.rotary_emb.original_inv_freq
+        with torch.no_grad():
+            ref = hf(torch.tensor([s])).logits[0]
+        assert rel_err(o, ref) <= 1e-4, len(s)
+
+
+def test_dynamic_ntk_generation_matches_hf(tmp_path):
+    """Decode past the trained length: each step rescales new tokens, cached keys keep their rotation."""
+    hf, folder = tiny_hf_causal("llama", tmp_path, max_position_embeddings=32,
+                                rope_parameters={"rope_theta": 10000.0, "rope_type": "dynamic", "factor": 2.0})
+    lm = lw.load(folder, device="cpu", dtype="float32")
+    prompts = [torch.randint(3, 211, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (24, 40)]
+    ours = lm.generate_ids(prompts, max_new_tokens=20)
+    for p, o in zip(prompts, ours):
+        hf.model.rotary_emb.max_seq_len_cached = 32
+        hf.model.rotary_emb.inv_freq = hf.model.rotary_emb.original_inv_freq
+        ids = torch.tensor([p])
+        with torch.no_grad():
+            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+                              eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
+        assert o == ref
+
+
+def test_reach_opens_the_context_and_still_bounds_it(tmp_path):
+    _, folder = tiny_hf_causal("llama", tmp_path, max_position_embeddings=32)
+    assert lw.load(folder, device="cpu").context_length == 32
+    lm = lw.load(folder, device="cpu", positions="yarn:factor=4")
+    assert lm.context_length == 128
+    lm.logits([[1] * 128])
+    with pytest.raises(lw.LengthwiseError, match="129"):
+        lm.logits([[1] * 129])
+    assert parse("self_extend:group=4,window=8").reach(32) == (32 - 8) * 4 + 8
