@@ -70,10 +70,10 @@ def one_thread_and_cached_models():
     torch.set_num_threads(1)
     real, cache = lengthwise.load, {}
 
-    def cached(name_or_path, device=None, dtype=None, backend="auto"):
-        key = (str(name_or_path), str(device), str(dtype), backend)
+    def cached(name_or_path, device=None, dtype=None, backend="auto", positions=None):
+        key = (str(name_or_path), str(device), str(dtype), backend, str(positions))
         if key not in cache:
-            cache[key] = real(name_or_path, device=device, dtype=dtype, backend=backend)
+            cache[key] = real(name_or_path, device=device, dtype=dtype, backend=backend, positions=positions)
         return cache[key]
 
     mp = pytest.MonkeyPatch()
@@ -228,6 +228,42 @@ def test_generate_prompt_over_the_context(tmp_path):
 @pytest.mark.slow
 def test_generate_with_an_encoder_is_refused():
     one_error(run("generate", PROMPTS, "--model", "minilm-l6"), "not a text generator")
+
+
+@pytest.mark.parametrize("spec,needles", [
+    ("warp", ("unknown position scheme 'warp'", "yarn")),
+    ("yarn:factor=0", ("factor must be > 0",)),
+    ("yarn:scale=2", ("cannot read option 'scale=2'", "factor")),
+    ("self_extend:group=4,window=9000", ("window=9000", "8192-token trained context")),
+])
+def test_bad_positions_are_one_line(spec, needles):
+    one_error(run("generate", PROMPTS, "--positions", spec), *needles)
+
+
+@pytest.mark.slow
+def test_positions_on_an_encoder_is_refused(tmp_path):
+    one_error(run("embed", TEXTS, "--positions", "yarn:factor=4"), "learned absolute positions", "RoPE")
+
+
+def test_eval_positions_errors(tmp_path):
+    out = tmp_path / "r.jsonl"
+    one_error(run("eval", "--backend", "hf", "--positions", "self_extend:group=4", "--out", out),
+              "no built-in 'self_extend'", "linear, dynamic_ntk and yarn")
+    one_error(run("eval", "--positions", "nope:factor=2", "--out", out), "unknown position scheme")
+    assert not out.exists()
+
+
+def test_positions_reach_past_the_trained_context(tmp_path):
+    """Past the 32-token trained context: the scheme's reach is the limit, and its error names it."""
+    from conftest import tiny_hf_causal
+    _, folder = tiny_hf_causal("llama", tmp_path, max_position_embeddings=32)
+    with pytest.raises(LengthwiseError, match="over the 32 that the model was trained on"):
+        lengthwise.load(folder, device="cpu").logits([[1] * 90])
+    lm = lengthwise.load(folder, device="cpu", positions="self_extend:group=4,window=8")
+    assert lm.context_length == (32 - 8) * 4 + 8
+    with pytest.raises(LengthwiseError, match="--positions self_extend:group=4,window=8 reaches"):
+        lm.logits([[1] * 200])
+    assert len(lm.generate_ids([[1] * 90], max_new_tokens=4)[0]) == 4
 
 
 # ---------------------------------------------------------------- output safety

@@ -226,11 +226,11 @@ def _emit_lines(out: Path | None, lines: list[str]) -> None:
 # ---------------------------------------------------------------- models and progress
 
 
-def _load(ctx: typer.Context, model: str, device, dtype, backend):
+def _load(ctx: typer.Context, model: str, device, dtype, backend, positions: str | None = None):
     if not (ctx.obj or {}).get("debug"):
         from transformers.utils import logging as hf_logging
         hf_logging.set_verbosity_error()  # e.g. "sequence length is longer than..." : we report that ourselves
-    return lw.load(model, device=device, dtype=dtype, backend=backend)
+    return lw.load(model, device=device, dtype=dtype, backend=backend, positions=positions)
 
 
 @contextmanager
@@ -273,6 +273,11 @@ OutOpt = typer.Option("--output", "-o", metavar="OUT",
                       help="Output file (see Output above). Without it: JSON lines on stdout.")
 SkipOpt = typer.Option("--skip-empty", help="Skip empty or whitespace-only lines (with a warning) instead of failing.")
 DeviceOpt = typer.Option("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, ... \\[default: cuda when available, else cpu]")
+PositionsOpt = typer.Option(
+    "--positions", metavar="SCHEME[:k=v,...]",
+    help="Position scheme for RoPE models, e.g. yarn:factor=4 or self_extend:group=8,window=1024 "
+         "(schemes: " + ", ".join(lw.positions.SCHEMES) + "; see docs/context-extension.md). "
+         "\\[default: the checkpoint's own]")
 DtypeOpt = typer.Option("--dtype", help="Weights and compute dtype. \\[default: bfloat16 on GPU, float32 on CPU]")
 BackendOpt = typer.Option("--backend", help="Attention: reference (pure torch, any device) or varlen "
                                             "(FlashAttention-style, CUDA + 16-bit); auto picks.")
@@ -362,13 +367,16 @@ def embed(
     dtype: Annotated[Dtype, DtypeOpt] = None,
     backend: Annotated[Backend, BackendOpt] = "auto",
     max_tokens_per_forward: Annotated[int, typer.Option("--max-tokens-per-forward", min=1, help="Tokens packed into one forward pass (lower it if memory runs out).")] = 16384,
+    positions: Annotated[Optional[str], PositionsOpt] = None,
 ):
     if output is not None:
         _check_output(output, (".npy", ".jsonl"),
                       "name it .npy (a float32 array) or .jsonl (one JSON line per text)")
     linenos, texts = _read_inputs(input, "text", skip_empty)
     resolve_device(device)  # a bad --device fails before the model loads
-    enc = _load(ctx, model, device, dtype, backend)
+    if positions is not None:
+        lw.positions.parse(positions)  # a bad scheme fails before the model loads
+    enc = _load(ctx, model, device, dtype, backend, positions)
     if not isinstance(enc, lw.Encoder):
         raise LengthwiseError(f"{model} is a text generator ({enc.arch}), not an encoder: use lengthwise generate")
     with _too_long(input, linenos, "--truncate (keeps the first tokens)"), _progress("embedding", len(texts), "texts") as done:
@@ -422,6 +430,7 @@ def generate(
     device: Annotated[Optional[str], DeviceOpt] = None,
     dtype: Annotated[Dtype, DtypeOpt] = None,
     backend: Annotated[Backend, BackendOpt] = "auto",
+    positions: Annotated[Optional[str], PositionsOpt] = None,
 ):
     if top_p <= 0:
         raise typer.BadParameter("must be greater than 0", param_hint="'--top-p'")
@@ -429,7 +438,9 @@ def generate(
         _check_output(output, (".jsonl",), "generate writes JSON lines: name it .jsonl")
     linenos, prompts = _read_inputs(input, "prompt", skip_empty)
     resolve_device(device)  # a bad --device fails before the model loads
-    lm = _load(ctx, model, device, dtype, backend)
+    if positions is not None:
+        lw.positions.parse(positions)  # a bad scheme fails before the model loads
+    lm = _load(ctx, model, device, dtype, backend, positions)
     if not isinstance(lm, lw.CausalLM):
         raise LengthwiseError(f"{model} is an encoder ({lm.arch}), not a text generator: use lengthwise embed")
     with _too_long(input, linenos, "lower --max-new-tokens or pass --truncate (keeps the last tokens)"), _progress(f"generating ({len(prompts)} prompts)", max_new_tokens, "tokens") as done:
@@ -464,7 +475,8 @@ options follow a colon, e.g. niah_single:haystack=noise.
 
 [bold]Examples[/bold]
   lengthwise eval --model smollm2-135m --tasks passkey,niah_single --lengths 1k,2k,4k,8k --depths 5 --samples 4 --out runs/x.jsonl
-  lengthwise eval --backend hf --hf-rope '{"rope_type": "yarn", "factor": 4.0}' --tasks passkey --lengths 16k --out runs/hf.jsonl
+  lengthwise eval --positions self_extend:group=8,window=1024 --tasks passkey --lengths 16k,32k --out runs/se.jsonl
+  lengthwise eval --backend hf --positions yarn:factor=4 --tasks passkey --lengths 16k --out runs/hf.jsonl
   lengthwise report runs/x.jsonl
 """)
 def eval_(
@@ -478,7 +490,8 @@ def eval_(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generated prompts: same seed, same prompts.")] = 0,
     backend: Annotated[str, typer.Option("--backend", help="lengthwise (the packed engine) or hf (HF transformers, the peer).")] = "lengthwise",
     chat: Annotated[bool, typer.Option("--chat", help="Wrap prompts in the model's chat template.")] = False,
-    hf_rope: Annotated[Optional[str], typer.Option("--hf-rope", metavar="JSON", help="hf backend: HF's own rope scaling, e.g. '{\"rope_type\": \"dynamic\", \"factor\": 8.0}'.")] = None,
+    positions: Annotated[Optional[str], PositionsOpt] = None,
+    hf_rope: Annotated[Optional[str], typer.Option("--hf-rope", metavar="JSON", help="hf backend: HF's own rope scaling, e.g. '{\"rope_type\": \"dynamic\", \"factor\": 8.0}' (or --positions dynamic_ntk:factor=8).")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Run even when the CPU time estimate is absurd.")] = False,
     allow_beyond_context: Annotated[bool, typer.Option("--allow-beyond-context", help="Run lengths past the model's trained context (warns).")] = False,
     device: Annotated[Optional[str], DeviceOpt] = None,
@@ -494,7 +507,8 @@ def eval_(
         except json.JSONDecodeError as e:
             raise LengthwiseError(f"--hf-rope is not valid JSON ({e.msg}): e.g. '{{\"rope_type\": \"yarn\", \"factor\": 4.0}}'") from None
     cfg = EvalConfig(model=model, tasks=_split_tasks(tasks), lengths=parse_lengths(lengths), depths=parse_depths(depths),
-                     samples=samples, seed=seed, backend=backend, chat=chat, hf_rope=rope, device=device, dtype=dtype,
+                     samples=samples, seed=seed, method=positions or "none", backend=backend, chat=chat, hf_rope=rope,
+                     device=device, dtype=dtype,
                      max_batch_tokens=max_batch_tokens)
     store = ResultStore(out)
     if out.is_dir():

@@ -64,9 +64,9 @@ class _Timer:
 class LengthwiseRunner:
     """The packed engine: a batch's prompts prefill as one packed stream, then decode together."""
 
-    def __init__(self, model: str, chat: bool = False, device=None, dtype=None):
+    def __init__(self, model: str, chat: bool = False, device=None, dtype=None, positions: str | None = None):
         from ..pipeline import CausalLM, load
-        self.lm = load(model, device=device, dtype=dtype)
+        self.lm = load(model, device=device, dtype=dtype, positions=positions)
         if not isinstance(self.lm, CausalLM):
             raise LengthwiseError(f"{model} is an encoder: eval needs a causal language model")
         self.tok = self.lm.tokenizer
@@ -89,16 +89,22 @@ class LengthwiseRunner:
 class HFRunner:
     """HF transformers' AutoModelForCausalLM, one prompt at a time, greedy; its own rope scaling if given."""
 
-    def __init__(self, model: str, chat: bool = False, device=None, dtype=None, hf_rope: dict | None = None):
+    def __init__(self, model: str, chat: bool = False, device=None, dtype=None, hf_rope: dict | None = None,
+                 positions: str | None = None):
         from transformers import AutoConfig, AutoModelForCausalLM
         from ..models.load import load_tokenizer, resolve
         from ..pipeline import DTYPES, resolve_device
+        from ..positions import Rotary, from_hf, parse, to_hf
         path = resolve(model)
         self.device = resolve_device(device)
         dt = DTYPES[dtype] if isinstance(dtype, str) else dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         folder, kw = (path.parent, {"gguf_file": path.name}) if path.suffix == ".gguf" else (path, {})
         cfg = AutoConfig.from_pretrained(str(folder), **kw)
-        self.context_length = cfg.max_position_embeddings
+        trained = cfg.max_position_embeddings
+        hf_rope = hf_rope or to_hf(parse(positions), trained)
+        scheme = from_hf(hf_rope, 64) or parse(None)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.context_length = Rotary(scheme, head_dim, 10000.0, trained).reach  # what HF's setting claims
         if hf_rope:
             if getattr(cfg, "rope_parameters", None) is not None:
                 cfg.rope_parameters = {**cfg.rope_parameters, **hf_rope}
@@ -128,5 +134,5 @@ class HFRunner:
 
 def make_runner(cfg):
     if cfg.backend == "hf":
-        return HFRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype, cfg.hf_rope)
-    return LengthwiseRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype)
+        return HFRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype, cfg.hf_rope, cfg.method)
+    return LengthwiseRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype, cfg.method)

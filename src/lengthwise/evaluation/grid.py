@@ -49,6 +49,16 @@ class EvalConfig:
             get_task(t)  # unknown names and options fail here, before any model loads
         if self.hf_rope and self.backend != "hf":
             raise LengthwiseError("hf_rope applies to the hf backend only: use --positions for lengthwise")
+        from ..positions import from_hf, parse, to_hf
+        scheme = parse(self.method)  # unknown schemes and options fail here too
+        if self.backend == "hf":
+            if self.hf_rope and type(scheme) is not type(parse(None)):
+                raise LengthwiseError("give the hf backend either --positions or --hf-rope, not both")
+            if self.hf_rope:
+                scheme = from_hf(self.hf_rope, 64) or scheme  # the label names HF's setting in our terms
+            else:
+                to_hf(scheme, 1)  # a scheme HF has no built-in for fails here
+        self.method = scheme.spec()
 
 
 @dataclass(frozen=True)
