@@ -42,8 +42,11 @@ def _sink_pass(qf, kf, v, meta, q_pos, W: int, n: int, scale: float):
     n_q = meta.cu_q.diff().long()
     seq = torch.repeat_interleave(torch.arange(n_q.numel(), device=qf.device), n_q, output_size=T)  # [T]
     j = torch.arange(n, device=qf.device)
+    used = meta.used_k if meta.used_k is not None else meta.cu_k.diff()  # [B]
     slots = (meta.cu_k[:-1].long()[:, None] + j[None, :]).clamp(max=kf.shape[0] - 1)  # [B, n]
-    ks, vs = kf[slots].float(), v[slots].float()  # [B, n, Hkv, D]
+    real = (j[None, :] < used[:, None])[:, :, None, None]  # slots past a sequence's keys hold garbage (even NaN)
+    ks = torch.where(real, kf[slots].float(), 0.0)  # [B, n, Hkv, D]
+    vs = torch.where(real, v[slots].float(), 0.0)
     out = torch.empty(T, H, D, dtype=torch.float32, device=qf.device)
     lse = torch.empty(T, H, dtype=torch.float32, device=qf.device)
     for a in range(0, T, _CHUNK):

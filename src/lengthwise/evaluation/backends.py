@@ -94,28 +94,31 @@ class HFRunner:
         from transformers import AutoConfig, AutoModelForCausalLM
         from ..models.load import load_tokenizer, resolve
         from ..pipeline import DTYPES, resolve_device
-        from ..positions import Rotary, from_hf, parse, to_hf
+        from ..positions import parse, to_hf
         path = resolve(model)
         self.device = resolve_device(device)
         dt = DTYPES[dtype] if isinstance(dtype, str) else dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         folder, kw = (path.parent, {"gguf_file": path.name}) if path.suffix == ".gguf" else (path, {})
         cfg = AutoConfig.from_pretrained(str(folder), **kw)
-        trained = cfg.max_position_embeddings
-        hf_rope = hf_rope or to_hf(parse(positions), trained)
-        scheme = from_hf(hf_rope, 64) or parse(None)
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.context_length = Rotary(scheme, head_dim, 10000.0, trained).reach  # what HF's setting claims
-        if hf_rope:
-            if getattr(cfg, "rope_parameters", None) is not None:
-                cfg.rope_parameters = {**cfg.rope_parameters, **hf_rope}
-            else:
-                cfg.rope_scaling = hf_rope
         self.model = AutoModelForCausalLM.from_pretrained(str(folder), config=cfg, dtype=dt, **kw).to(self.device).eval()
+        self._rope0 = dict(cfg.rope_parameters)  # as trained
+        self.set_rope(hf_rope or to_hf(parse(positions), cfg.max_position_embeddings))
         self.tok = load_tokenizer(path)
         self.render = make_render(self.tok, chat)
         self.n_layers, self.width = cfg.num_hidden_layers, cfg.hidden_size
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.on_cpu = self.device.type == "cpu"
+
+    def set_rope(self, hf_rope: dict | None) -> None:
+        """HF's own RoPE scaling (None: as trained), by rebuilding the model's rotary embedding from its config."""
+        from ..positions import Rotary, from_hf, parse
+        cfg = self.model.config
+        cfg.rope_parameters = {**self._rope0, **hf_rope} if hf_rope else dict(self._rope0)
+        rot = self.model.model.rotary_emb
+        self.model.model.rotary_emb = type(rot)(config=cfg).to(self.device)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        scheme = from_hf(hf_rope, head_dim) or parse(None)
+        self.context_length = Rotary(scheme, head_dim, 10000.0, cfg.max_position_embeddings).reach  # what it claims
 
     @torch.inference_mode()
     def generate(self, samples) -> tuple[list[str], dict]:

@@ -56,6 +56,8 @@ def parse(spec: "str | RoPE | None") -> RoPE:
             raise LengthwiseError(f"{name}: cannot read option {part!r} (options: {opts}); write e.g. {name}:"
                                   f"{next(iter(known), 'factor')}=4")
         kw[key] = _value(name, key, value.strip(), known[key])
+        if key == "factors" and value.strip().startswith("@") and "source" in known:
+            kw["source"] = value.strip()[1:]
     return cls(**kw)
 
 

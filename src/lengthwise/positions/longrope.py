@@ -25,6 +25,13 @@ class LongRoPE(RoPE):
     factor: float = 0.0  # the extension ratio s (attention factor and reach); 0: max(factors)
     attn_factor: float = 0.0  # 0: sqrt(1 + ln(s) / ln(trained))
     original: int = 0  # 0: the model's own trained length
+    source: str = ""  # the JSON file the factors came from (factors=@file), named in spec()
+
+    def spec(self) -> str:
+        if not self.source:
+            return super().spec()
+        rest = super().spec().split(":", 1)[1].split(",")
+        return "longrope:" + ",".join([f"factors=@{self.source}"] + [a for a in rest if not a.startswith(("factors=", "source="))])
 
     @property
     def dynamic(self) -> bool:  # type: ignore[override]

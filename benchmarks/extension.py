@@ -1,0 +1,166 @@
+"""Context extension through the harness: tune on seed 1, pick, run the reported grid on seed 0, then 128k.
+
+    LENGTHWISE_MODEL_DIR=/tmp/lw-models PYTHONPATH=src python benchmarks/extension.py [--phases tune,full,long]
+        [--runs DIR] [--deadline SECONDS]
+
+Phases (each resumable: finished cells are skipped, so rerunning continues where a call stopped):
+  tune  every candidate setting of every method (ours and the HF peer's built-in rope_scaling), seed 1,
+        16k and 32k, passkey / niah_single / niah_multikey / variable_tracking, depths 0/50/100, 1 sample;
+  pick  per method, the candidate with the best mean tuning score (ties: the longer claimed reach, then
+        list order) -> picks.json. The reported prompts (seed 0) are never seen by the pick;
+  full  the picked setting of each method, and no scaling, seed 0: 4k-64k (no scaling: 4k-32k),
+        the four tasks, 5 depths x 4 samples;
+  long  128k for the three best methods and the HF peer's best (by mean full-grid score at 16k-64k).
+Stores: DIR/{tune,full,long}.jsonl. The chat template is used throughout (SmolLM2 is an instruct model).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from lengthwise.evaluation import EvalConfig, ResultStore, run  # noqa: E402
+from lengthwise.evaluation.backends import HFRunner, LengthwiseRunner  # noqa: E402
+from lengthwise.evaluation.grid import cells  # noqa: E402
+from lengthwise.models import load as L  # noqa: E402
+from lengthwise.positions import parse, to_hf  # noqa: E402
+from lengthwise.report import read_results  # noqa: E402
+
+MODEL = "smollm2-135m"
+TASKS = ["passkey", "niah_single", "niah_multikey", "variable_tracking"]
+LR = "@benchmarks/longrope_factors/geometric_x{}.json"
+# every RoPE-scaling candidate claims at least 8x (64k); remaps and patterns are listed as their papers use them
+CANDIDATES = {
+    "linear": ["linear:factor=8", "linear:factor=16"],
+    "ntk": ["ntk:factor=8", "ntk:factor=16"],
+    "dynamic_ntk": ["dynamic_ntk:factor=2", "dynamic_ntk:factor=4", "dynamic_ntk:factor=8"],
+    "yarn": ["yarn:factor=8", "yarn:factor=16", "yarn:factor=32"],
+    "longrope": [f"longrope:factors={LR.format(s)}" for s in (8, 16, 32)],
+    "giraffe": ["giraffe", "giraffe:factor=8"],
+    "self_extend": ["self_extend:group=24,window=1024", "self_extend:group=32,window=1024",
+                    "self_extend:group=32,window=2048", "self_extend:group=64,window=2048"],
+    "distance_cap": ["distance_cap:cap=2048", "distance_cap:cap=4096", "distance_cap"],
+    "string": ["string", "string:shift=4096,local=512"],
+    "sinks": ["sinks:sinks=4", "sinks:sinks=64,window=4096"],
+    "lambda": ["lambda:n_global=10", "lambda:n_global=100"],
+}
+HF_CANDIDATES = {
+    "hf linear": ["linear:factor=8", "linear:factor=16"],
+    "hf dynamic": ["dynamic_ntk:factor=2", "dynamic_ntk:factor=4", "dynamic_ntk:factor=8"],
+    "hf yarn": ["yarn:factor=8", "yarn:factor=16"],
+}
+TUNE = dict(seed=1, lengths=[16384, 32768], depths=[0.0, 50.0, 100.0], samples=1)
+FULL = dict(seed=0, lengths=[4096, 8192, 16384, 32768, 65536], depths=[0.0, 25.0, 50.0, 75.0, 100.0], samples=4)
+LONG = dict(FULL, lengths=[131072])
+
+
+class Runners:
+    """One model load per setting, one checkpoint read and one HF model in all."""
+
+    def __init__(self):
+        L.read_checkpoint = functools.lru_cache(maxsize=2)(L.read_checkpoint)
+        self.hf = None
+        self.lw = {}
+
+    def get(self, backend: str, spec: str):
+        if backend == "hf":
+            if self.hf is None:
+                self.hf = HFRunner(MODEL, chat=True)
+            self.hf.set_rope(to_hf(parse(spec), 8192))
+            return self.hf
+        if spec not in self.lw:
+            self.lw.clear()  # keep one engine at a time on the GPU
+            self.lw[spec] = LengthwiseRunner(MODEL, chat=True, positions=spec)
+        return self.lw[spec]
+
+
+def grid(store: ResultStore, runners: Runners, backend: str, spec: str, grid_kw: dict, deadline: float,
+         lengths=None) -> bool:
+    """Run one method's grid, one (length, task) at a time; False if the deadline stopped it."""
+    for n in lengths or grid_kw["lengths"]:
+        for task in TASKS:
+            cfg = EvalConfig(model=MODEL, tasks=[task], lengths=[n], depths=grid_kw["depths"], samples=grid_kw["samples"],
+                             seed=grid_kw["seed"], method=spec, backend=backend, chat=True, max_batch_tokens=131072)
+            if all(c.id in store.done_ids() for c in cells(cfg)):
+                continue
+            if time.time() > deadline:
+                return False
+            t0 = time.time()
+            k = run(cfg, store, runners.get(backend, spec), allow_beyond_context=True, warn=lambda m: None)
+            print(f"  {backend:10s} {spec:60s} {task:18s} {n:>6d}: {k} cells in {time.time() - t0:5.1f} s", flush=True)
+    return True
+
+
+def mean_scores(path: Path, seed: int, lengths=None) -> dict:
+    recs, _ = read_results(path) if path.exists() else ([], [])
+    acc = defaultdict(list)
+    for r in recs:
+        if r["config"]["seed"] == seed and (lengths is None or r["length"] in lengths):
+            acc[(r["backend"], r["method"])].append(r["score"])
+    return {k: sum(v) / len(v) for k, v in acc.items()}
+
+
+def pick(runs: Path) -> dict:
+    scores = mean_scores(runs / "tune.jsonl", TUNE["seed"])
+    picks = {}
+    for family, specs in list(CANDIDATES.items()) + list(HF_CANDIDATES.items()):
+        backend = "hf" if family.startswith("hf ") else "lengthwise"
+        canon = [parse(s).spec() for s in specs]
+        have = [(scores[(backend, c)], parse(c).reach(8192), -i, c) for i, c in enumerate(canon) if (backend, c) in scores]
+        if len(have) < len(canon):
+            continue  # not fully tuned yet
+        best = max(have)
+        picks[family] = {"backend": backend, "spec": best[3], "tune_score": best[0],
+                         "candidates": {c: scores[(backend, c)] for c in canon}}
+    (runs / "picks.json").write_text(json.dumps(picks, indent=1))
+    return picks
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--phases", default="tune,full,long")
+    ap.add_argument("--runs", default=os.environ.get("EXT_RUNS", "runs/extension"))
+    ap.add_argument("--deadline", type=float, default=1e9, help="seconds from now after which no new grid starts")
+    args = ap.parse_args()
+    deadline = time.time() + args.deadline
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    runners = Runners()
+    phases = args.phases.split(",")
+    if "tune" in phases:
+        store = ResultStore(runs / "tune.jsonl")
+        for family, specs in list(CANDIDATES.items()) + list(HF_CANDIDATES.items()):
+            for spec in specs:
+                if not grid(store, runners, "hf" if family.startswith("hf ") else "lengthwise", spec, TUNE, deadline):
+                    return print("deadline reached in tune")
+    picks = pick(runs)
+    print(json.dumps({k: (v["spec"], round(v["tune_score"], 3)) for k, v in picks.items()}))
+    if "full" in phases:
+        store = ResultStore(runs / "full.jsonl")
+        order = sorted(picks.values(), key=lambda p: (p["backend"] == "hf", -p["tune_score"]))
+        if not grid(store, runners, "lengthwise", "none", FULL, deadline, lengths=[n for n in FULL["lengths"] if n <= 32768]):
+            return print("deadline reached in full")
+        for p in order:
+            if not grid(store, runners, p["backend"], p["spec"], FULL, deadline):
+                return print("deadline reached in full")
+    if "long" in phases:
+        full = mean_scores(runs / "full.jsonl", FULL["seed"], lengths={16384, 32768, 65536})
+        ours = sorted(((s, m) for (b, m), s in full.items() if b == "lengthwise" and m != "none"), reverse=True)[:3]
+        hf = sorted(((s, m) for (b, m), s in full.items() if b == "hf"), reverse=True)[:1]
+        print("128k for:", ours, hf, flush=True)
+        store = ResultStore(runs / "long.jsonl")
+        for backend, chosen in (("lengthwise", ours), ("hf", hf)):
+            for _, spec in chosen:
+                if not grid(store, runners, backend, spec, LONG, deadline):
+                    return print("deadline reached in long")
+    print("all phases done")
+
+
+if __name__ == "__main__":
+    main()
