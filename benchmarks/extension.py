@@ -10,7 +10,7 @@ Phases (each resumable: finished cells are skipped, so rerunning continues where
         list order) -> picks.json. The reported prompts (seed 0) are never seen by the pick;
   full  the picked setting of each method, and no scaling, seed 0: 4k-64k (no scaling: 4k-32k),
         the four tasks, 5 depths x 4 samples;
-  long  128k for the three best methods and the HF peer's best (by mean full-grid score at 16k-64k).
+  long  128k for the three best methods and the HF peer's best (by tuning score; passkey first).
 Stores: DIR/{tune,full,long}.jsonl. The chat template is used throughout (SmolLM2 is an instruct model).
 """
 from __future__ import annotations
@@ -65,6 +65,7 @@ class Runners:
 
     def __init__(self):
         L.read_checkpoint = functools.lru_cache(maxsize=2)(L.read_checkpoint)
+        L.load_tokenizer = functools.lru_cache(maxsize=2)(L.load_tokenizer)  # a GGUF tokenizer takes seconds to build
         self.hf = None
         self.lw = {}
 
@@ -81,10 +82,10 @@ class Runners:
 
 
 def grid(store: ResultStore, runners: Runners, backend: str, spec: str, grid_kw: dict, deadline: float,
-         lengths=None) -> bool:
+         lengths=None, tasks=TASKS) -> bool:
     """Run one method's grid, one (length, task) at a time; False if the deadline stopped it."""
     for n in lengths or grid_kw["lengths"]:
-        for task in TASKS:
+        for task in tasks:
             cfg = EvalConfig(model=MODEL, tasks=[task], lengths=[n], depths=grid_kw["depths"], samples=grid_kw["samples"],
                              seed=grid_kw["seed"], method=spec, backend=backend, chat=True, max_batch_tokens=131072)
             if all(c.id in store.done_ids() for c in cells(cfg)):
@@ -141,24 +142,25 @@ def main():
                     return print("deadline reached in tune")
     picks = pick(runs)
     print(json.dumps({k: (v["spec"], round(v["tune_score"], 3)) for k, v in picks.items()}))
-    if "full" in phases:
-        store = ResultStore(runs / "full.jsonl")
-        order = sorted(picks.values(), key=lambda p: (p["backend"] == "hf", -p["tune_score"]))
-        if not grid(store, runners, "lengthwise", "none", FULL, deadline, lengths=[n for n in FULL["lengths"] if n <= 32768]):
-            return print("deadline reached in full")
-        for p in order:
-            if not grid(store, runners, p["backend"], p["spec"], FULL, deadline):
-                return print("deadline reached in full")
-    if "long" in phases:
-        full = mean_scores(runs / "full.jsonl", FULL["seed"], lengths={16384, 32768, 65536})
-        ours = sorted(((s, m) for (b, m), s in full.items() if b == "lengthwise" and m != "none"), reverse=True)[:3]
-        hf = sorted(((s, m) for (b, m), s in full.items() if b == "hf"), reverse=True)[:1]
-        print("128k for:", ours, hf, flush=True)
-        store = ResultStore(runs / "long.jsonl")
-        for backend, chosen in (("lengthwise", ours), ("hf", hf)):
-            for _, spec in chosen:
-                if not grid(store, runners, backend, spec, LONG, deadline):
-                    return print("deadline reached in long")
+    if len(picks) < len(CANDIDATES) + len(HF_CANDIDATES):
+        return print("tuning not finished")
+    # the reported grid, in order of what the targets need first, so a cut-off run loses the least:
+    # the baseline, our best and the HF peer's best; passkey at 128k; then every other method; then 128k's other tasks
+    ours = sorted((p for p in picks.values() if p["backend"] == "lengthwise"), key=lambda p: -p["tune_score"])
+    hf = sorted((p for p in picks.values() if p["backend"] == "hf"), key=lambda p: -p["tune_score"])
+    long = [(p["backend"], p["spec"]) for p in ours[:3] + hf[:1]]  # 128k: the three best by tuning, and HF's best
+    print("128k for:", long, flush=True)
+    jobs = [("full", "lengthwise", "none", FULL, [n for n in FULL["lengths"] if n <= 32768], TASKS),
+            ("full", ours[0]["backend"], ours[0]["spec"], FULL, None, TASKS),
+            ("full", hf[0]["backend"], hf[0]["spec"], FULL, None, TASKS)]
+    jobs += [("long", b, m, LONG, None, ["passkey"]) for b, m in long]
+    jobs += [("full", p["backend"], p["spec"], FULL, None, TASKS) for p in ours[1:] + hf[1:]]
+    jobs += [("long", b, m, LONG, None, [t for t in TASKS if t != "passkey"]) for b, m in long]
+    for phase, backend, spec, kw, lengths, tasks in jobs:
+        if phase not in phases:
+            continue
+        if not grid(ResultStore(runs / f"{phase}.jsonl"), runners, backend, spec, kw, deadline, lengths, tasks):
+            return print(f"deadline reached in {phase}")
     print("all phases done")
 
 
