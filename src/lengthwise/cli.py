@@ -536,7 +536,7 @@ accuracy-against-length curves (PNG), and optionally a markdown summary.
 Unreadable lines are reported by number and skipped; the rest is kept.
 """)
 def report(
-    results: Annotated[Path, typer.Argument(metavar="RESULTS.jsonl", help="A results store written by lengthwise eval.", show_default=False)],
+    results: Annotated[list[Path], typer.Argument(metavar="RESULTS.jsonl...", help="Results stores written by lengthwise eval (several are reported together).", show_default=False)],
     out_dir: Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="Where the PNGs go. [default: RESULTS_report/ beside the file]")] = None,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", metavar="FILE.md", help="Also write a markdown summary.")] = None,
 ):
@@ -544,13 +544,13 @@ def report(
     r = make_report(results, out_dir, markdown)
     typer.echo(format_table(r["table"]))
     typer.echo(f"wrote {len(r['plots'])} plots" + (f" and {markdown}" if markdown else ""), err=True)
-    bad = [w for w in r["warnings"] if w.startswith("line ")]
+    bad = [w for w in r["warnings"] if w.startswith("line ") or ": line " in w]
     for w in r["warnings"]:
         if w not in bad:
             _warn(w)
     if bad:  # the report covers the readable records; the exit code still says the file is damaged
         n = sum(row.get("n", 0) for row in r["table"])
-        raise LengthwiseError(f"{len(bad)} unreadable line{'s' if len(bad) > 1 else ''} in {results} "
+        raise LengthwiseError(f"{len(bad)} unreadable line{'s' if len(bad) > 1 else ''} in {', '.join(map(str, results))} "
                               f"({'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''}); the report covers the other {n} records")
 
 

@@ -351,13 +351,19 @@ def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tupl
 # ---------------------------------------------------------------- entry point
 
 
-def report(path: str | Path, out_dir: str | Path | None = None, markdown_path: str | Path | None = None) -> dict:
-    """Read a results JSONL; write plots (default `<stem>_report/` beside it) and, if asked, the Markdown.
+def report(path: str | Path | list, out_dir: str | Path | None = None, markdown_path: str | Path | None = None) -> dict:
+    """Read one results JSONL or several (together); write plots (default `<stem>_report/` beside the
+    first) and, if asked, the Markdown.
 
     Returns {"table": accuracy_table rows, "plots": [Path], "warnings": [str], "markdown": str}.
     """
-    path = Path(path)
-    records, warnings = read_results(path)
+    paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+    records, warnings = [], []
+    for p in paths:
+        r, w = read_results(p)
+        records += r
+        warnings += [f"{p.name}: {x}" if len(paths) > 1 else x for x in w]
+    path = paths[0]
     out_dir = Path(out_dir) if out_dir is not None else path.with_name(f"{path.stem}_report")
     written = plots(records, out_dir)
     md = markdown(records, warnings)
