@@ -27,24 +27,12 @@ from lengthwise.kv import RaggedKVCache  # noqa: E402
 from lengthwise.positions import Rotary, apply_rope, parse  # noqa: E402
 from lengthwise.ragged import RaggedBatch  # noqa: E402
 
-BOUND = 2e-2
-rows, failed = [], []
+from gpu_check import BOUND, failed, record, rel, rows  # noqa: E402  (one checker for both GPU checks)
+
 REMAPS = ["self_extend:group=4,window=256", "self_extend:group=16,window=64", "distance_cap:cap=512",
           "string:shift=600,local=64", "sinks:sinks=4,window=300", "lambda:n_global=10,window=400,cap=400"]
 SCALINGS = ["none", "linear:factor=4", "ntk:factor=4", "dynamic_ntk:factor=4", "yarn:factor=8", "giraffe",
             "longrope:factors=@benchmarks/longrope_factors/geometric_x16.json"]
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
-def record(name, value, bound=None, higher_is_better=False):
-    ok = True if bound is None else (value >= bound if higher_is_better else value <= bound)
-    rows.append({"check": name, "value": value, "bound": bound, "ok": ok})
-    if not ok:
-        failed.append(name)
-    print(f"{'ok ' if ok else 'FAIL'} {name}: {value:.3g}" + ("" if bound is None else f" (bound {bound:g})"), flush=True)
 
 
 def two_region_kernels():
