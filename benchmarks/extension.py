@@ -81,6 +81,15 @@ class Runners:
         return self.lw[spec]
 
 
+class _Deadline(Exception):
+    pass
+
+
+def _check(deadline: float) -> None:
+    if time.time() > deadline:
+        raise _Deadline
+
+
 def grid(store: ResultStore, runners: Runners, backend: str, spec: str, grid_kw: dict, deadline: float,
          lengths=None, tasks=TASKS) -> bool:
     """Run one method's grid, one (length, task) at a time; False if the deadline stopped it."""
@@ -93,7 +102,11 @@ def grid(store: ResultStore, runners: Runners, backend: str, spec: str, grid_kw:
             if time.time() > deadline:
                 return False
             t0 = time.time()
-            k = run(cfg, store, runners.get(backend, spec), allow_beyond_context=True, warn=lambda m: None)
+            try:  # the deadline is also checked after every batch: a slow sub-grid cannot overrun a call
+                k = run(cfg, store, runners.get(backend, spec), allow_beyond_context=True, warn=lambda m: None,
+                        progress=lambda done, total: _check(deadline))
+            except _Deadline:
+                return False
             print(f"  {backend:10s} {spec:60s} {task:18s} {n:>6d}: {k} cells in {time.time() - t0:5.1f} s", flush=True)
     return True
 

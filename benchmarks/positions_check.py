@@ -75,6 +75,10 @@ def two_region_kernels():
 
 
 def model_checks():
+    import functools
+    from lengthwise.models import load as L
+    L.read_checkpoint = functools.lru_cache(maxsize=1)(L.read_checkpoint)  # one GGUF read for every scheme
+    L.load_tokenizer = functools.lru_cache(maxsize=1)(L.load_tokenizer)
     g = torch.Generator().manual_seed(0)
     lens = [1, 64, 1000, 3000]
     for spec in SCALINGS + REMAPS:
