@@ -200,6 +200,10 @@ def test_generation_packed_equals_one_at_a_time(folder):
     ("distance_cap:cap=33", "beyond the 32-token trained context"),
     ("longrope:factors=1/2", "2 factors given, the model's head_dim 16 needs 8"),
     ("longrope:factors=@/nonexistent.json", "not numbers"),
+    ("longrope:factors=1/2/3/4/5/6/7/nan", "finite number > 0"),
+    ("linear:factor=inf", "factor must be > 0"),
+    ("sinks:sinks=32", "leaves no window"),
+    ("sinks:sinks=40", "leaves no window"),
 ])
 def test_bad_schemes_fail_with_one_line(folder, spec, match):
     with pytest.raises(lw.LengthwiseError, match=match):
@@ -213,6 +217,34 @@ def test_rope_scheme_on_bert_is_refused(tmp_path):
     transformers.BertModel(cfg).save_pretrained(tmp_path / "bert", safe_serialization=True)
     with pytest.raises(lw.LengthwiseError, match="learned absolute positions"):
         lw.load(tmp_path / "bert", device="cpu", positions="yarn:factor=4")
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "linear"}, {"rope_type": "yarn", "factor": "x"},
+                                  {"rope_type": "llama3", "factor": 8.0}, {"rope_type": "longrope"}, [1, 2],
+                                  {"rope_type": "su_scaled", "factor": 2.0}])
+def test_malformed_hf_rope_is_one_line(rope):
+    from lengthwise.evaluation import EvalConfig
+    with pytest.raises(lw.LengthwiseError):
+        EvalConfig(model="m", tasks=["passkey"], lengths=[8], depths=[0.0], backend="hf", hf_rope=rope)
+
+
+def test_remap_needs_a_far_key_cache(folder):
+    lm = lw.load(folder, device="cpu", positions="self_extend:group=4,window=8")
+    m = lm.module
+    cache = RaggedKVCache(m.cfg.n_layers, [20], m.cfg.n_kv_heads, m.cfg.head_dim, torch.float32, "cpu")  # no far_keys
+    slots, pos, meta = cache.plan(torch.arange(1), torch.tensor([20]))
+    with pytest.raises(lw.LengthwiseError, match="far_keys=True"):
+        m(torch.ones(20, dtype=torch.int64), pos, Step(meta, m.mask, "reference", cache, slots))
+
+
+def test_remap_keeps_the_checkpoints_own_frequencies(tmp_path):
+    """A checkpoint trained with linear x2 scaling, remapped: the near pass equals the checkpoint as trained."""
+    hf, f = tiny_hf_causal("llama", tmp_path, max_position_embeddings=64,
+                           rope_parameters={"rope_theta": 10000.0, "rope_type": "linear", "factor": 2.0})
+    s = _seqs([30], seed=9)[0]
+    own = lw.load(f, device="cpu", dtype="float64").logits([s])[0]
+    remapped = lw.load(f, device="cpu", dtype="float64", positions="self_extend:group=4,window=40").logits([s])[0]
+    assert rel_err(remapped, own) <= 1e-10  # 30 tokens < window: every key is near
 
 
 def test_spec_round_trips():

@@ -82,8 +82,8 @@ def test_longrope_matches_hf():
     cfg = _hf(rope, trained=16384)
     inv_long, att = ROPE_INIT_FUNCTIONS["longrope"](cfg, seq_len=5000)
     inv_short, _ = ROPE_INIT_FUNCTIONS["longrope"](cfg, seq_len=100)
-    scheme = from_hf(cfg.rope_parameters, HEAD_DIM)
-    scheme = LongRoPE(scheme.factors, scheme.short_factors, 16384 / 4096, 0.0, 4096)  # HF's factor from the config
+    scheme = from_hf(rope, HEAD_DIM, max_pos=16384)  # no factor given: HF derives 16384 / 4096, and so do we
+    assert scheme.s == 4.0 and scheme.original == 4096
     both = scheme.inv_freq_at(torch.tensor([5000, 100]), HEAD_DIM, BASE, 16384)
     assert torch.equal(both[0], inv_long) and torch.equal(both[1], inv_short)
     assert Rotary(scheme, HEAD_DIM, BASE, 16384).factor == pytest.approx(att, rel=1e-12)
@@ -116,13 +116,16 @@ def test_giraffe_truncates_by_wavelength():
 
 @pytest.mark.parametrize("rope", [
     {"rope_type": "linear", "factor": 4.0},
-    {"rope_type": "yarn", "factor": 4.0},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
     {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
      "original_max_position_embeddings": 32},
 ])
 def test_checkpoint_rope_scaling_matches_hf_past_the_trained_length(tmp_path, rope):
-    hf, folder = tiny_hf_causal("llama", tmp_path, max_position_embeddings=32, rope_parameters={"rope_theta": 10000.0, **rope})
+    """The config's max_position_embeddings (128) already counts the scaling; pretraining was 32 tokens."""
+    hf, folder = tiny_hf_causal("llama", tmp_path, max_position_embeddings=128, rope_parameters={"rope_theta": 10000.0, **rope})
     lm = lw.load(folder, device="cpu", dtype="float32")
+    assert lm.context_length == 128  # the checkpoint's own scaling claims nothing beyond its config
+    assert lw.load(folder, device="cpu", positions="none").positions == lm.positions  # none: as trained
     assert lm.positions.name == {"linear": "linear", "yarn": "yarn", "llama3": "llama3"}[rope["rope_type"]]
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(0, 211, (n,), generator=g).tolist() for n in (5, 90, 127)]
@@ -151,8 +154,9 @@ def test_dynamic_ntk_packed_sequences_each_use_their_own_length(tmp_path):
     """HF scales a batch by its longest input; lengthwise by each sequence's own length, as HF does one at a time."""
     hf, folder = tiny_hf_causal("llama", tmp_path, max_position_embeddings=32,
                                 rope_parameters={"rope_theta": 10000.0, "rope_type": "dynamic", "factor": 2.0})
-    lm = lw.load(folder, device="cpu", dtype="float32")
-    assert isinstance(lm.positions, DynamicNTK)
+    assert isinstance(lw.load(folder, device="cpu").positions, DynamicNTK)  # read from the config
+    assert lw.load(folder, device="cpu").context_length == 32  # the checkpoint's own scaling claims nothing more
+    lm = lw.load(folder, device="cpu", dtype="float32", positions="dynamic_ntk:factor=2")  # asked for: reaches past
     g = torch.Generator().manual_seed(2)
     seqs = [torch.randint(0, 211, (n,), generator=g).tolist() for n in (20, 150, 64, 33)]
     packed = lm.logits(seqs)
@@ -168,7 +172,7 @@ def test_dynamic_ntk_generation_matches_hf(tmp_path):
     """Decode past the trained length: each step rescales new tokens, cached keys keep their rotation."""
     hf, folder = tiny_hf_causal("llama", tmp_path, max_position_embeddings=32,
                                 rope_parameters={"rope_theta": 10000.0, "rope_type": "dynamic", "factor": 2.0})
-    lm = lw.load(folder, device="cpu", dtype="float32")
+    lm = lw.load(folder, device="cpu", dtype="float32", positions="dynamic_ntk:factor=2")
     prompts = [torch.randint(3, 211, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (24, 40)]
     ours = lm.generate_ids(prompts, max_new_tokens=20)
     for p, o in zip(prompts, ours):

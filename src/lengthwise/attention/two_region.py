@@ -30,28 +30,31 @@ def attend_two_region(q, k, v, qf, kf, meta, mask: MaskPattern, far, backend: st
     else:
         o2, lse2 = _sink_pass(qf, kf, v, meta, far.q_pos, W, far.sinks, scale)
     lse2 = lse2.masked_fill((far.q_pos < W)[:, None], float("-inf"))  # no far keys (kernels report +inf there)
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    lse1, lse2 = lse1.to(work), lse2.to(work)
     m = torch.maximum(lse1, lse2)
     w1, w2 = torch.exp(lse1 - m)[..., None], torch.exp(lse2 - m)[..., None]  # [T, H, 1]
-    return ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(q.dtype)
+    return ((o1.to(work) * w1 + o2.to(work) * w2) / (w1 + w2)).to(q.dtype)
 
 
 def _sink_pass(qf, kf, v, meta, q_pos, W: int, n: int, scale: float):
     """Each query against the first n keys of its own sequence, those at distance >= W. -> out, lse."""
     T, H, D = qf.shape
     Hkv = kf.shape[1]
+    work = torch.float64 if qf.dtype == torch.float64 else torch.float32
     n_q = meta.cu_q.diff().long()
     seq = torch.repeat_interleave(torch.arange(n_q.numel(), device=qf.device), n_q, output_size=T)  # [T]
     j = torch.arange(n, device=qf.device)
     used = meta.used_k if meta.used_k is not None else meta.cu_k.diff()  # [B]
     slots = (meta.cu_k[:-1].long()[:, None] + j[None, :]).clamp(max=kf.shape[0] - 1)  # [B, n]
     real = (j[None, :] < used[:, None])[:, :, None, None]  # slots past a sequence's keys hold garbage (even NaN)
-    ks = torch.where(real, kf[slots].float(), 0.0)  # [B, n, Hkv, D]
-    vs = torch.where(real, v[slots].float(), 0.0)
-    out = torch.empty(T, H, D, dtype=torch.float32, device=qf.device)
-    lse = torch.empty(T, H, dtype=torch.float32, device=qf.device)
+    ks = torch.where(real, kf[slots].to(work), 0.0)  # [B, n, Hkv, D]
+    vs = torch.where(real, v[slots].to(work), 0.0)
+    out = torch.empty(T, H, D, dtype=work, device=qf.device)
+    lse = torch.empty(T, H, dtype=work, device=qf.device)
     for a in range(0, T, _CHUNK):
         b = min(a + _CHUNK, T)
-        qc = qf[a:b].float().view(b - a, Hkv, H // Hkv, D)  # query head h reads kv head h // (H/Hkv)
+        qc = qf[a:b].to(work).view(b - a, Hkv, H // Hkv, D)  # query head h reads kv head h // (H/Hkv)
         kc, vc = ks[seq[a:b]], vs[seq[a:b]]  # [t, n, Hkv, D]
         s = torch.einsum("tgrd,tngd->tgrn", qc, kc) * scale  # [t, Hkv, rep, n]
         visible = j[None, :] <= (q_pos[a:b] - W)[:, None]  # [t, n]

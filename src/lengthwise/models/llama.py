@@ -49,7 +49,8 @@ class LlamaConfig:
             qkv_bias=c.get("model_type") == "qwen2" or c.get("attention_bias", False),
             o_bias=c.get("attention_bias", False),
             sliding_window=c.get("sliding_window") if use_window else None,
-            rope=from_hf(rope, c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]),
+            rope=from_hf(rope, c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
+                         c.get("max_position_embeddings"), c.get("original_max_position_embeddings")),
         )
 
     @classmethod
@@ -116,7 +117,11 @@ class Attention(nn.Module):
             cache.v[layer, step.slots] = v
             k, v = cache.k[layer], cache.v[layer]
             if far is not None:
-                if cache.k_far is not None and far.cos_k is not None:
+                if far.cos_k is not None and cache.k_far is None:
+                    from ..errors import LengthwiseError
+                    raise LengthwiseError(f"{type(self).__name__}: this position scheme needs a KV cache built with "
+                                          "far_keys=True (model.rotary.far_keys)")
+                if far.cos_k is not None:
                     cache.k_far[layer, step.slots] = kf
                 kf = k if far.cos_k is None else cache.k_far[layer]
         if far is None:
@@ -164,7 +169,11 @@ class Llama(nn.Module):
     def __init__(self, cfg: LlamaConfig, positions: RoPE | None = None):
         super().__init__()
         self.cfg = cfg
-        self.rotary = Rotary(positions or cfg.rope or RoPE(), cfg.head_dim, cfg.rope_theta, cfg.context_length)
+        if positions is not None and type(positions) is RoPE:
+            positions = None  # "none": no extension method, the checkpoint as trained (its own scaling kept)
+        own = positions is None
+        self.rotary = Rotary(positions or cfg.rope or RoPE(), cfg.head_dim, cfg.rope_theta, cfg.context_length,
+                             native=cfg.rope, claims=not own)
         if self.rotary.far_needed and cfg.sliding_window is not None:
             from ..errors import LengthwiseError
             raise LengthwiseError(f"{self.rotary.scheme.name} remaps far keys, but this model attends within a "

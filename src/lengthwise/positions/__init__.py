@@ -81,12 +81,25 @@ def _value(scheme: str, key: str, text: str, kind):
 
 
 # HF config "rope_scaling" / "rope_parameters" -> our scheme (what the checkpoint was trained with)
-def from_hf(rope: dict | None, head_dim: int) -> RoPE | None:
+def from_hf(rope: dict | None, head_dim: int, max_pos: int | None = None, original: int | None = None) -> RoPE | None:
+    """max_pos and original: the config's max_position_embeddings and top-level original length, if any."""
     if not rope:
         return None
+    if not isinstance(rope, dict):
+        raise LengthwiseError(f"RoPE scaling must be a JSON object like {{\"rope_type\": \"yarn\", \"factor\": 4.0}}, got {rope!r}")
+    try:
+        return _from_hf(rope, head_dim, max_pos, original)
+    except (KeyError, TypeError, ValueError) as e:
+        raise LengthwiseError(f"cannot read RoPE scaling {json.dumps(rope)[:200]}: {type(e).__name__} {e} "
+                              "(HF's fields: rope_type, factor, and the type's own parameters)") from None
+
+
+def _from_hf(rope: dict, head_dim: int, max_pos: int | None, original: int | None) -> RoPE | None:
     kind = rope.get("rope_type") or rope.get("type") or "default"
-    orig = int(rope.get("original_max_position_embeddings") or 0)
+    orig = int(original or rope.get("original_max_position_embeddings") or 0)
     f = rope.get("factor")
+    if f is None and kind in ("yarn", "longrope") and orig and max_pos:
+        f = max_pos / orig  # HF derives it so when the config leaves it out
     if kind == "default":
         return None
     if kind == "linear":
@@ -97,7 +110,7 @@ def from_hf(rope: dict | None, head_dim: int) -> RoPE | None:
         return YaRN(float(f), float(rope.get("beta_fast") or 32), float(rope.get("beta_slow") or 1),
                     _yarn_attn(rope, float(f)), orig, bool(rope.get("truncate", True)))
     if kind == "longrope":
-        return LongRoPE(tuple(rope["long_factor"]), tuple(rope["short_factor"]), float(f or 0),
+        return LongRoPE(tuple(map(float, rope["long_factor"])), tuple(map(float, rope["short_factor"])), float(f or 0),
                         float(rope.get("attention_factor") or 0), orig)
     if kind == "llama3":
         return Llama3(float(f), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]), orig)
@@ -127,8 +140,8 @@ def to_hf(scheme: RoPE, trained: int) -> dict | None:
         d = {"rope_type": "yarn", "factor": scheme.factor, "beta_fast": scheme.beta_fast, "beta_slow": scheme.beta_slow,
              "original_max_position_embeddings": scheme.original or trained, "truncate": scheme.truncate}
         return d | ({"attention_factor": scheme.attn_factor} if scheme.attn_factor else {})
-    raise LengthwiseError(f"HF transformers has no built-in {scheme.name!r}: the hf backend runs linear, "
-                          "dynamic_ntk and yarn")
+    raise LengthwiseError(f"the hf backend runs HF's own linear, dynamic_ntk and yarn; {scheme.name!r} is not "
+                          "among them (pass HF's own settings with --hf-rope JSON)")
 
 
 __all__ = ["RoPE", "Remap", "Rotary", "Rotation", "apply_rope", "SCHEMES", "parse", "from_hf", "to_hf",

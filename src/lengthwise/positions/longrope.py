@@ -7,6 +7,7 @@ sequence no longer than the trained length uses those instead, decided per seque
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -15,6 +16,15 @@ import torch
 
 from ..errors import LengthwiseError
 from .rope import RoPE
+
+
+@functools.lru_cache(maxsize=32)
+def _table(ext: tuple[float, ...], head_dim: int, base: float, device: str) -> torch.Tensor:
+    """[D/2] frequencies, built once per device: no host-to-device copy per step (CUDA-graph capture)."""
+    with torch.device("cpu"):
+        shape = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+        inv = 1.0 / (torch.tensor(ext, dtype=torch.float32) * base ** shape)
+    return inv.to(device)
 
 
 @dataclass(frozen=True)
@@ -45,16 +55,20 @@ class LongRoPE(RoPE):
         if not self.factors:
             raise LengthwiseError("longrope: give the per-dimension factors, e.g. longrope:factors=@factors.json "
                                   "(a JSON list of head_dim/2 numbers) or factors=1/1.5/2/...")
-        if min(self.factors + self.short_factors) <= 0 or self.factor < 0 or self.attn_factor < 0:
-            raise LengthwiseError("longrope: every factor must be > 0")
+        vals = self.factors + self.short_factors
+        if not all(0 < v < float("inf") for v in vals) or not (0 <= self.factor < float("inf")) or self.attn_factor < 0:
+            raise LengthwiseError("longrope: every factor must be a finite number > 0")
+        if self.short_factors and len(self.short_factors) != len(self.factors):
+            raise LengthwiseError(f"longrope: {len(self.short_factors)} short_factors for {len(self.factors)} factors")
 
     def _inv(self, ext: tuple[float, ...], head_dim: int, base: float, device=None) -> torch.Tensor:
         if len(ext) != head_dim // 2:
             raise LengthwiseError(f"longrope: {len(ext)} factors given, the model's head_dim {head_dim} needs {head_dim // 2}")
-        shape = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
-        return 1.0 / (torch.tensor(ext, dtype=torch.float32, device=device) * base ** shape)
+        return _table(ext, head_dim, base, str(device or "cpu"))
 
     def inv_freq(self, head_dim, base, trained):
+        if self.short_factors:
+            self._inv(self.short_factors, head_dim, base)  # a wrong count fails at load, not mid-run
         return self._inv(self.factors, head_dim, base)
 
     def inv_freq_at(self, seq_len, head_dim, base, trained):

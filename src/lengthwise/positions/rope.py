@@ -13,7 +13,7 @@ import torch
 
 from ..errors import LengthwiseError
 
-UNBOUNDED = 1 << 30  # the reach of a scheme that claims no limit (its distances never leave the trained range)
+UNBOUNDED = 1 << 24  # the reach of a scheme that claims no limit: float32 positions stay exact up to here
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def default_inv_freq(head_dim: int, base: float) -> torch.Tensor:
 
 
 def positive(name: str, value: float, scheme: str) -> None:
-    if not value > 0:
+    if not (value > 0 and value != float("inf")):
         raise LengthwiseError(f"{scheme}: {name} must be > 0, got {value:g}")
 
 
@@ -124,15 +124,24 @@ class Rotation:
 class Rotary:
     """One scheme bound to one model: head_dim, RoPE base and the trained context length."""
 
-    def __init__(self, scheme: RoPE, head_dim: int, base: float, trained: int, family: str = "llama"):
+    def __init__(self, scheme: RoPE, head_dim: int, base: float, trained: int, family: str = "llama",
+                 native: RoPE | None = None, claims: bool = True):
+        """native: the checkpoint's own scaling, whose frequencies a remap keeps; claims=False: the scheme
+        is the checkpoint's own, so the trained context (max_position_embeddings) already counts it."""
         if family not in scheme.families:
             raise LengthwiseError(f"position scheme {scheme.name!r} does not apply to {family} models "
                                   f"(it works on {', '.join(scheme.families)} models)")
         scheme.check(trained)
-        self.scheme, self.head_dim, self.base, self.trained = scheme, head_dim, base, trained
-        self.factor = scheme.attention_factor(trained)
+        freqs = native if isinstance(scheme, Remap) and native is not None else scheme
+        if freqs is not scheme:
+            if freqs.dynamic:
+                raise LengthwiseError(f"{scheme.name} cannot run on this checkpoint's own dynamic RoPE scaling "
+                                      f"({freqs.spec()}): use a RoPE scaling instead")
+            freqs.check(trained)
+        self.scheme, self.head_dim, self.base, self.trained, self.claims = scheme, head_dim, base, trained, claims
+        self.factor = freqs.attention_factor(trained)
         with torch.device("cpu"):  # models are built on the meta device; frequencies are real data
-            self._inv_cpu = scheme.inv_freq(head_dim, base, trained)
+            self._inv_cpu = freqs.inv_freq(head_dim, base, trained)
             self.far_needed = isinstance(scheme, Remap)
             # a far pass whose keys move needs a second key cache (keys rotated at far_k)
             self.far_keys = self.far_needed and scheme.far_k(torch.zeros(1, dtype=torch.int64), trained) is not None
@@ -140,7 +149,7 @@ class Rotary:
 
     @property
     def reach(self) -> int:
-        return max(self.trained, self.scheme.reach(self.trained))
+        return max(self.trained, self.scheme.reach(self.trained)) if self.claims else self.trained
 
     def inv(self, device: torch.device) -> torch.Tensor:
         # kept on the device: no copy per step, which keeps decode steps capturable in a CUDA graph
