@@ -374,8 +374,6 @@ def embed(
                       "name it .npy (a float32 array) or .jsonl (one JSON line per text)")
     linenos, texts = _read_inputs(input, "text", skip_empty)
     resolve_device(device)  # a bad --device fails before the model loads
-    if positions is not None:
-        lw.positions.parse(positions)  # a bad scheme fails before the model loads
     enc = _load(ctx, model, device, dtype, backend, positions)
     if not isinstance(enc, lw.Encoder):
         raise LengthwiseError(f"{model} is a text generator ({enc.arch}), not an encoder: use lengthwise generate")
@@ -438,8 +436,6 @@ def generate(
         _check_output(output, (".jsonl",), "generate writes JSON lines: name it .jsonl")
     linenos, prompts = _read_inputs(input, "prompt", skip_empty)
     resolve_device(device)  # a bad --device fails before the model loads
-    if positions is not None:
-        lw.positions.parse(positions)  # a bad scheme fails before the model loads
     lm = _load(ctx, model, device, dtype, backend, positions)
     if not isinstance(lm, lw.CausalLM):
         raise LengthwiseError(f"{model} is an encoder ({lm.arch}), not a text generator: use lengthwise embed")

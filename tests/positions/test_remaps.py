@@ -250,3 +250,10 @@ def test_remap_keeps_the_checkpoints_own_frequencies(tmp_path):
 def test_spec_round_trips():
     for spec in ALL[1:]:
         assert parse(parse(spec).spec()) == parse(spec)
+
+
+def test_remap_on_a_sliding_window_model_is_refused(tmp_path):
+    _, f = tiny_hf_causal("mistral", tmp_path, sliding_window=16, max_position_embeddings=64)
+    with pytest.raises(lw.LengthwiseError, match="sliding window"):
+        lw.load(f, device="cpu", positions="self_extend:group=4,window=8")
+    assert lw.load(f, device="cpu", positions="yarn:factor=2").context_length == 128  # scalings still apply

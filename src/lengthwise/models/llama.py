@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..attention import AttnMeta, MaskPattern, attend
 from ..attention.two_region import attend_two_region
+from ..errors import LengthwiseError
 from ..positions import Linear, RoPE, Rotary, Rotation, YaRN, apply_rope, from_hf
 from . import fuse, residual_dtype
 
@@ -77,7 +78,6 @@ def _gguf_rope(f: dict, arch: str) -> RoPE | None:
         return Linear(factor)
     if kind == "yarn":
         return YaRN(factor, original=orig)
-    from ..errors import LengthwiseError
     raise LengthwiseError(f"this GGUF uses RoPE scaling {kind!r}, which lengthwise does not read yet (linear, yarn)")
 
 
@@ -118,7 +118,6 @@ class Attention(nn.Module):
             k, v = cache.k[layer], cache.v[layer]
             if far is not None:
                 if far.cos_k is not None and cache.k_far is None:
-                    from ..errors import LengthwiseError
                     raise LengthwiseError(f"{type(self).__name__}: this position scheme needs a KV cache built with "
                                           "far_keys=True (model.rotary.far_keys)")
                 if far.cos_k is not None:
@@ -175,7 +174,6 @@ class Llama(nn.Module):
         self.rotary = Rotary(positions or cfg.rope or RoPE(), cfg.head_dim, cfg.rope_theta, cfg.context_length,
                              native=cfg.rope, claims=not own)
         if self.rotary.far_needed and cfg.sliding_window is not None:
-            from ..errors import LengthwiseError
             raise LengthwiseError(f"{self.rotary.scheme.name} remaps far keys, but this model attends within a "
                                   f"{cfg.sliding_window}-token sliding window: use a RoPE scaling instead")
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
