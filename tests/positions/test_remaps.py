@@ -257,3 +257,13 @@ def test_remap_on_a_sliding_window_model_is_refused(tmp_path):
     with pytest.raises(lw.LengthwiseError, match="sliding window"):
         lw.load(f, device="cpu", positions="self_extend:group=4,window=8")
     assert lw.load(f, device="cpu", positions="yarn:factor=2").context_length == 128  # scalings still apply
+
+
+def test_a_cache_that_cannot_fit_is_one_line(folder, monkeypatch):
+    """An unbounded scheme lifts the context limit; memory still bounds generation, with a clear error."""
+    import lengthwise.kv.cache as kv
+    monkeypatch.setattr(kv.os, "sysconf", lambda name: {"SC_AVPHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}[name])  # 4 MB free
+    lm = lw.load(folder, device="cpu", positions="distance_cap:cap=12")
+    with pytest.raises(lw.LengthwiseError, match=r"KV cache for 100003 tokens .* needs .* GiB and 0.0 GiB is free"):
+        lm.generate_ids([[1, 2, 3]], max_new_tokens=100_000)
+    assert len(lm.generate_ids([[1, 2, 3]], max_new_tokens=4)[0]) == 4  # small caches still fit

@@ -6,10 +6,27 @@ seqused_k), so prefill, chunked prefill and decode are one code path.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..attention import AttnMeta
 from ..errors import LengthwiseError
+
+
+def _check_fits(nbytes: int, tokens: int, device) -> None:
+    """A cache that cannot fit is a one-line error before any allocation, not an out-of-memory traceback."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free = torch.cuda.mem_get_info(dev)[0]
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # not every platform says
+            return
+    if nbytes > free:
+        raise LengthwiseError(f"the KV cache for {tokens} tokens (prompts plus new tokens) needs {nbytes / 2**30:.1f} GiB "
+                              f"and {free / 2**30:.1f} GiB is free on {dev}: lower max_new_tokens or the prompt lengths")
 
 
 class RaggedKVCache:
@@ -20,6 +37,7 @@ class RaggedKVCache:
         self.start = (torch.cumsum(cap, 0) - cap).to(device)  # [B] region starts
         self.length = torch.zeros(len(capacities), dtype=torch.int64, device=device)  # [B]
         total = int(cap.sum())
+        _check_fits(n_layers * total * n_kv_heads * head_dim * dtype.itemsize * (3 if far_keys else 2), total, device)
         self.k = torch.empty(n_layers, total, n_kv_heads, head_dim, dtype=dtype, device=device)  # [L, S, Hkv, D]
         self.v = torch.empty_like(self.k)
         # keys rotated for a remap's far pass (positions/rope.py: Remap), when those differ from k
