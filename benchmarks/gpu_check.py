@@ -129,11 +129,16 @@ def main():
             m = getattr(transformers, f"{'Qwen2' if kind == 'qwen2' else 'Mistral'}ForCausalLM")(c)
             m.save_pretrained(f"{d}/{kind}", safe_serialization=True)
             causal_model(f"{d}/{kind}")
+    finish("gpu_check.json")
+
+
+def finish(name: str) -> None:
+    """Write $OUT/name (or benchmarks/results/name) with every check, and exit non-zero if one failed."""
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "date": datetime.date.today().isoformat(), "bound": BOUND, "rows": rows, "failed": failed}
     out = Path(os.environ.get("OUT", "benchmarks/results"))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(result, indent=1))
+    (out / name).write_text(json.dumps(result, indent=1))
     print("\nALL OK" if not failed else f"\nFAILED: {failed}")
     sys.exit(1 if failed else 0)
 

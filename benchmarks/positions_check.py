@@ -11,9 +11,6 @@ Writes $OUT/positions_check.json and exits non-zero if a bound fails.
 """
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from lengthwise.kv import RaggedKVCache  # noqa: E402
 from lengthwise.positions import Rotary, apply_rope, parse  # noqa: E402
 from lengthwise.ragged import RaggedBatch  # noqa: E402
 
-from gpu_check import BOUND, failed, record, rel, rows  # noqa: E402  (one checker for both GPU checks)
+from gpu_check import BOUND, finish, record, rel  # noqa: E402  (one checker for both GPU checks)
 
 REMAPS = ["self_extend:group=4,window=256", "self_extend:group=16,window=64", "distance_cap:cap=512",
           "string:shift=600,local=64", "sinks:sinks=4,window=300", "lambda:n_global=10,window=400,cap=400"]
@@ -104,13 +101,7 @@ def main():
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     two_region_kernels()
     model_checks()
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "date": datetime.date.today().isoformat(), "bound": BOUND, "rows": rows, "failed": failed}
-    out = Path(os.environ.get("OUT", "benchmarks/results"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "positions_check.json").write_text(json.dumps(result, indent=1))
-    print("\nALL OK" if not failed else f"\nFAILED: {failed}")
-    sys.exit(1 if failed else 0)
+    finish("positions_check.json")
 
 
 if __name__ == "__main__":

@@ -111,14 +111,14 @@ class HFRunner:
 
     def set_rope(self, hf_rope: dict | None) -> None:
         """HF's own RoPE scaling (None: as trained), by rebuilding the model's rotary embedding from its config."""
-        from ..positions import Rotary, from_hf, parse
+        from ..positions import from_hf, parse
         cfg = self.model.config
         cfg.rope_parameters = {**self._rope0, **hf_rope} if hf_rope else dict(self._rope0)
         rot = self.model.model.rotary_emb
         self.model.model.rotary_emb = type(rot)(config=cfg).to(self.device)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        scheme = from_hf(hf_rope, head_dim) or parse(None)
-        self.context_length = Rotary(scheme, head_dim, 10000.0, cfg.max_position_embeddings).reach  # what it claims
+        trained = cfg.max_position_embeddings
+        self.context_length = max(trained, (from_hf(hf_rope, head_dim) or parse(None)).reach(trained))  # what it claims
 
     @torch.inference_mode()
     def generate(self, samples) -> tuple[list[str], dict]:
