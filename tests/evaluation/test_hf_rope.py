@@ -25,3 +25,11 @@ def test_hf_runner_applies_hf_rope(tmp_path, spec, rope):
     with torch.no_grad():
         assert rel_err(runner.model(ids).logits[0], want) > 1e-3
     assert runner.context_length == 32
+
+
+def test_both_runners_take_their_reach_from_the_scheme(tmp_path):
+    from lengthwise.evaluation.backends import LengthwiseRunner
+    _, folder = tiny_hf_causal("llama", tmp_path, max_position_embeddings=32)
+    assert LengthwiseRunner(str(folder), device="cpu").context_length == 32
+    assert LengthwiseRunner(str(folder), device="cpu", positions="yarn:factor=4").context_length == 128
+    assert HFRunner(str(folder), device="cpu", positions="yarn:factor=4").context_length == 128

@@ -72,7 +72,8 @@ class LengthwiseRunner:
         self.tok = self.lm.tokenizer
         self.render = make_render(self.tok, chat)
         cfg = self.lm.config
-        self.context_length, self.n_layers, self.width = cfg.context_length, cfg.n_layers, cfg.n_heads * cfg.head_dim
+        self.context_length = self.lm.context_length  # the position scheme's reach, or the trained context
+        self.n_layers, self.width = cfg.n_layers, cfg.n_heads * cfg.head_dim
         self.n_params = sum(p.numel() for p in self.lm.module.parameters())
         self.on_cpu = self.lm.device.type == "cpu"
 
