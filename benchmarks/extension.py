@@ -1,7 +1,7 @@
 """Context extension through the harness: tune on seed 1, pick, run the reported grid on seed 0, then 128k.
 
     LENGTHWISE_MODEL_DIR=/tmp/lw-models PYTHONPATH=src python benchmarks/extension.py [--phases tune,full,long]
-        [--runs DIR] [--deadline SECONDS]
+        [--runs DIR] [--deadline SECONDS] [--tasks passkey,niah_single,...]
 
 Phases (each resumable: finished cells are skipped, so rerunning continues where a call stopped):
   tune  every candidate setting of every method (ours and the HF peer's built-in rope_scaling), seed 1,
@@ -141,6 +141,7 @@ def main():
     ap.add_argument("--phases", default="tune,full,long")
     ap.add_argument("--runs", default=os.environ.get("EXT_RUNS", "runs/extension"))
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds from now after which no new grid starts")
+    ap.add_argument("--tasks", default=",".join(TASKS), help="run only these of the four tasks (full and long phases)")
     args = ap.parse_args()
     deadline = time.time() + args.deadline
     runs = Path(args.runs)
@@ -169,8 +170,10 @@ def main():
     jobs += [("long", b, m, LONG, None, ["passkey"]) for b, m in long]
     jobs += [("full", p["backend"], p["spec"], FULL, None, TASKS) for p in ours[1:] + hf[1:]]
     jobs += [("long", b, m, LONG, None, [t for t in TASKS if t != "passkey"]) for b, m in long]
+    only = set(args.tasks.split(","))
     for phase, backend, spec, kw, lengths, tasks in jobs:
-        if phase not in phases:
+        tasks = [t for t in tasks if t in only]
+        if phase not in phases or not tasks:
             continue
         if not grid(ResultStore(runs / f"{phase}.jsonl"), runners, backend, spec, kw, deadline, lengths, tasks):
             return print(f"deadline reached in {phase}")
