@@ -97,7 +97,8 @@ def grid(store: ResultStore, runners: Runners, backend: str, spec: str, grid_kw:
         for task in tasks:
             cfg = EvalConfig(model=MODEL, tasks=[task], lengths=[n], depths=grid_kw["depths"], samples=grid_kw["samples"],
                              seed=grid_kw["seed"], method=spec, backend=backend, chat=True, max_batch_tokens=131072)
-            if all(c.id in store.done_ids() for c in cells(cfg)):
+            done = store.done_ids()
+            if all(c.id in done for c in cells(cfg)):
                 continue
             if time.time() > deadline:
                 return False

@@ -151,3 +151,24 @@ def test_report_on_a_corrupted_store(tiny_lm, tmp_path):
     assert len(err) == 1 and "line 3" in err[0] and "4 records" in err[0]
     assert "passkey" in r.stdout  # the rest was reported
     assert (tmp_path / "summary.md").exists() and list((tmp_path / "plots").glob("*.png"))
+
+
+def test_done_ids_follow_the_file_and_parse_it_only_when_it_changed(tmp_path, monkeypatch):
+    path = tmp_path / "r.jsonl"
+    a, b = ResultStore(path), ResultStore(path)  # b: another process appending to the same store
+    assert a.done_ids() == set()
+    a.append({"id": "x", "score": 1.0})
+    parses = []
+    real = ResultStore.records
+    monkeypatch.setattr(ResultStore, "records", lambda self: parses.append(1) or real(self))
+    assert a.done_ids() == {"x"} and len(parses) == 1
+    for _ in range(5):  # unchanged file: no new parse
+        assert a.done_ids() == {"x"}
+    assert len(parses) == 1
+    b.append({"id": "y", "score": 0.0})
+    assert a.done_ids() == {"x", "y"} and len(parses) == 2
+    a.done_ids().add("z")  # callers get a copy: the cache cannot be changed from outside
+    assert a.done_ids() == {"x", "y"}
+    with open(path, "a") as f:
+        f.write('{"id": "partial')  # a killed writer's half line is not a finished cell
+    assert a.done_ids() == {"x", "y"}

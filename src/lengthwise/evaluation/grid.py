@@ -95,7 +95,8 @@ def estimate_seconds(cfg: EvalConfig, n_params: int, n_layers: int, width: int, 
 def run(cfg: EvalConfig, store: ResultStore, runner, yes: bool = False, allow_beyond_context: bool = False,
         progress: Callable[[int, int], None] | None = None, warn: Callable[[str], None] = print) -> int:
     """Run every cell the store lacks; returns how many ran. `runner` is a loaded backend (backends.py)."""
-    todo = [c for c in cells(cfg) if c.id not in store.done_ids()]
+    finished = store.done_ids()
+    todo = [c for c in cells(cfg) if c.id not in finished]
     if not todo:
         return 0
     longest = max(c.length for c in todo)

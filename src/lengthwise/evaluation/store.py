@@ -16,6 +16,7 @@ from ..errors import LengthwiseError
 class ResultStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._done: tuple[tuple[int, int], set[str]] | None = None  # (file size and mtime, ids) of the last read
 
     def records(self) -> tuple[list[dict], list[str]]:
         """(valid records in file order, one warning per unreadable line)."""
@@ -38,7 +39,16 @@ class ResultStore:
         return out, warnings
 
     def done_ids(self) -> set[str]:
-        return {r["id"] for r in self.records()[0]}
+        """Ids of the finished cells. The file is parsed again only when it changed since the last call
+        (a grid asks once per cell, and a store of a few thousand cells takes tens of milliseconds to parse)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return set()
+        stamp = (st.st_size, st.st_mtime_ns)
+        if self._done is None or self._done[0] != stamp:
+            self._done = stamp, {r["id"] for r in self.records()[0]}
+        return set(self._done[1])
 
     def open_for_append(self) -> None:
         """Check the store can be written, and cut a partial last line left by a killed run."""
