@@ -315,7 +315,9 @@ def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tupl
     """One line per (model, method, backend); colour by model and method, line style by backend."""
     from matplotlib import colormaps
     from matplotlib.ticker import NullLocator
-    fig = _figure(7.0, 4.5)
+    beside = len(groups) > 4  # many series would hide the lines they label: the legend goes beside the axes
+    longest = max((len(" · ".join(g)) for g in groups), default=0)
+    fig = _figure(7.0 + (min(0.065 * longest, 6.0) + 0.6 if beside else 0.0), 4.5)
     ax = fig.add_subplot()
     several_models = len({g[0] for g in groups}) > 1
     colour_keys = list(dict.fromkeys(g[:2] for g in groups))
@@ -343,7 +345,10 @@ def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tupl
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    if beside:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
 
