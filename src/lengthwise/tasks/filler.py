@@ -3,18 +3,25 @@
 Prose ("essay") comes from `pydoc_data.topics.topics`, the text behind `help("topic")` that ships with
 CPython under the PSF License Agreement (Python Software Foundation). It is split into sentences, reST
 markup is dropped, code-ish sentences are skipped, and the sentences are cycled from a seeded offset.
-The text varies a little between CPython versions, so `SOURCE` names the version (stored in each sample).
+That text changes between CPython releases, so the cleaned sentences of one release (3.12.3) are frozen
+in `data/essay.txt.gz` (licence and changes: `data/ESSAY_NOTICE.txt`): prompts are the same on every
+Python. `python -m lengthwise.tasks.filler path/to/pydoc_data/topics.py` rebuilds the snapshot.
 """
 from __future__ import annotations
 
+import ast
 import functools
+import gzip
 import random
 import re
 import sys
+from pathlib import Path
 
 NOISE = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
 HAYSTACKS = ("essay", "noise")
-SOURCE = {"essay": "pydoc_data.topics (CPython {}.{}.{}, PSF License)".format(*sys.version_info[:3]),
+ESSAY_FROM = "3.12.3"  # the CPython release whose pydoc_data.topics the snapshot was cleaned from
+SNAPSHOT = Path(__file__).parent / "data" / "essay.txt.gz"
+SOURCE = {"essay": f"pydoc_data.topics (CPython {ESSAY_FROM}, PSF License), frozen in lengthwise",
           "noise": "RULER noise sentences"}
 
 _ABBREV = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "approx.", "Mr.", "Dr.", "No.")
@@ -48,11 +55,8 @@ def _is_prose(s: str) -> bool:
     return len(_PROSE_CHARS.findall(s)) >= 0.97 * len(s)
 
 
-@functools.cache
-def essay_sentences() -> tuple[str, ...]:
-    """The cleaned prose sentences of pydoc_data.topics, in topic order."""
-    from pydoc_data.topics import topics
-
+def clean_topics(topics: dict[str, str]) -> list[str]:
+    """The prose sentences of a pydoc_data.topics dict, in topic order: what the snapshot holds."""
     out = []
     for name in sorted(topics):
         for para in re.split(r"\n\s*\n", topics[name]):
@@ -61,7 +65,26 @@ def essay_sentences() -> tuple[str, ...]:
                 continue
             text = re.sub(r"(?<=\w)- (?=\w)", "-", " ".join(l.strip() for l in lines))  # words split at a hyphen
             out += [s for s in _sentences(_clean(text)) if _is_prose(s)]
-    return tuple(out)
+    return out
+
+
+@functools.cache
+def essay_sentences() -> tuple[str, ...]:
+    """The frozen prose sentences (one per line in the snapshot); the running Python's own docs are not read."""
+    with gzip.open(SNAPSHOT, "rt", encoding="utf-8") as f:
+        return tuple(f.read().split("\n"))
+
+
+def freeze(topics_py: str | Path, out: str | Path = SNAPSHOT) -> int:
+    """Write the snapshot from a CPython `pydoc_data/topics.py` (read as a literal, never executed)."""
+    tree = ast.parse(Path(topics_py).read_text(encoding="utf-8"))
+    topics = next(ast.literal_eval(n.value) for n in tree.body
+                  if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "topics" for t in n.targets))
+    sents = clean_topics(topics)
+    assert all("\n" not in s for s in sents)
+    with open(out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:  # byte-stable
+        f.write("\n".join(sents).encode("utf-8"))
+    return len(sents)
 
 
 def haystack(kind: str, rng: random.Random, n: int) -> list[str]:
@@ -101,3 +124,9 @@ def weave(sentences: list[str], inserts: list[tuple[float, str]]) -> tuple[str, 
             pieces.append(sentences[b])
             pos += len(sentences[b]) + 1
     return " ".join(pieces), offsets
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m lengthwise.tasks.filler path/to/pydoc_data/topics.py")
+    print(f"wrote {freeze(sys.argv[1])} sentences to {SNAPSHOT}")
