@@ -65,3 +65,60 @@ def test_cache_overflow_is_an_error():
     from lengthwise import LengthwiseError
     with pytest.raises(LengthwiseError, match="overflow"):
         cache.plan(torch.tensor([0]), torch.tensor([1]))
+
+
+def _case(lens_q, lens_k, H=4, Hkv=2, D=8, seed=0, dtype=torch.float32):
+    """Packed queries and keys per sequence, queries aligned to the end of their keys (lens_q <= or > lens_k)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(sum(lens_q), H, D, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(sum(lens_k), Hkv, D, generator=g, dtype=torch.float64) for _ in range(2))
+    cu_q = torch.tensor([0] + torch.tensor(lens_q).cumsum(0).tolist(), dtype=torch.int32)
+    cu_k = torch.tensor([0] + torch.tensor(lens_k).cumsum(0).tolist(), dtype=torch.int32)
+    meta = AttnMeta(cu_q, max(lens_q), cu_k, max(lens_k))
+    q_seq = torch.repeat_interleave(torch.arange(len(lens_q)), torch.tensor(lens_q))
+    k_seq = torch.repeat_interleave(torch.arange(len(lens_k)), torch.tensor(lens_k))
+    k_pos = torch.arange(sum(lens_k)) - cu_k[:-1].long()[k_seq]
+    q_pos = torch.arange(sum(lens_q)) - cu_q[:-1].long()[q_seq] + (torch.tensor(lens_k) - torch.tensor(lens_q))[q_seq]
+    return q, k, v, meta, (q_seq, k_seq, q_pos, k_pos)
+
+
+def _dense_lse(q, k, v, q_seq, k_seq, q_pos, k_pos, mask):
+    rep = q.shape[1] // k.shape[1]
+    s = torch.einsum("qhd,khd->hqk", q, k.repeat_interleave(rep, 1)) / q.shape[-1] ** 0.5
+    ok = (q_seq[:, None] == k_seq[None, :]) & mask.allowed(q_pos, k_pos)
+    return torch.logsumexp(s.masked_fill(~ok, float("-inf")), -1).T  # [Tq, H]
+
+
+@pytest.mark.parametrize("mask", [MaskPattern(causal=True), MaskPattern(causal=False), MaskPattern(causal=True, window=5),
+                                  MaskPattern(causal=True, window=700)])
+@pytest.mark.parametrize("lens_q,lens_k", [
+    ([3, 17, 1, 9], [3, 17, 1, 9]),  # packed prefill
+    ([1, 1, 1], [6, 1, 30]),  # decode: one query per sequence
+    ([4, 10], [9, 10]),  # a chunk of queries after a cached prefix
+    ([12, 5], [4, 0]),  # fewer keys than queries (a far pass): the first queries see nothing
+    ([2500], [2600]),  # more queries than one masked block
+])
+def test_cpu_flash_matches_float64(mask, lens_q, lens_k):
+    q, k, v, meta, where = _case(lens_q, lens_k, seed=len(lens_q) + sum(lens_k))
+    out, lse = attend(q.float(), k.float(), v.float(), meta, mask, "cpu_flash", return_lse=True)
+    ref = dense_reference(q, k, v, *where, mask).nan_to_num(0.0)  # a query that sees nothing: 0
+    ref_lse = _dense_lse(q, k, v, *where, mask)
+    assert (out.double() - ref).abs().max() < 1e-5
+    assert torch.equal(lse.isinf(), ref_lse.isinf())  # the same queries see nothing
+    fin = ref_lse.isfinite()
+    assert (lse.double()[fin] - ref_lse[fin]).abs().max() < 1e-5
+    if any(nq > nk for nq, nk in zip(lens_q, lens_k)):
+        assert lse.isinf().any()  # the empty-row case really happened
+
+
+def test_cpu_flash_bfloat16_and_backend_choice():
+    from lengthwise import LengthwiseError
+    from lengthwise.attention import pick_backend
+    q, k, v, meta, where = _case([7, 33], [7, 33], seed=3)
+    out = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), meta, MaskPattern(causal=True), "cpu_flash")
+    ref = dense_reference(q, k, v, *where, MaskPattern(causal=True))
+    assert out.dtype == torch.bfloat16 and (out.double() - ref).abs().max() < 3e-2
+    assert pick_backend("auto", torch.device("cpu"), torch.float32) == "cpu_flash"
+    assert pick_backend(None, torch.device("cpu"), torch.float64) == "reference"  # float64: the exact twin
+    with pytest.raises(LengthwiseError, match="cpu_flash backend needs the CPU"):
+        pick_backend("cpu_flash", torch.device("cpu"), torch.float64)

@@ -279,8 +279,9 @@ PositionsOpt = typer.Option(
          "(schemes: " + ", ".join(lw.positions.SCHEMES) + "; see docs/context-extension.md). "
          "\\[default: the checkpoint's own]")
 DtypeOpt = typer.Option("--dtype", help="Weights and compute dtype. \\[default: bfloat16 on GPU, float32 on CPU]")
-BackendOpt = typer.Option("--backend", help="Attention: reference (pure torch, any device) or varlen "
-                                            "(FlashAttention-style, CUDA + 16-bit); auto picks.")
+BackendOpt = typer.Option("--backend", help="Attention: reference (pure torch, any device), cpu_flash "
+                                            "(torch's fused CPU kernel) or varlen (FlashAttention, CUDA + 16-bit); "
+                                            "auto picks.")
 Dtype = Optional[Literal[tuple(DTYPES)]]  # type: ignore[valid-type]
 Backend = Literal[("auto", *BACKENDS)]  # type: ignore[valid-type]
 

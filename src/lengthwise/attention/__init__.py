@@ -14,6 +14,7 @@ import torch
 
 from ..errors import LengthwiseError
 from .mask import MaskPattern, Causal, Bidirectional, SlidingWindow
+from .cpu_flash import DTYPES as CPU_FLASH_DTYPES, attend_cpu_flash
 from .reference import attend_reference
 from .varlen import attend_varlen
 
@@ -31,16 +32,24 @@ class AttnMeta:
         return cls(cu_seqlens, max_seqlen, cu_seqlens, max_seqlen)
 
 
-BACKENDS = ("reference", "varlen")
+BACKENDS = ("reference", "cpu_flash", "varlen")
 
 
 def pick_backend(name: str | None, device: torch.device, dtype: torch.dtype) -> str:
+    """auto: FlashAttention varlen on a GPU in fp16/bf16, torch's fused CPU kernel on a CPU, else the reference
+    (float64 always runs on the reference, the exact twin every fast backend is checked against)."""
+    device = torch.device(device)
     if name in (None, "auto"):
-        return "varlen" if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) else "reference"
+        if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+            return "varlen"
+        return "cpu_flash" if device.type == "cpu" and dtype in CPU_FLASH_DTYPES else "reference"
     if name not in BACKENDS:
         raise LengthwiseError(f"unknown attention backend {name!r}: choose one of {', '.join(BACKENDS)} or auto")
     if name == "varlen" and (device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16)):
         raise LengthwiseError("the varlen backend needs a CUDA device and float16/bfloat16: use --backend reference")
+    if name == "cpu_flash" and (device.type != "cpu" or dtype not in CPU_FLASH_DTYPES):
+        raise LengthwiseError("the cpu_flash backend needs the CPU and float32/bfloat16/float16: "
+                              "use --backend reference")
     return name
 
 
@@ -50,6 +59,8 @@ def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: str = "reference
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if backend == "reference":
         return attend_reference(q, k, v, meta, mask, scale, return_lse)
+    if backend == "cpu_flash":
+        return attend_cpu_flash(q, k, v, meta, mask, scale, return_lse)
     return attend_varlen(q, k, v, meta, mask, scale, return_lse)
 
 
