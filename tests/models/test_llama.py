@@ -23,9 +23,13 @@ def _hf_logits(hf, seqs):
     ("qwen2", dict(tie_word_embeddings=False)),
     ("mistral", dict(sliding_window=16)),  # the window is far shorter than the sequences
     ("llama", dict(tie_word_embeddings=True, attention_bias=True, head_dim=32)),
+    # Qwen2 slides only from layer max_window_layers on (HF's layer_types): layer 0 full, layer 1 windowed
+    ("qwen2", dict(use_sliding_window=True, sliding_window=16, max_window_layers=1)),
 ])
 def test_random_configs_match_hf(tmp_path, kind, over):
     hf, folder = tiny_hf_causal(kind, tmp_path, **over)
+    if over.get("max_window_layers") is not None:
+        assert hf.config.layer_types == ["full_attention", "sliding_attention"]  # the mixed case is really built
     lm = lw.load(folder, device="cpu", dtype="float32")
     seqs = _seqs(hf.config.vocab_size, LENS)
     ours = lm.logits(seqs)

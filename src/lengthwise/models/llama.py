@@ -31,7 +31,18 @@ class LlamaConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     sliding_window: int | None = None
+    window_layers: tuple[bool, ...] | None = None  # which layers slide (HF layer_types); None: all, if a window is set
     rope: RoPE | None = None  # the checkpoint's own RoPE scaling (HF rope_scaling), if any
+
+    def window_of(self, layer: int) -> int | None:
+        """The sliding window of one layer, or None for full attention."""
+        if self.sliding_window is None or (self.window_layers is not None and not self.window_layers[layer]):
+            return None
+        return self.sliding_window
+
+    @property
+    def windowed(self) -> bool:
+        return any(self.window_of(i) is not None for i in range(self.n_layers))
 
     def __post_init__(self):
         self.head_dim = self.head_dim or self.dim // self.n_heads
@@ -40,6 +51,11 @@ class LlamaConfig:
     def from_hf(cls, c: dict) -> "LlamaConfig":
         rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
         use_window = c.get("use_sliding_window", c.get("model_type") == "mistral")
+        types = c.get("layer_types")
+        if types is None and c.get("model_type") == "qwen2" and use_window:
+            # HF's Qwen2Config: layers from max_window_layers on slide, the ones below attend fully
+            first = c.get("max_window_layers", 28)
+            types = ["sliding_attention" if i >= first else "full_attention" for i in range(c["num_hidden_layers"])]
         return cls(
             vocab_size=c["vocab_size"], dim=c["hidden_size"], n_layers=c["num_hidden_layers"],
             n_heads=c["num_attention_heads"], n_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
@@ -50,6 +66,7 @@ class LlamaConfig:
             qkv_bias=c.get("model_type") == "qwen2" or c.get("attention_bias", False),
             o_bias=c.get("attention_bias", False),
             sliding_window=c.get("sliding_window") if use_window else None,
+            window_layers=None if types is None else tuple(t == "sliding_attention" for t in types),
             rope=from_hf(rope, c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
                          c.get("max_position_embeddings"), c.get("original_max_position_embeddings")),
         )
@@ -95,8 +112,9 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, layer: int = 0):
         super().__init__()
+        self.window = cfg.window_of(layer)  # this layer's own sliding window, or None: the model's mask
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
@@ -123,10 +141,11 @@ class Attention(nn.Module):
                 if far.cos_k is not None:
                     cache.k_far[layer, step.slots] = kf
                 kf = k if far.cos_k is None else cache.k_far[layer]
+        mask = step.mask if self.window is None else MaskPattern(step.mask.causal, window=self.window)
         if far is None:
-            y = attend(q, k, v, step.meta, step.mask, step.backend)  # [T, H, D]
+            y = attend(q, k, v, step.meta, mask, step.backend)  # [T, H, D]
         else:
-            y = attend_two_region(q, k, v, qf, kf, step.meta, step.mask, far, step.backend)
+            y = attend_two_region(q, k, v, qf, kf, step.meta, mask, far, step.backend)
         return self.wo(y.reshape(T, -1))
 
 
@@ -142,10 +161,10 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, layer: int = 0):
         super().__init__()
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attention = Attention(cfg)
+        self.attention = Attention(cfg, layer)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
@@ -173,17 +192,18 @@ class Llama(nn.Module):
         own = positions is None
         self.rotary = Rotary(positions or cfg.rope or RoPE(), cfg.head_dim, cfg.rope_theta, cfg.context_length,
                              native=cfg.rope, claims=not own)
-        if self.rotary.far_needed and cfg.sliding_window is not None:
+        if self.rotary.far_needed and cfg.windowed:
             raise LengthwiseError(f"{self.rotary.scheme.name} remaps far keys, but this model attends within a "
                                   f"{cfg.sliding_window}-token sliding window: use a RoPE scaling instead")
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
     @property
     def mask(self) -> MaskPattern:
-        return MaskPattern(causal=True, window=self.cfg.sliding_window)
+        """The mask of layers without a window of their own (a layer that slides applies its window on top)."""
+        return MaskPattern(causal=True)
 
     def forward(self, tokens, positions, step: Step, out_rows=None):
         """tokens, positions [T] -> logits [T, vocab], or [len(out_rows), vocab] for just those rows."""
