@@ -194,3 +194,39 @@ def test_reach_opens_the_context_and_still_bounds_it(tmp_path):
     with pytest.raises(lw.LengthwiseError, match="129"):
         lm.logits([[1] * 129])
     assert parse("self_extend:group=4,window=8").reach(32) == (32 - 8) * 4 + 8
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_rotation_tables_equal_hf_style_rope_bit_for_bit(dtype):
+    """Tables (cast once, sign folded into sin, roll instead of cat) give exactly apply_rope's values,
+    which follow HF's rotate_half in x's dtype; queries and keys rotated together equal each alone."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    from lengthwise.positions import Tables, apply_rope
+    g = torch.Generator().manual_seed(0)
+    T, H, D = 37, 5, 64
+    rot = Rotary(YaRN(factor=4.0), D, 10000.0, 64)(torch.arange(100, 100 + T))
+    x = (torch.randn(T, H, D, generator=g, dtype=torch.float64) * 3).to(dtype)
+    got = Tables.of(rot.cos, rot.sin, dtype).apply(x)
+    assert torch.equal(got, apply_rope(x, rot.cos, rot.sin))
+    hq, _ = apply_rotary_pos_emb(x.transpose(0, 1)[None], x.transpose(0, 1)[None], rot.cos[None].to(dtype),
+                                 rot.sin[None].to(dtype))
+    assert torch.equal(got, hq[0].transpose(0, 1))  # HF's own function, same bits
+    both = Tables.of(rot.cos, rot.sin, dtype).apply(torch.cat([x, x[:, :2]], dim=1))
+    assert torch.equal(both[:, :H], got) and torch.equal(both[:, H:], got[:, :2])
+
+
+@pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_rms_norm_equals_hf_formula(wdtype):
+    from lengthwise.models.llama import RMSNorm
+    from lengthwise.models import residual_dtype
+    g = torch.Generator().manual_seed(1)
+    n = RMSNorm(96, 1e-6).to(wdtype)
+    with torch.no_grad():
+        n.weight.copy_(torch.randn(96, generator=g))
+    x = (torch.randn(11, 96, generator=g, dtype=torch.float64) * 5).to(residual_dtype(wdtype))
+    xd = x.double()  # HF's LlamaRMSNorm formula in float64
+    ref = n.weight.double() * (xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6))
+    out = n(x)
+    assert out.dtype == wdtype
+    tol = {torch.bfloat16: 8e-3, torch.float32: 1e-6, torch.float64: 1e-13}[wdtype]
+    assert ((out.double() - ref).abs() / ref.abs().clamp_min(1e-3)).max() < tol

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..attention import AttnMeta, MaskPattern, attend
 from ..attention.two_region import attend_two_region
 from ..errors import LengthwiseError
-from ..positions import Linear, RoPE, Rotary, Rotation, YaRN, apply_rope, from_hf
+from ..positions import Linear, RoPE, Rotary, Rotation, Tables, YaRN, from_hf
 from . import fuse, residual_dtype
 
 
@@ -106,6 +106,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         """x in the residual dtype; the result in the weights' dtype, ready for the next GEMM."""
+        if x.dtype in (torch.float32, torch.float64):  # the residual stream: torch's fused kernel, same math
+            return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps).to(self.weight.dtype)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (self.weight * xf.to(x.dtype)).to(self.weight.dtype)
@@ -119,16 +121,16 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
 
-    def forward(self, x, rot: Rotation, step: "Step", layer: int):
+    def forward(self, x, rots: "Rotations", step: "Step", layer: int):
         T, H, Hkv = x.shape[0], self.n_heads, self.n_kv_heads
         qkv = self.wqkv(x).view(T, H + 2 * Hkv, self.head_dim)  # one GEMM for q, k and v
-        q = apply_rope(qkv[:, :H], rot.cos, rot.sin)  # [T, H, D]
-        k = apply_rope(qkv[:, H:H + Hkv], rot.cos, rot.sin)  # [T, Hkv, D]
+        qk = rots.near.apply(qkv[:, :H + Hkv])  # queries and keys rotated in one pass
+        q, k = qk[:, :H], qk[:, H:]  # [T, H, D], [T, Hkv, D]
         v = qkv[:, H + Hkv:]
-        far = rot.far
+        far = rots.rot.far
         if far is not None:  # a remap: queries (and maybe keys) rotated again for the far region
-            qf = apply_rope(qkv[:, :H], far.cos_q, far.sin_q)
-            kf = k if far.cos_k is None else apply_rope(qkv[:, H:H + Hkv], far.cos_k, far.sin_k)
+            qf = rots.far_q.apply(qkv[:, :H])
+            kf = k if rots.far_k is None else rots.far_k.apply(qkv[:, H:H + Hkv])
         cache = step.cache
         if cache is not None:
             cache.k[layer, step.slots] = k
@@ -168,9 +170,25 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x, rot, step, layer):
-        x = x + self.attention(self.attention_norm(x), rot, step, layer)
+    def forward(self, x, rots, step, layer):
+        x = x + self.attention(self.attention_norm(x), rots, step, layer)
         return x + self.feed_forward(self.ffn_norm(x))
+
+
+@dataclass
+class Rotations:
+    """One forward's rotation (rotary.py) and its tables in the compute dtype, shared by every layer."""
+    rot: Rotation
+    near: Tables
+    far_q: Tables | None = None
+    far_k: Tables | None = None
+
+    @classmethod
+    def of(cls, rot: Rotation, dtype: torch.dtype) -> "Rotations":
+        f = rot.far
+        return cls(rot, Tables.of(rot.cos, rot.sin, dtype),
+                   None if f is None else Tables.of(f.cos_q, f.sin_q, dtype),
+                   None if f is None or f.cos_k is None else Tables.of(f.cos_k, f.sin_k, dtype))
 
 
 @dataclass
@@ -207,10 +225,11 @@ class Llama(nn.Module):
 
     def forward(self, tokens, positions, step: Step, out_rows=None):
         """tokens, positions [T] -> logits [T, vocab], or [len(out_rows), vocab] for just those rows."""
-        rot = self.rotary(positions, step.meta)
-        x = self.tok_embeddings(tokens).to(residual_dtype(self.tok_embeddings.weight.dtype))  # [T, dim]
+        dtype = self.tok_embeddings.weight.dtype
+        rots = Rotations.of(self.rotary(positions, step.meta), dtype)
+        x = self.tok_embeddings(tokens).to(residual_dtype(dtype))  # [T, dim]
         for i, layer in enumerate(self.layers):
-            x = layer(x, rot, step, i)
+            x = layer(x, rots, step, i)
         if out_rows is not None:
             x = x[out_rows]
         x = self.norm(x)

@@ -22,7 +22,7 @@ from .linear import Linear
 from .llama3 import Llama3
 from .longrope import LongRoPE
 from .ntk import NTK
-from .rope import RoPE, Remap, Rotary, Rotation, apply_rope
+from .rope import RoPE, Remap, Rotary, Rotation, Tables, apply_rope
 from .self_extend import SelfExtend
 from .sinks import Sinks
 from .string_shift import STRING
@@ -144,6 +144,6 @@ def to_hf(scheme: RoPE, trained: int) -> dict | None:
                           "among them (pass HF's own settings with --hf-rope JSON)")
 
 
-__all__ = ["RoPE", "Remap", "Rotary", "Rotation", "apply_rope", "SCHEMES", "parse", "from_hf", "to_hf",
+__all__ = ["RoPE", "Remap", "Rotary", "Rotation", "Tables", "apply_rope", "SCHEMES", "parse", "from_hf", "to_hf",
            "Linear", "NTK", "DynamicNTK", "YaRN", "LongRoPE", "Giraffe", "Llama3", "SelfExtend", "DistanceCap",
            "STRING", "Sinks", "LambdaShape"]
