@@ -119,10 +119,13 @@ def test_two_region_attention_matches_explicit_pairs(scheme):
     qf = lw.positions.apply_rope(q, f.cos_q, f.sin_q)
     kf = kn if f.cos_k is None else lw.positions.apply_rope(k, f.cos_k, f.sin_k)
     out = attend_two_region(qn, kn, v, qf, kf, meta, Causal(), f, "reference")
+    # the CPU fast backend in float32 (its windowed near pass and its far pass with keyless queries)
+    fast = attend_two_region(*(t.float() for t in (qn, kn, v, qf, kf)), meta, Causal(), f, "cpu_flash")
     inv = 1.0 / 10000.0 ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
     for a, z in zip(b.cu_seqlens[:-1].tolist(), b.cu_seqlens[1:].tolist()):
         ref = _explicit(scheme, q[a:z], k[a:z], v[a:z], inv)
         assert rel_err(out[a:z], ref) < 1e-5, (a, z)  # float32 rotation tables, float64 elsewhere
+        assert rel_err(fast[a:z], ref) < 1e-5, (a, z)
 
 
 # --- whole model: packed == per sequence, and cached decode == one full forward --------------------
@@ -177,6 +180,18 @@ def test_cached_decode_equals_full_forward(folder, spec):
             got[i].append(out[row])
     for i, s in enumerate(seqs):
         assert rel_err(torch.stack(got[i]), full[i]) <= 1e-10, i
+
+
+@pytest.mark.parametrize("spec", ["none", "self_extend:group=4,window=8", "sinks:sinks=2,window=9",
+                                  "lambda:n_global=3,window=10,cap=10", "string:shift=10,local=3"])
+def test_cpu_fast_backend_matches_float64(folder, spec):
+    """float32 on the CPU picks cpu_flash; it must give the float64 reference's logits."""
+    fast = lw.load(folder, device="cpu", dtype="float32", positions=spec)
+    exact = lw.load(folder, device="cpu", dtype="float64", positions=spec)
+    assert (fast.backend, exact.backend) == ("cpu_flash", "reference")
+    seqs = _seqs([min(n, exact.context_length) for n in (70, 5, 33, 1, 64)], seed=7)
+    for a, b in zip(fast.logits(seqs), exact.logits(seqs)):
+        assert rel_err(a, b) <= 1e-5
 
 
 def test_generation_packed_equals_one_at_a_time(folder):
