@@ -33,3 +33,17 @@ def test_both_runners_take_their_reach_from_the_scheme(tmp_path):
     assert LengthwiseRunner(str(folder), device="cpu").context_length == 32
     assert LengthwiseRunner(str(folder), device="cpu", positions="yarn:factor=4").context_length == 128
     assert HFRunner(str(folder), device="cpu", positions="yarn:factor=4").context_length == 128
+
+
+def test_hf_runner_splits_prefill_from_decode():
+    """The first logits mark the prefill's end in HF generate, prompt by prompt; the parts add up to the batch."""
+    import time
+    from lengthwise.tasks import get_task
+    runner = HFRunner("smollm2-135m", device="cpu", chat=True)
+    samples = [get_task("passkey").make(runner.render, 300, d, 1) for d in (0.0, 100.0)]
+    t0 = time.perf_counter()
+    outs, timing = runner.generate(samples)
+    wall = time.perf_counter() - t0
+    assert [get_task("passkey").score(o, s) for o, s in zip(outs, samples)] == [1.0, 1.0]
+    assert 0 < timing["prefill_s"] and 0 < timing["decode_s"]
+    assert timing["prefill_s"] + timing["decode_s"] <= wall

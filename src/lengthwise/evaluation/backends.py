@@ -5,6 +5,7 @@ cell's prompt tokens are byte-identical across backends.
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections import OrderedDict
 
@@ -123,17 +124,43 @@ class HFRunner:
 
     @torch.inference_mode()
     def generate(self, samples) -> tuple[list[str], dict]:
-        outs = []
+        from transformers import LogitsProcessorList
+        outs, prefill = [], 0.0
         timer = _Timer(self.device)
         for s in samples:
             ids = torch.tensor([self.render(s.prompt, s.answer_prefix)], device=self.device)
             eos = self.tok.eos_token_id
+            first = _first_logits_class()(self.device)
+            t0 = time.perf_counter()
             out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=s.max_new_tokens,
-                                      do_sample=False, eos_token_id=eos, pad_token_id=eos)
-            outs.append(self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+                                      do_sample=False, eos_token_id=eos, pad_token_id=eos,
+                                      logits_processor=LogitsProcessorList([first]))
+            outs.append(self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))  # waits for the GPU
+            prefill += (first.t or time.perf_counter()) - t0
         timing = timer.result()
-        timing["prefill_s"], timing["decode_s"] = None, timing["prefill_s"] + timing["decode_s"]  # not separable here
+        total = timing["prefill_s"] + timing["decode_s"]
+        timing["prefill_s"], timing["decode_s"] = prefill, total - prefill  # summed over the prompts, one at a time
         return outs, timing
+
+
+@functools.cache
+def _first_logits_class():
+    from transformers import LogitsProcessor  # only the hf backend needs transformers' generation classes
+
+    class FirstLogits(LogitsProcessor):
+        """Passed to HF generate: its first call (logits of the first new token exist) marks the prefill's end."""
+
+        def __init__(self, device: torch.device):
+            self.cuda, self.t = device.type == "cuda", None
+
+        def __call__(self, input_ids, scores):
+            if self.t is None:
+                if self.cuda:
+                    torch.cuda.synchronize()
+                self.t = time.perf_counter()
+            return scores
+
+    return FirstLogits
 
 
 def make_runner(cfg):
