@@ -122,3 +122,47 @@ def test_cpu_flash_bfloat16_and_backend_choice():
     assert pick_backend(None, torch.device("cpu"), torch.float64) == "reference"  # float64: the exact twin
     with pytest.raises(LengthwiseError, match="cpu_flash backend needs the CPU"):
         pick_backend("cpu_flash", torch.device("cpu"), torch.float64)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu_flash"])
+@pytest.mark.parametrize("splits", [2, 3, 8])
+def test_split_kv_decode_equals_one_pass(backend, splits):
+    """Keys cut into chunks and merged by log-sum-exp give the one-pass result; sequences shorter than the
+    number of chunks, and one with no key at all, included."""
+    used = [1, 2, 37, 0, 300, 5]
+    cap = [n + 3 for n in used]  # regions with unused slots after the keys
+    g = torch.Generator().manual_seed(splits)
+    dt = torch.float64 if backend == "reference" else torch.float32
+    H, Hkv, D = 4, 2, 8
+    k = torch.randn(sum(cap), Hkv, D, generator=g, dtype=torch.float64).to(dt)
+    v = torch.randn(sum(cap), Hkv, D, generator=g, dtype=torch.float64).to(dt)
+    q = torch.randn(len(used), H, D, generator=g, dtype=torch.float64).to(dt)
+    cu_k = torch.tensor([0] + torch.tensor(cap).cumsum(0).tolist(), dtype=torch.int32)
+    meta = AttnMeta(torch.arange(len(used) + 1, dtype=torch.int32), 1, cu_k, max(cap),
+                    torch.tensor(used, dtype=torch.int32))
+    one, lse1 = attend(q, k, v, meta, MaskPattern(causal=True), backend, return_lse=True, splits=1)
+    got, lse2 = attend(q, k, v, meta, MaskPattern(causal=True), backend, return_lse=True, splits=splits)
+    tol = 1e-12 if dt == torch.float64 else 1e-5
+    assert (got.double() - one.double()).abs().max() < tol
+    assert torch.equal(lse1.isinf(), lse2.isinf()) and lse1[3].isinf().all() and (got[3] == 0).all()
+    fin = lse1.isfinite()
+    assert (lse1.double()[fin] - lse2.double()[fin]).abs().max() < tol
+
+
+def test_split_kv_policy(monkeypatch):
+    from lengthwise import LengthwiseError
+    from lengthwise.attention import split_kv
+    q1, q64 = torch.zeros(1, 9, 64), torch.zeros(64, 9, 64)
+    one = lambda max_k: AttnMeta(torch.arange(2, dtype=torch.int32), 1, torch.tensor([0, max_k]), max_k)
+    assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True), "varlen") == 1  # off unless asked
+    monkeypatch.setattr(split_kv, "AUTO", True)
+    assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True), "varlen") == 16  # 9 blocks -> 144
+    assert split_kv.auto_splits(q1, one(4096), MaskPattern(causal=True), "varlen") == 2  # chunks >= 2048 keys
+    assert split_kv.auto_splits(q1, one(1024), MaskPattern(causal=True), "varlen") == 1
+    assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True, window=64), "varlen") == 1
+    assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True), "reference") == 1
+    meta64 = AttnMeta(torch.arange(65, dtype=torch.int32), 1, torch.arange(65) * 8192, 8192)
+    assert split_kv.auto_splits(q64, meta64, MaskPattern(causal=True), "varlen") == 1  # 576 blocks already
+    prefill = AttnMeta(torch.tensor([0, 5], dtype=torch.int32), 5, torch.tensor([0, 5]), 5)
+    with pytest.raises(LengthwiseError, match="decode steps only"):
+        attend(torch.zeros(5, 4, 8), torch.zeros(5, 2, 8), torch.zeros(5, 2, 8), prefill, MaskPattern(), splits=2)

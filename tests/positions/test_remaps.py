@@ -282,3 +282,22 @@ def test_a_cache_that_cannot_fit_is_one_line(folder, monkeypatch):
     with pytest.raises(lw.LengthwiseError, match=r"KV cache for 100003 tokens .* needs .* GiB and 0.0 GiB is free"):
         lm.generate_ids([[1, 2, 3]], max_new_tokens=100_000)
     assert len(lm.generate_ids([[1, 2, 3]], max_new_tokens=4)[0]) == 4  # small caches still fit
+
+
+@pytest.mark.parametrize("spec", ["none", "self_extend:group=4,window=8", "distance_cap:cap=12"])
+def test_split_kv_decode_inside_the_model(folder, spec, monkeypatch):
+    """Every decode step's attention (and a remap's far pass) split in 3 chunks: the same logits and tokens."""
+    import lengthwise.attention as att
+    lm = lw.load(folder, device="cpu", dtype="float64", positions=spec)
+    prompts = _seqs([min(n, lm.context_length - 10) for n in (50, 9, 31)], seed=11)
+    want = lm.generate_ids(prompts, max_new_tokens=10)
+    calls = []
+
+    def three(q, meta, mask, backend):
+        ok = meta.max_q == 1 and mask.window is None and meta.cu_q.shape[0] == q.shape[0] + 1
+        calls.append(ok)
+        return 3 if ok else 1
+
+    monkeypatch.setattr(att, "auto_splits", three)
+    assert lm.generate_ids(prompts, max_new_tokens=10) == want
+    assert any(calls)  # decode steps really went through the split path

@@ -16,6 +16,7 @@ from ..errors import LengthwiseError
 from .mask import MaskPattern, Causal, Bidirectional, SlidingWindow
 from .cpu_flash import DTYPES as CPU_FLASH_DTYPES, attend_cpu_flash
 from .reference import attend_reference
+from .split_kv import attend_split, auto_splits
 from .varlen import attend_varlen
 
 
@@ -54,9 +55,15 @@ def pick_backend(name: str | None, device: torch.device, dtype: torch.dtype) -> 
 
 
 def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: str = "reference", scale: float | None = None,
-           return_lse: bool = False):
-    """-> out [Tq, H, D], and with return_lse the log-sum-exp of each query's scores [Tq, H] float32."""
+           return_lse: bool = False, splits: int | None = None):
+    """-> out [Tq, H, D], and with return_lse the log-sum-exp of each query's scores [Tq, H] float32.
+
+    splits: cut each sequence's keys into that many chunks (decode steps only: one query per sequence);
+    None lets split_kv.auto_splits decide."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = auto_splits(q, meta, mask, backend) if splits is None else splits
+    if s > 1:
+        return attend_split(q, k, v, meta, mask, backend, scale, s, return_lse)
     if backend == "reference":
         return attend_reference(q, k, v, meta, mask, scale, return_lse)
     if backend == "cpu_flash":
