@@ -101,6 +101,9 @@ def test_parsing_lengths_and_depths():
     assert parse_lengths("1k,2k,512") == [1024, 2048, 512]
     assert parse_depths("5") == [0.0, 25.0, 50.0, 75.0, 100.0]
     assert parse_depths("10,50,90") == [10.0, 50.0, 90.0]
+    assert parse_depths("0%") == [0.0] and parse_depths("1") == [50.0]
+    with pytest.raises(LengthwiseError, match=r"count of zero depths.*0% \(depth 0 alone\)"):
+        parse_depths("0")
     with pytest.raises(LengthwiseError, match="cannot read length"):
         parse_lengths("1q")
 

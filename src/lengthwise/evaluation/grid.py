@@ -163,7 +163,8 @@ def parse_depths(text: str) -> list[float]:
     if len(parts) == 1 and parts[0].isdigit():
         n = int(parts[0])
         if n < 1:
-            raise LengthwiseError("--depths 0: give a count of at least 1, or percentages like 10,50,90")
+            raise LengthwiseError("--depths 0 is a count of zero depths: give a count of at least 1, or "
+                                  "percentages like 0% (depth 0 alone) or 0,50,100")
         return [50.0] if n == 1 else [round(100 * i / (n - 1), 2) for i in range(n)]
     try:
         return [float(p.rstrip("%")) for p in parts]
