@@ -80,3 +80,17 @@ def test_over_context_is_an_error(tmp_path):
     with pytest.raises(lw.LengthwiseError, match="over the 32"):
         lm.logits([[1] * 33])
     assert lm.logits([[1] * 40], truncate=True)[0].shape[0] == 32
+
+
+def test_window_settings_read_as_hf_reads_them():
+    """A window with no size takes HF's default (4096); layer_types, when given, say which layers slide."""
+    from lengthwise.models.llama import LlamaConfig
+    base = dict(vocab_size=10, hidden_size=8, num_hidden_layers=3, num_attention_heads=2, intermediate_size=16)
+    q = LlamaConfig.from_hf({**base, "model_type": "qwen2", "use_sliding_window": True, "max_window_layers": 1})
+    assert [q.window_of(i) for i in range(3)] == [None, 4096, 4096]
+    off = LlamaConfig.from_hf({**base, "model_type": "qwen2", "sliding_window": 64})  # use_sliding_window unset
+    assert not off.windowed
+    m = LlamaConfig.from_hf({**base, "model_type": "mistral", "sliding_window": 32,
+                             "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]})
+    assert [m.window_of(i) for i in range(3)] == [32, None, 32]
+    assert not LlamaConfig.from_hf({**base, "model_type": "mistral", "sliding_window": None}).windowed

@@ -16,10 +16,10 @@ class MaskPattern:
 
     def allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """[Lq, Lk] bool, from q_pos [Lq] and k_pos [Lk]."""
-        dist = q_pos[:, None] - k_pos[None, :]
-        ok = dist >= 0 if self.causal else torch.ones_like(dist, dtype=torch.bool)
+        q, k = q_pos[:, None], k_pos[None, :]  # compared directly: no [Lq, Lk] distance matrix in int64
+        ok = k <= q if self.causal else torch.ones(q.shape[0], k.shape[1], dtype=torch.bool, device=q_pos.device)
         if self.window is not None:
-            ok = ok & (dist < self.window)
+            ok = ok & (k > q - self.window)  # distance q - k < window
         return ok
 
     @property

@@ -42,10 +42,10 @@ class _Timer:
     """Prefill time (to the first new token) and decode time of one batch, plus peak GPU memory."""
 
     def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+        self.cuda, self.device = device.type == "cuda", device
         if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize(device)  # the runner's own device, which need not be the current one
+            torch.cuda.reset_peak_memory_stats(device)
         self.t0 = time.perf_counter()
         self.first = None
 
@@ -55,11 +55,11 @@ class _Timer:
 
     def result(self) -> dict:
         if self.cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
         end = time.perf_counter()
         first = self.first or end
         return {"prefill_s": first - self.t0, "decode_s": end - first,
-                "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None}
+                "peak_mem_gib": torch.cuda.max_memory_allocated(self.device) / 2**30 if self.cuda else None}
 
 
 class LengthwiseRunner:
@@ -151,12 +151,12 @@ def _first_logits_class():
         """Passed to HF generate: its first call (logits of the first new token exist) marks the prefill's end."""
 
         def __init__(self, device: torch.device):
-            self.cuda, self.t = device.type == "cuda", None
+            self.device, self.t = device, None
 
         def __call__(self, input_ids, scores):
             if self.t is None:
-                if self.cuda:
-                    torch.cuda.synchronize()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
                 self.t = time.perf_counter()
             return scores
 

@@ -65,7 +65,7 @@ class LlamaConfig:
             tie_embeddings=c.get("tie_word_embeddings", False),
             qkv_bias=c.get("model_type") == "qwen2" or c.get("attention_bias", False),
             o_bias=c.get("attention_bias", False),
-            sliding_window=c.get("sliding_window") if use_window else None,
+            sliding_window=c.get("sliding_window", 4096) if use_window else None,  # 4096: HF's default when unset
             window_layers=None if types is None else tuple(t == "sliding_attention" for t in types),
             rope=from_hf(rope, c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
                          c.get("max_position_embeddings"), c.get("original_max_position_embeddings")),
