@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 import lengthwise.cli as cli
 from lengthwise import LengthwiseError
-from lengthwise.evaluation import EvalConfig, ResultStore, cells, make_runner, run
+from lengthwise.evaluation import EvalConfig, ResultStore, make_runner, run
 from lengthwise.evaluation.grid import parse_depths, parse_lengths
-from lengthwise.models.load import load_tokenizer, resolve
+from lengthwise.models.load import load_tokenizer
 
 
 @pytest.fixture(scope="module")

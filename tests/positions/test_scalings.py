@@ -7,7 +7,7 @@ import transformers
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 import lengthwise as lw
-from lengthwise.positions import (NTK, DynamicNTK, Giraffe, Linear, Llama3, LongRoPE, Rotary, YaRN, from_hf,
+from lengthwise.positions import (NTK, DynamicNTK, Giraffe, Linear, Rotary, YaRN, from_hf,
                                   parse)
 from conftest import rel_err, tiny_hf_causal
 
