@@ -148,8 +148,8 @@ def generation(folder, args, bw):
 
     fast = lw.load(folder, device=DEV, dtype="bfloat16", compile=True) if args.compile else None
 
-    def ours(graph=True, m=lm):
-        return generate_ids(m.module, seqs, new, set(), backend=m.backend, cuda_graph=graph)
+    def ours(graph=True, m=lm, static=False):
+        return generate_ids(m.module, seqs, new, set(), backend=m.backend, cuda_graph=graph, compile_step=static)
 
     def theirs():
         with torch.inference_mode():
@@ -176,6 +176,10 @@ def generation(folder, args, bw):
         print(f"compiled vs eager CUDA-graph decode: token agreement "
               f"{sum(p == q for x, y in zip(a, c) for p, q in zip(x, y)) / (B * new):.1%}", flush=True)
         systems.append(("lengthwise+compile", lambda: ours(m=fast)))
+        c = ours(static=True)  # the decode step compiled with static shapes, then captured
+        print(f"static-compiled vs eager CUDA-graph decode: token agreement "
+              f"{sum(p == q for x, y in zip(a, c) for p, q in zip(x, y)) / (B * new):.1%}", flush=True)
+        systems.append(("lengthwise+static-step", lambda: ours(static=True)))
     for sysname, fn in systems:
         sec, _ = timed(fn, repeats=args.repeats)
         step = (sec - t_prefill) / (new - 1) if sysname != "hf_generate_padded" else sec / new

@@ -83,20 +83,20 @@ def main():
                                 lambda: enc.embed_ids(ids, max_tokens_per_forward=65536), reps=3))
     smol = lw.load("smollm2-135m", device="cuda", dtype="bfloat16")
     seqs = random_ids(mix("lognormal", 64, seed=5), smol.config.vocab_size, low=10)
-    for compiled in (False, True):
-        m = lw.load("smollm2-135m", device="cuda", dtype="bfloat16", compile=True) if compiled else smol
+    for compiled in (False, True, "static"):
+        m = lw.load("smollm2-135m", device="cuda", dtype="bfloat16", compile=True) if compiled is True else smol
         cfg = m.config
         cache = RaggedKVCache(cfg.n_layers, [len(s) + 129 for s in seqs], cfg.n_kv_heads, cfg.head_dim, torch.bfloat16, "cuda")
         batch = RaggedBatch.from_lists(seqs, "cuda")
         slots, positions, meta = cache.plan(torch.arange(len(seqs), device="cuda"), batch.cu_seqlens.diff().long())
         m.module(batch.tokens, positions, Step(meta, m.module.mask, m.backend, cache, slots), out_rows=batch.last_index)
-        graph = GraphDecoder(m.module, cache, m.backend)
+        graph = GraphDecoder(m.module, cache, m.backend, compile_step=compiled == "static")
         tok = torch.ones(len(seqs), dtype=torch.long, device="cuda")
 
         def step():
             graph(tok)
             cache.length -= 1  # replay the same step: the profile of one decode step
-        rows.append(measure(f"smollm2-135m decode step, 64 sequences, CUDA graph{' +compile' if compiled else ''}", step, reps=50))
+        rows.append(measure(f"smollm2-135m decode step, 64 sequences, CUDA graph{({True: ' +compile', 'static': ' +static-compiled step'}).get(compiled, '')}", step, reps=50))
     out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -50,7 +50,9 @@ class GraphDecoder:
     in the batch (their outputs are ignored), which keeps every shape fixed.
     """
 
-    def __init__(self, model: Llama, cache: RaggedKVCache, backend: str):
+    def __init__(self, model: Llama, cache: RaggedKVCache, backend: str, compile_step: bool = False):
+        """compile_step: compile the step with static shapes (the batch is fixed inside the graph), so
+        Inductor fuses each layer's norms, RoPE, cache writes and activations into a few kernels."""
         B = cache.length.numel()
         self.tokens = torch.zeros(B, dtype=torch.int64, device=cache.length.device)  # [B] input buffer
         self.cache, self.graph = cache, torch.cuda.CUDAGraph()
@@ -59,11 +61,13 @@ class GraphDecoder:
             slots, positions, meta = cache.plan_decode_all()
             return model(self.tokens, positions, Step(meta, model.mask, backend, cache, slots))
 
+        if compile_step:
+            step = torch.compile(step, dynamic=False)
         saved = cache.length.clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph; its cache writes are overwritten later
-            for _ in range(2):
+            for _ in range(3 if compile_step else 2):
                 step()
                 cache.length.copy_(saved)
         torch.cuda.current_stream().wait_stream(side)
@@ -80,7 +84,8 @@ class GraphDecoder:
 @torch.inference_mode()
 def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int],
                  sampling: Sampling = Sampling(), backend: str = "reference",
-                 on_step: Callable[[int], None] | None = None, cuda_graph: bool | None = None) -> list[list[int]]:
+                 on_step: Callable[[int], None] | None = None, cuda_graph: bool | None = None,
+                 compile_step: bool = False) -> list[list[int]]:
     """New token ids per prompt (EOS included when hit).
 
     Eager decode drops finished sequences from the batch; with a CUDA graph (the default on a GPU
@@ -98,13 +103,27 @@ def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eo
     logits = model(batch.tokens, positions, step, out_rows=batch.last_index)  # [B, V]
     if cuda_graph is None:
         cuda_graph = dev.type == "cuda" and backend == "varlen"
-    graph = GraphDecoder(model, cache, backend) if cuda_graph and max_new_tokens > 1 else None
+    graph = GraphDecoder(model, cache, backend, compile_step) if cuda_graph and max_new_tokens > 1 else None
     out: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
+    rows = list(range(len(prompts)))  # the prompt of each active row, kept on the host (no sync to read it)
+    if graph is not None:
+        host = torch.empty(len(prompts), dtype=torch.int64, pin_memory=True)
+        copied = torch.cuda.Event()
     for n in range(max_new_tokens):
         nxt = pick(logits)  # [B_active]
+        if graph is not None and n < max_new_tokens - 1:
+            # launch the next step before reading this one's tokens: the host's bookkeeping then runs
+            # while the GPU decodes (a step past the last needed one is harmless: its output is dropped)
+            host.copy_(nxt, non_blocking=True)
+            copied.record()
+            logits = graph(nxt)
+            copied.synchronize()
+            toks = host.tolist()
+        else:
+            toks = nxt.tolist()
         keep = []
-        for j, (i, t) in enumerate(zip(active.tolist(), nxt.tolist())):
+        for j, (i, t) in enumerate(zip(rows, toks)):
             if done[i]:
                 continue
             out[i].append(t)
@@ -116,10 +135,9 @@ def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eo
         if not keep or n == max_new_tokens - 1:
             break
         if graph is not None:
-            logits = graph(nxt)
             continue
         keep_t = torch.tensor(keep, device=dev)
-        active, tokens = active[keep_t], nxt[keep_t]
+        active, tokens, rows = active[keep_t], nxt[keep_t], [rows[j] for j in keep]
         slots, positions, meta = cache.plan(active, torch.ones_like(active))
         logits = model(tokens, positions, Step(meta, model.mask, backend, cache, slots))
     return out
