@@ -130,8 +130,9 @@ def test_two_region_attention_matches_explicit_pairs(scheme):
 
 # --- whole model: packed == per sequence, and cached decode == one full forward --------------------
 
-ALL = ["none", "linear:factor=2", "ntk:factor=2", "dynamic_ntk:factor=2", "yarn:factor=4", "giraffe:truncate=16",
-       "longrope:factors=1/1/1.5/2/2/3/3/4", "longrope:factors=1/1/1.5/2/2/3/3/4,short_factors=1/1/1/1/1.1/1.1/1.2/1.2",
+ALL = ["none", "linear:factor=2", "ntk:factor=2", "dynamic_ntk:factor=2", "yarn:factor=4", "yarn:factor=8,dynamic=true",
+       "giraffe:truncate=16", "longrope:factors=1/1/1.5/2/2/3/3/4",
+       "longrope:factors=1/1/1.5/2/2/3/3/4,short_factors=1/1/1/1/1.1/1.1/1.2/1.2",
        "self_extend:group=4,window=8", "distance_cap:cap=12",
        "string:shift=10,local=3", "sinks:sinks=2,window=9", "lambda:n_global=3,window=10,cap=10"]
 
@@ -155,7 +156,7 @@ def test_packed_equals_per_sequence(folder, spec):
         assert rel_err(p, lm.logits([s])[0]) <= 1e-10, len(s)
 
 
-@pytest.mark.parametrize("spec", [s for s in ALL if not parse(s).dynamic])  # dynamic: cached keys keep old scales
+@pytest.mark.parametrize("spec", [s for s in ALL if not parse(s).per_length()])  # dynamic: cached keys keep old scales
 def test_cached_decode_equals_full_forward(folder, spec):
     """Prefill part of each sequence into the ragged cache, feed the rest one token per step."""
     lm = lw.load(folder, device="cpu", dtype="float64", positions=spec)

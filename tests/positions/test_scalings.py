@@ -7,8 +7,8 @@ import transformers
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 import lengthwise as lw
-from lengthwise.positions import (NTK, DynamicNTK, Giraffe, Linear, Rotary, YaRN, from_hf,
-                                  parse)
+from lengthwise.positions import (NTK, DynamicNTK, Giraffe, Linear, Rotary, SelfExtend, YaRN, from_hf,
+                                  parse, to_hf)
 from conftest import rel_err, tiny_hf_causal
 
 HEAD_DIM, BASE, TRAINED = 64, 10000.0, 8192
@@ -47,6 +47,51 @@ def test_yarn_matches_hf(factor, beta_fast, beta_slow, truncate, head_dim, base,
     assert f == pytest.approx(att, rel=1e-12)
     # the paper's temperature: sqrt(1/t) = 0.1 ln(s) + 1, applied to cos and sin
     assert f == pytest.approx(1.0 if factor <= 1 else 0.1 * math.log(factor) + 1)
+
+
+@pytest.mark.parametrize("factor,attn_factor,original,truncate,base", [
+    (8.0, 0.0, 0, True, 100000.0),  # SmolLM2's base
+    (16.0, 1.3, 4096, False, 10000.0),
+])
+def test_dynamic_yarn_matches_hf_yarn_at_each_length(factor, attn_factor, original, truncate, base):
+    """Each length L uses HF's static yarn at s = clamp(L / original, 1, factor); s == 1 is plain RoPE, exactly."""
+    orig = original or TRAINED
+    lens = [100, orig - 1, orig, orig + 1, int(2.5 * orig), int(orig * factor), int(orig * factor) + 1, 20 * orig]
+    y = YaRN(factor, attn_factor=attn_factor, original=original, truncate=truncate, dynamic=True)
+    seq_len = torch.tensor(lens)
+    inv_at = y.inv_freq_at(seq_len, HEAD_DIM, base, TRAINED)  # [N, D/2], every length in one call
+    att_at = y.attention_factor_at(seq_len, TRAINED)  # [N]
+    default = transformers.models.llama.modeling_llama.LlamaRotaryEmbedding.compute_default_rope_parameters
+    plain, _ = default(_hf({"rope_type": "default"}, base=base))  # HF's own init for no scaling
+    for L, ours, f in zip(lens, inv_at, att_at.tolist()):
+        s = min(factor, max(1.0, L / orig))
+        if s == 1:
+            assert torch.equal(ours, plain) and f == 1.0, L
+            continue
+        rope = {"rope_type": "yarn", "factor": s, "truncate": truncate, "original_max_position_embeddings": orig}
+        inv, att = ROPE_INIT_FUNCTIONS["yarn"](_hf(rope | ({"attention_factor": attn_factor} if attn_factor else {}),
+                                                   base=base))
+        assert torch.allclose(ours, inv, rtol=1e-6, atol=0), (L, (ours - inv).abs().max())
+        assert f == pytest.approx(att, rel=1e-12), L
+        # and exactly our static yarn at that factor
+        static = YaRN(s, attn_factor=attn_factor, original=original, truncate=truncate)
+        assert torch.equal(ours, static.inv_freq(HEAD_DIM, base, TRAINED)), L
+        assert f == pytest.approx(static.attention_factor(TRAINED), rel=1e-15), L
+
+
+def test_dynamic_yarn_spec_and_hf_refusal():
+    y = parse("yarn:factor=16,dynamic=true")
+    assert y == YaRN(16.0, dynamic=True) and y.per_length() and not YaRN(16.0).per_length()
+    assert y.spec() == "yarn:factor=16,dynamic=true" and parse(y.spec()) == y
+    assert y.reach(TRAINED) == 16 * TRAINED
+    with pytest.raises(lw.LengthwiseError, match=r"^yarn: dynamic='maybe' is not true or false$"):
+        parse("yarn:dynamic=maybe")
+    with pytest.raises(lw.LengthwiseError, match="the hf backend has no dynamic YaRN") as e:
+        to_hf(y, TRAINED)
+    assert "\n" not in str(e.value)
+    assert to_hf(YaRN(16.0), TRAINED)["factor"] == 16.0  # static yarn still goes to HF
+    with pytest.raises(lw.LengthwiseError, match="dynamic RoPE scaling"):  # a remap keeps no moving frequencies
+        Rotary(SelfExtend(group=4, window=8), HEAD_DIM, BASE, TRAINED, native=y)
 
 
 def test_yarn_from_hf_config_uses_mscale():
@@ -183,6 +228,50 @@ def test_dynamic_ntk_generation_matches_hf(tmp_path):
             ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
                               eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
         assert o == ref
+
+
+def _hf_rope_at(hf, rope: dict):
+    """HF's model with its rotary embedding rebuilt for `rope` (the weights untouched)."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    cfg = transformers.LlamaConfig(**{**hf.config.to_dict(), "rope_parameters": {"rope_theta": 10000.0, **rope}})
+    hf.model.rotary_emb = LlamaRotaryEmbedding(cfg)
+    return hf
+
+
+def test_dynamic_yarn_packed_sequences_each_use_their_own_length(tmp_path):
+    """Each sequence of a packed batch equals HF's static yarn at s = clamp(L / 32, 1, 8), run on it alone;
+    within the trained length it is the plain model, bit for bit."""
+    hf, folder = tiny_hf_causal("llama", tmp_path, max_position_embeddings=32)
+    lm = lw.load(folder, device="cpu", dtype="float32", positions="yarn:factor=8,dynamic=true")
+    plain = lw.load(folder, device="cpu", dtype="float32")
+    assert lm.context_length == 256 and plain.context_length == 32
+    g = torch.Generator().manual_seed(4)
+    seqs = [torch.randint(0, 211, (n,), generator=g).tolist() for n in (20, 150, 32, 33, 256, 7, 90)]
+    packed = lm.logits(seqs)
+    for s, o in zip(seqs, packed):
+        scale = min(8.0, max(1.0, len(s) / 32))
+        rope = {"rope_type": "yarn", "factor": scale, "original_max_position_embeddings": 32} if scale > 1 else {}
+        with torch.no_grad():
+            ref = _hf_rope_at(hf, rope)(torch.tensor([s])).logits[0]
+        assert rel_err(o, ref) <= 1e-4, len(s)
+    short = [s for s in seqs if len(s) <= 32]
+    for a, b in zip(lm.logits(short), plain.logits(short)):
+        assert torch.equal(a, b)  # the plain model within the trained length, bit for bit
+    within = {len(s): o for s, o in zip(seqs, packed) if len(s) <= 32}
+    for s, b in zip(short, plain.logits(short)):
+        assert rel_err(within[len(s)], b) <= 1e-6  # also inside a batch with longer sequences
+
+
+def test_dynamic_yarn_generation(tmp_path):
+    """Decode rescales each step by the sequence's new length: packed == one at a time, and a generation that
+    stays within the trained length is the plain model's."""
+    _, folder = tiny_hf_causal("llama", tmp_path, max_position_embeddings=32)
+    lm = lw.load(folder, device="cpu", dtype="float32", positions="yarn:factor=8,dynamic=true")
+    prompts = [torch.randint(3, 211, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (10, 28, 45)]
+    batched = lm.generate_ids(prompts, max_new_tokens=12)
+    assert batched == [lm.generate_ids([p], max_new_tokens=12)[0] for p in prompts]
+    plain = lw.load(folder, device="cpu", dtype="float32")
+    assert lm.generate_ids(prompts[:1], max_new_tokens=12) == plain.generate_ids(prompts[:1], max_new_tokens=12)
 
 
 def test_reach_opens_the_context_and_still_bounds_it(tmp_path):

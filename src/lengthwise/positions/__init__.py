@@ -137,6 +137,9 @@ def to_hf(scheme: RoPE, trained: int) -> dict | None:
     if isinstance(scheme, DynamicNTK):
         return {"rope_type": "dynamic", "factor": scheme.factor}
     if isinstance(scheme, YaRN):
+        if scheme.dynamic:
+            raise LengthwiseError("the hf backend has no dynamic YaRN; run it on a lengthwise backend, or drop "
+                                  "dynamic=true for HF's static yarn")
         d = {"rope_type": "yarn", "factor": scheme.factor, "beta_fast": scheme.beta_fast, "beta_slow": scheme.beta_slow,
              "original_max_position_embeddings": scheme.original or trained, "truncate": scheme.truncate}
         return d | ({"attention_factor": scheme.attn_factor} if scheme.attn_factor else {})

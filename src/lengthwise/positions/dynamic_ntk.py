@@ -18,8 +18,10 @@ from .rope import UNBOUNDED, RoPE, at_least_one, default_inv_freq
 @dataclass(frozen=True)
 class DynamicNTK(RoPE):
     name: ClassVar[str] = "dynamic_ntk"
-    dynamic: ClassVar[bool] = True
     factor: float = 4.0
+
+    def per_length(self):
+        return True
 
     def check(self, trained):
         at_least_one("factor", self.factor, self.name)

@@ -43,8 +43,7 @@ class LongRoPE(RoPE):
         rest = super().spec().split(":", 1)[1].split(",")
         return "longrope:" + ",".join([f"factors=@{self.source}"] + [a for a in rest if not a.startswith(("factors=", "source="))])
 
-    @property
-    def dynamic(self) -> bool:  # type: ignore[override]
+    def per_length(self):
         return bool(self.short_factors)
 
     @property

@@ -20,9 +20,12 @@ UNBOUNDED = 1 << 24  # the reach of a scheme that claims no limit: float32 posit
 class RoPE:
     """Plain RoPE, as trained: the frequencies base^(-2i/d), no scaling."""
     name: ClassVar[str] = "none"
-    dynamic: ClassVar[bool] = False  # frequencies depend on each sequence's own current length
     families: ClassVar[tuple[str, ...]] = ("llama",)  # model families the scheme applies to
     shown: ClassVar[tuple[str, ...]] = ()  # fields spec() always names (besides the first and non-defaults)
+
+    def per_length(self) -> bool:
+        """True: frequencies follow each sequence's own current length (inv_freq_at, attention_factor_at)."""
+        return False
 
     def check(self, trained: int) -> None:
         """Raise LengthwiseError for parameters that make no sense for a model trained to `trained` tokens."""
@@ -39,6 +42,10 @@ class RoPE:
         """Multiplies cos and sin (so attention logits by its square), as HF's attention_scaling does."""
         return 1.0
 
+    def attention_factor_at(self, seq_len: torch.Tensor, trained: int) -> torch.Tensor | None:
+        """Dynamic schemes only: seq_len [N] -> [N] attention factor per sequence length; None: the constant one."""
+        return None
+
     def reach(self, trained: int) -> int:
         """The longest input the scheme claims to handle."""
         return trained
@@ -52,6 +59,8 @@ class RoPE:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     if isinstance(v, tuple):
@@ -134,7 +143,7 @@ class Rotary:
         scheme.check(trained)
         freqs = native if isinstance(scheme, Remap) and native is not None else scheme
         if freqs is not scheme:
-            if freqs.dynamic:
+            if freqs.per_length():
                 raise LengthwiseError(f"{scheme.name} cannot run on this checkpoint's own dynamic RoPE scaling "
                                       f"({freqs.spec()}): use a RoPE scaling instead")
             freqs.check(trained)
@@ -158,11 +167,15 @@ class Rotary:
             self._inv[key] = self._inv_cpu.to(device)
         return self._inv[key]
 
-    def cos_sin(self, pos: torch.Tensor, inv: torch.Tensor | None = None):
-        """pos [T] -> cos, sin [T, head_dim] float32 (attention factor applied)."""
+    def cos_sin(self, pos: torch.Tensor, inv: torch.Tensor | None = None, att: torch.Tensor | None = None):
+        """pos [T] -> cos, sin [T, head_dim] float32 (attention factor applied); inv [T, D/2] and att [T]:
+        a dynamic scheme's per-token frequencies and attention factor, in place of the model's own."""
         inv = self.inv(pos.device)[None, :] if inv is None else inv  # [1 or T, D/2]
         ang = pos.float()[:, None] * inv
         emb = torch.cat((ang, ang), dim=-1)
+        if att is not None:
+            att = att.float()[:, None]  # [T, 1]
+            return emb.cos() * att, emb.sin() * att
         if self.factor == 1.0:
             return emb.cos(), emb.sin()
         return emb.cos() * self.factor, emb.sin() * self.factor
@@ -170,12 +183,13 @@ class Rotary:
     def __call__(self, positions: torch.Tensor, meta=None) -> Rotation:
         """positions [T]; meta (AttnMeta) tells dynamic schemes each sequence's length after this forward."""
         s = self.scheme
-        inv = None
-        if s.dynamic:
+        inv = att = None
+        if s.per_length():
             lens = meta.used_k if meta.used_k is not None else meta.cu_k.diff()  # [B]
             seq_len = torch.repeat_interleave(lens.long(), meta.cu_q.diff().long(), output_size=positions.shape[0])
             inv = s.inv_freq_at(seq_len, self.head_dim, self.base, self.trained)  # [T, D/2]
-        cos, sin = self.cos_sin(positions, inv)
+            att = s.attention_factor_at(seq_len, self.trained)  # [T] or None
+        cos, sin = self.cos_sin(positions, inv, att)
         if not isinstance(s, Remap):
             return Rotation(cos, sin)
         cos_q, sin_q = self.cos_sin(s.far_q(positions, self.trained))
