@@ -10,7 +10,8 @@ Phases (each resumable: finished cells are skipped, so rerunning continues where
         list order) -> picks.json. The reported prompts (seed 0) are never seen by the pick;
   full  the picked setting of each method, and no scaling, seed 0: 4k-64k (no scaling: 4k-32k),
         the four tasks, 5 depths x 4 samples;
-  long  128k for the three best methods and the HF peer's best (by tuning score; passkey first).
+  long  128k for the three best methods and the HF peer's best (by tuning score; passkey first), and for
+        the best of ours on each task by that task's tuning score (variable_tracking: sinks).
 Stores: DIR/{tune,full,long}.jsonl. The chat template is used throughout (SmolLM2 is an instruct model).
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ CANDIDATES = {
     "linear": ["linear:factor=8", "linear:factor=16"],
     "ntk": ["ntk:factor=8", "ntk:factor=16"],
     "dynamic_ntk": ["dynamic_ntk:factor=2", "dynamic_ntk:factor=4", "dynamic_ntk:factor=8"],
-    "yarn": ["yarn:factor=8", "yarn:factor=16", "yarn:factor=32"],
+    "yarn": ["yarn:factor=8", "yarn:factor=16", "yarn:factor=32", "yarn:factor=16,dynamic=true"],
     "longrope": [f"longrope:factors={LR.format(s)}" for s in (8, 16, 32)],
     "giraffe": ["giraffe", "giraffe:factor=8"],
     "self_extend": ["self_extend:group=24,window=1024", "self_extend:group=32,window=1024",
@@ -121,6 +122,19 @@ def mean_scores(path: Path, seed: int, lengths=None) -> dict:
     return {k: sum(v) / len(v) for k, v in acc.items()}
 
 
+@functools.lru_cache(maxsize=None)
+def _tune_by_task(path: Path) -> dict:
+    recs, _ = read_results(path)
+    acc = defaultdict(list)
+    for r in recs:
+        acc[(r["backend"], r["method"], r["task"])].append(r["score"])
+    return {k: sum(v) / len(v) for k, v in acc.items()}
+
+
+def task_score(path: Path, spec: str, task: str) -> float:
+    return _tune_by_task(path).get(("lengthwise", spec, task), 0.0)
+
+
 def pick(runs: Path) -> dict:
     scores = mean_scores(runs / "tune.jsonl", TUNE["seed"])
     picks = {}
@@ -164,13 +178,18 @@ def main():
     ours = sorted((p for p in picks.values() if p["backend"] == "lengthwise"), key=lambda p: -p["tune_score"])
     hf = sorted((p for p in picks.values() if p["backend"] == "hf"), key=lambda p: -p["tune_score"])
     long = [(p["backend"], p["spec"]) for p in ours[:3] + hf[:1]]  # 128k: the three best by tuning, and HF's best
+    for task in TASKS:  # and the best of ours on each task by its tuning score, if not among them already
+        best = max(ours, key=lambda p: task_score(runs / "tune.jsonl", p["spec"], task))
+        if ("lengthwise", best["spec"]) not in long:
+            long.append(("lengthwise", best["spec"]))
     print("128k for:", long, flush=True)
     jobs = [("full", "lengthwise", "none", FULL, [n for n in FULL["lengths"] if n <= 32768], TASKS),
             ("full", ours[0]["backend"], ours[0]["spec"], FULL, None, TASKS),
             ("full", hf[0]["backend"], hf[0]["spec"], FULL, None, TASKS)]
     jobs += [("long", b, m, LONG, None, ["passkey"]) for b, m in long]
-    jobs += [("full", p["backend"], p["spec"], FULL, None, TASKS) for p in ours[1:] + hf[1:]]
-    jobs += [("long", b, m, LONG, None, [t for t in TASKS if t != "passkey"]) for b, m in long]
+    jobs += [("full", p["backend"], p["spec"], FULL, None, TASKS) for p in ours[1:]]
+    jobs += [("long", b, m, LONG, None, TASKS) for b, m in long]
+    jobs += [("full", p["backend"], p["spec"], FULL, None, TASKS) for p in hf[1:]]
     only = set(args.tasks.split(","))
     for phase, backend, spec, kw, lengths, tasks in jobs:
         tasks = [t for t in tasks if t in only]

@@ -28,7 +28,7 @@ from gpu_check import BOUND, finish, record, rel  # noqa: E402  (one checker for
 
 REMAPS = ["self_extend:group=4,window=256", "self_extend:group=16,window=64", "distance_cap:cap=512",
           "string:shift=600,local=64", "sinks:sinks=4,window=300", "lambda:n_global=10,window=400,cap=400"]
-SCALINGS = ["none", "linear:factor=4", "ntk:factor=4", "dynamic_ntk:factor=4", "yarn:factor=8", "giraffe",
+SCALINGS = ["none", "linear:factor=4", "ntk:factor=4", "dynamic_ntk:factor=4", "yarn:factor=8", "yarn:factor=8,dynamic=true", "giraffe",
             "longrope:factors=@benchmarks/longrope_factors/geometric_x16.json"]
 
 
