@@ -42,6 +42,24 @@ def main():
         print("|---|---|" + "---:|" * len(lengths))
         for b, m in sorted({(k[0], k[1]) for k in grid}, key=lambda x: (x[0] == "hf", x[1] != "none", x[1])):
             print(f"| `{m}` | {b} | " + " | ".join(pct(grid[(b, m, task, n)]) for n in lengths) + " |")
+    native(grid)
+
+
+def native(grid):
+    """Points against no scaling at the trained lengths, same prompts (seed 0)."""
+    def mean(v):
+        return 100 * sum(v) / len(v)
+    short = {"passkey": "pk", "niah_single": "ns", "niah_multikey": "mk", "variable_tracking": "vt"}
+    cols = [(n, t) for n in (4096, 8192) for t in TASKS]
+    print("\nNative lengths: points against no scaling on the same prompts (seed 0, 20 cells each); "
+          "worst = the largest loss\n")
+    print("| method | backend | " + " | ".join(f"{n // 1024}k {short[t]}" for n, t in cols) + " | worst |")
+    print("|---|---|" + "---:|" * (len(cols) + 1))
+    for b, m in sorted({(k[0], k[1]) for k in grid if k[1] != "none"}, key=lambda x: (x[0] == "hf", x[1])):
+        if not all(grid[(b, m, t, n)] and grid[("lengthwise", "none", t, n)] for n, t in cols):
+            continue
+        d = [mean(grid[(b, m, t, n)]) - mean(grid[("lengthwise", "none", t, n)]) for n, t in cols]
+        print(f"| `{m}` | {b} | " + " | ".join(f"{x:+.0f}" for x in d) + f" | {min(min(d), 0):+.0f} |")
 
 
 if __name__ == "__main__":
