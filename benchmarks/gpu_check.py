@@ -4,11 +4,13 @@
 
 Checks, all on mixed-length packed batches:
   1. varlen attention kernels (bf16) against the float32 reference: plain causal, bidirectional,
-     sliding window, GQA, and decode against a ragged cache with gaps (seqused_k);
+     sliding window, GQA, decode against a ragged cache with gaps (seqused_k), and split-KV decode
+     over long ragged caches (against float32 and against the one-pass kernel);
   2. smollm2-135m logits: the varlen backend against the reference backend, both bf16 weights
      (the backend's own error): ||diff|| / ||ref|| <= 2e-2 per sequence (max|diff| / max|ref| reported too). Reported beside it: varlen bf16
      against reference float32, and reference bf16 against reference float32 (bf16's own drift);
-  3. greedy generation, varlen bf16 against reference float32 (agreement reported);
+  3. greedy generation, varlen bf16 against reference float32 (agreement reported); CUDA-graph against
+     eager decode, and split-KV against one-pass decode after long prompts (agreement >= 0.9);
   4. minilm-l6 embeddings, varlen bf16 against reference float32 (cosine per row);
   5. random Qwen2 (qkv bias) and Mistral (window 64) configs, logits as in 2.
 Writes $OUT/gpu_check.json (or benchmarks/results/) and exits non-zero if a bound fails.
@@ -78,6 +80,48 @@ def kernels():
     ref = attend(q, cache.k[0].float(), cache.v[0].float(), meta2, MaskPattern(True), "reference")
     out = attend(q.bfloat16(), cache.k[0], cache.v[0], meta2, MaskPattern(True), "varlen")
     record("kernel decode over ragged cache (seqused_k)", rel(out, ref), BOUND)
+    split_kv(g, D)
+
+
+def split_kv(g, D):
+    """Split-KV decode (flash-decoding): long, ragged caches, one query each, bf16 against float32 and
+    against the one-pass kernel."""
+    lens = [1, 3000, 20000, 9000, 2049]
+    cache = RaggedKVCache(1, [n + 4 for n in lens], 3, D, torch.bfloat16, "cuda")
+    cache.k.fill_(float("nan"))
+    cache.v.fill_(float("nan"))
+    slots, _, _ = cache.plan(torch.arange(len(lens), device="cuda"), torch.tensor(lens, device="cuda"))
+    cache.k[0, slots] = torch.randn(sum(lens), 3, D, device="cuda", generator=g).bfloat16()
+    cache.v[0, slots] = torch.randn(sum(lens), 3, D, device="cuda", generator=g).bfloat16()
+    active = torch.arange(len(lens), device="cuda")
+    slots2, _, meta = cache.plan(active, torch.ones_like(active))
+    cache.k[0, slots2] = torch.randn(len(lens), 3, D, device="cuda", generator=g).bfloat16()
+    cache.v[0, slots2] = torch.randn(len(lens), 3, D, device="cuda", generator=g).bfloat16()
+    q = torch.randn(len(lens), 9, D, device="cuda", generator=g)
+    ref = attend(q, cache.k[0].float(), cache.v[0].float(), meta, MaskPattern(True), "reference")
+    one = attend(q.bfloat16(), cache.k[0], cache.v[0], meta, MaskPattern(True), "varlen", splits=1)
+    for S in (2, 16):
+        out = attend(q.bfloat16(), cache.k[0], cache.v[0], meta, MaskPattern(True), "varlen", splits=S)
+        record(f"kernel split-KV decode, {S} chunks, lens {lens}: bf16 vs fp32 reference", rel(out, ref), BOUND)
+        record(f"kernel split-KV decode, {S} chunks: vs the one-pass kernel (bf16)", rel(out, one), BOUND)
+
+
+def split_kv_generation(fast):
+    """Greedy decode of one long prompt with split-KV on and off (CUDA graph both times)."""
+    from lengthwise.attention import split_kv as sk
+    from lengthwise.generate import generate_ids
+    g = torch.Generator().manual_seed(1)
+    ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (24000, 5000)]
+    outs = []
+    for on in (False, True):
+        sk.AUTO = on
+        try:
+            outs.append(generate_ids(fast.module, ids, 32, set(), backend="varlen", cuda_graph=True))
+        finally:
+            sk.AUTO = False
+    same = sum(x == y for p, q in zip(*outs) for x, y in zip(p, q)) / sum(len(p) for p in outs[0])
+    record("smollm2-135m greedy 32 tokens after 24k/5k-token prompts, split-KV vs one-pass decode: token agreement",
+           same, 0.9, higher_is_better=True)
 
 
 def causal_model(name, lens=(1, 7, 64, 300, 1000)):
@@ -113,6 +157,7 @@ def main():
     same = sum(x == y for p, q in zip(g, e) for x, y in zip(p, q)) / sum(len(p) for p in e)
     record("smollm2-135m greedy 48 tokens, CUDA-graph decode vs eager decode: token agreement", same, 0.9,
            higher_is_better=True)
+    split_kv_generation(fast)
     enc_f = lw.load("minilm-l6", device="cuda", dtype="bfloat16", backend="varlen")
     enc_r = lw.load("minilm-l6", device="cuda", dtype="float32", backend="reference")
     texts = ["hi", "a sentence of moderate length about packing", "long text " * 100]
