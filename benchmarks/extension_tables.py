@@ -32,9 +32,11 @@ def main():
             print(f"| {family} | `{spec}` | {pct(tune[(b, spec, 16384)])} | {pct(tune[(b, spec, 32768)])} | "
                   f"{100 * score:.0f} | {'✔' if spec == p['spec'] else ''} |")
     grid = defaultdict(list)
+    cells = {}  # (backend, method, task, length, depth, sample) -> score
     for f in ("full.jsonl", "long.jsonl"):
         for r in read_results(runs / f)[0]:
             grid[(r["backend"], r["method"], r["task"], r["length"])].append(r["score"])
+            cells[(r["backend"], r["method"], r["task"], r["length"], r["depth"], r["sample"])] = r["score"]
     lengths = sorted({k[3] for k in grid})
     for task in TASKS:
         print(f"\n**{task}** (accuracy %, 5 depths x 4 samples = 20 cells each; a count in brackets when fewer ran)\n")
@@ -42,25 +44,34 @@ def main():
         print("|---|---|" + "---:|" * len(lengths))
         for b, m in sorted({(k[0], k[1]) for k in grid}, key=lambda x: (x[0] == "hf", x[1] != "none", x[1])):
             print(f"| `{m}` | {b} | " + " | ".join(pct(grid[(b, m, task, n)]) for n in lengths) + " |")
-    native(grid)
+    native(cells)
 
 
-def native(grid):
-    """Points against no scaling at the trained lengths, same prompts (seed 0)."""
-    def mean(v):
-        return 100 * sum(v) / len(v)
+def native(cells):
+    """Points against no scaling at the trained lengths, on the same prompts (seed 0), with a paired bootstrap
+    95% interval for the largest loss: with 20 cells a column, one cell is 5 points."""
+    import numpy as np
     short = {"passkey": "pk", "niah_single": "ns", "niah_multikey": "mk", "variable_tracking": "vt"}
     cols = [(n, t) for n in (4096, 8192) for t in TASKS]
-    print("\nNative lengths: points against no scaling on the same prompts (seed 0, 20 cells each); "
-          "worst = the largest loss\n")
-    print("| method | backend | " + " | ".join(f"{n // 1024}k {short[t]}" for n, t in cols) + " | worst |")
+    print("\nNative lengths: points against no scaling on the same prompts (seed 0, 20 cells each); worst = "
+          "the largest loss, with a paired bootstrap 95% interval (10,000 resamples of the 20 cells)\n")
+    print("| method | backend | " + " | ".join(f"{n // 1024}k {short[t]}" for n, t in cols) + " | worst (95% interval) |")
     print("|---|---|" + "---:|" * (len(cols) + 1))
-    for b, m in sorted({(k[0], k[1]) for k in grid if k[1] != "none"}, key=lambda x: (x[0] == "hf", x[1])):
-        if not all(grid[(b, m, t, n)] and grid[("lengthwise", "none", t, n)] for n, t in cols):
+    rng = np.random.default_rng(0)
+    base = {k[2:]: v for k, v in cells.items() if k[:2] == ("lengthwise", "none")}
+    for b, m in sorted({k[:2] for k in cells if k[1] != "none"}, key=lambda x: (x[0] == "hf", x[1])):
+        diffs = []
+        for n, t in cols:
+            keys = [k for k in base if k[0] == t and k[1] == n and (b, m) + k in cells]
+            diffs.append(np.array([cells[(b, m) + k] - base[k] for k in keys]) * 100)
+        if any(len(d) < 20 for d in diffs):
             continue
-        d = [mean(grid[(b, m, t, n)]) - mean(grid[("lengthwise", "none", t, n)]) for n, t in cols]
-        print(f"| `{m}` | {b} | " + " | ".join(f"{x:+.0f}" for x in d) + f" | {min(min(d), 0):+.0f} |")
-
+        means = [d.mean() for d in diffs]
+        i = int(np.argmin(means))
+        boot = diffs[i][rng.integers(0, len(diffs[i]), (10000, len(diffs[i])))].mean(axis=1)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        worst = f"{means[i]:+.0f} ({lo:+.0f} to {hi:+.0f})" if means[i] < 0 else "+0"
+        print(f"| `{m}` | {b} | " + " | ".join(f"{round(x) + 0:+d}" for x in means) + f" | {worst} |")
 
 if __name__ == "__main__":
     main()
