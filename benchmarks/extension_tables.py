@@ -19,11 +19,17 @@ def pct(v):
     return "–" if not v else f"{100 * sum(v) / len(v):.0f}" + ("" if len(v) >= 20 else f" ({len(v)})")
 
 
+def store(runs: Path, phase: str) -> Path:
+    """The phase's store: the plain JSONL a run writes, or the gzip copy committed to the repo."""
+    plain = runs / f"{phase}.jsonl"
+    return plain if plain.exists() else runs / f"{phase}.jsonl.gz"
+
+
 def main():
     runs = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/extension")
     picks = json.loads((runs / "picks.json").read_text())
     tune = defaultdict(list)
-    for r in read_results(runs / "tune.jsonl")[0]:
+    for r in read_results(store(runs, "tune"))[0]:
         tune[(r["backend"], r["method"], r["length"])].append(r["score"])
     print("| method | candidate | 16k | 32k | mean | picked |\n|---|---|---:|---:|---:|:---:|")
     for family, p in picks.items():
@@ -33,8 +39,8 @@ def main():
                   f"{100 * score:.0f} | {'✔' if spec == p['spec'] else ''} |")
     grid = defaultdict(list)
     cells = {}  # (backend, method, task, length, depth, sample) -> score
-    for f in ("full.jsonl", "long.jsonl"):
-        for r in read_results(runs / f)[0]:
+    for f in ("full", "long"):
+        for r in read_results(store(runs, f))[0]:
             grid[(r["backend"], r["method"], r["task"], r["length"])].append(r["score"])
             cells[(r["backend"], r["method"], r["task"], r["length"], r["depth"], r["sample"])] = r["score"]
     lengths = sorted({k[3] for k in grid})

@@ -158,3 +158,17 @@ def test_missing_empty_or_all_bad_file_is_a_lengthwise_error(tmp_path):
     with pytest.raises(LengthwiseError, match="no valid records") as e:
         R.read_results(tmp_path / "bad.jsonl")
     assert "\n" not in str(e.value)
+
+
+def test_gzip_store_reads_as_its_jsonl_and_a_cut_one_is_one_line(tmp_path):
+    import gzip
+    recs = make_records()
+    plain = write(tmp_path / "res.jsonl", recs)
+    packed = tmp_path / "res.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert R.read_results(packed) == R.read_results(plain)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(packed.read_bytes()[:len(packed.read_bytes()) // 2])  # a copy interrupted half-way
+    with pytest.raises(LengthwiseError, match="not a complete gzip file") as e:
+        R.read_results(cut)
+    assert "\n" not in str(e.value)

@@ -12,9 +12,11 @@ has accuracy NaN, shown as "nan".
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import re
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -30,16 +32,22 @@ MAX_WARNINGS_SHOWN = 20
 
 
 def read_results(path: str | Path) -> tuple[list[dict], list[str]]:
-    """(records, warnings) of a results JSONL; records get int length, float depth and float score."""
+    """(records, warnings) of a results JSONL (or .jsonl.gz); records get int length, float depth and float score."""
     path = Path(path)
     if not path.exists():
         raise LengthwiseError(f"results file {path} does not exist")
     if path.is_dir():
         raise LengthwiseError(f"results {path} is a directory: give the .jsonl file the evaluation wrote")
     try:
-        text = path.read_bytes().decode("utf-8-sig", errors="replace")
+        raw = path.read_bytes()
+        if path.suffix == ".gz":  # a committed or archived store: gzip-compressed JSONL
+            raw = gzip.decompress(raw)
+        text = raw.decode("utf-8-sig", errors="replace")
     except OSError as e:
-        raise LengthwiseError(f"cannot read {path}: {e.strerror}") from None
+        raise LengthwiseError(f"cannot read {path}: {e.strerror or e}") from None
+    except (EOFError, zlib.error) as e:
+        raise LengthwiseError(f"cannot read {path}: not a complete gzip file ({e}); give the .jsonl the evaluation "
+                              "wrote, or a whole .jsonl.gz of it") from None
     # split on "\n" only: json.dumps(ensure_ascii=False) leaves U+2028 raw, which splitlines() would cut
     lines = text.split("\n")
     cut_off = lines[-1].strip() != ""  # no final newline: a writer may have been killed mid-line

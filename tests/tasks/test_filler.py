@@ -74,7 +74,8 @@ PINNED = "ebb76b42f7bb5c94b8c74c58c2a0aba9c0f47aa08bc14c9a89016c37f3e1af93"
 def test_rebuilds_the_gpu_cells_token_for_token():
     """Cells the H100 ran (Python 3.12.3, reading its own pydoc_data) carry their prompt's token count."""
     render = make_render(load_tokenizer(resolve("smollm2-135m")), True)
-    recs = [json.loads(line) for line in open(ROOT / "benchmarks/results/extension/full.jsonl")]
+    with gzip.open(ROOT / "benchmarks/results/extension/full.jsonl.gz", "rt", encoding="utf-8") as f:
+        recs = [json.loads(line) for line in f]
     recs = [r for r in recs if r["method"] == "none" and r["task"] in ("niah_single", "niah_multikey")
             and r["length"] == 4096][:8]
     assert len(recs) == 8
