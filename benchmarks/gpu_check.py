@@ -5,12 +5,14 @@
 Checks, all on mixed-length packed batches:
   1. varlen attention kernels (bf16) against the float32 reference: plain causal, bidirectional,
      sliding window, GQA, decode against a ragged cache with gaps (seqused_k), and split-KV decode
-     over long ragged caches (against float32 and against the one-pass kernel);
+     over long ragged caches (against float32 and against the one-pass kernel), and the Triton decode
+     kernel (GQA groups, head dims 64/128, windows; NaN-poisoned gaps);
   2. smollm2-135m logits: the varlen backend against the reference backend, both bf16 weights
      (the backend's own error): ||diff|| / ||ref|| <= 2e-2 per sequence (max|diff| / max|ref| reported too). Reported beside it: varlen bf16
      against reference float32, and reference bf16 against reference float32 (bf16's own drift);
   3. greedy generation, varlen bf16 against reference float32 (agreement reported); CUDA-graph against
-     eager decode, and split-KV against one-pass decode after long prompts (agreement >= 0.9);
+     eager decode, split-KV against one-pass decode after long prompts, and the Triton decode kernel
+     against FlashAttention decode (agreement >= 0.9);
   4. minilm-l6 embeddings, varlen bf16 against reference float32 (cosine per row);
   5. random Qwen2 (qkv bias) and Mistral (window 64) configs, logits as in 2.
 Writes $OUT/gpu_check.json (or benchmarks/results/) and exits non-zero if a bound fails.
@@ -81,6 +83,7 @@ def kernels():
     out = attend(q.bfloat16(), cache.k[0], cache.v[0], meta2, MaskPattern(True), "varlen")
     record("kernel decode over ragged cache (seqused_k)", rel(out, ref), BOUND)
     split_kv(g, D)
+    triton_decode(g)
 
 
 def split_kv(g, D):
@@ -104,6 +107,60 @@ def split_kv(g, D):
         out = attend(q.bfloat16(), cache.k[0], cache.v[0], meta, MaskPattern(True), "varlen", splits=S)
         record(f"kernel split-KV decode, {S} chunks, lens {lens}: bf16 vs fp32 reference", rel(out, ref), BOUND)
         record(f"kernel split-KV decode, {S} chunks: vs the one-pass kernel (bf16)", rel(out, one), BOUND)
+
+
+def triton_decode(g):
+    """The Triton decode kernel (bf16) over a ragged cache with NaN-poisoned gaps, against float32: GQA
+    groups of 1, 3 and 4, head dims 64 and 128, with and without a window, and through attend()'s routing."""
+    from lengthwise import attention
+    from lengthwise.attention.triton_decode import decode_attention
+    lens = [0, 1, 63, 64, 65, 300, 5000]
+    cap = [n + 8 for n in lens]
+    cu = torch.tensor([0] + torch.tensor(cap).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    used = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    meta = AttnMeta(torch.arange(len(lens) + 1, dtype=torch.int32, device="cuda"), 1, cu, max(cap), used)
+    for G, Hkv, D in [(1, 4, 64), (3, 3, 64), (4, 2, 128)]:
+        k, v = (torch.randn(sum(cap), Hkv, D, device="cuda", generator=g) for _ in range(2))
+        for i, n in enumerate(lens):  # the gaps are poison: reading one would show
+            k[cu[i] + n:cu[i + 1]] = float("nan")
+            v[cu[i] + n:cu[i + 1]] = float("nan")
+        q = torch.randn(len(lens), G * Hkv, D, device="cuda", generator=g)
+        q16, k16, v16 = q.bfloat16(), k.bfloat16(), v.bfloat16()
+        for window in (None, 48):
+            mask = MaskPattern(True, window=window)
+            ref, ref_lse = attend(q16.float(), k16.float(), v16.float(), meta, mask, "reference", return_lse=True)
+            out, lse = decode_attention(q16, k16, v16, cu, used, D ** -0.5, window, return_lse=True)
+            name = f"kernel Triton decode G={G} Hkv={Hkv} D={D} window={window}, lens {lens}"
+            record(f"{name}: bf16 vs fp32 reference", rel(out, ref), BOUND)
+            fin = ref_lse.isfinite()
+            same_inf = torch.equal(lse.isneginf(), ref_lse.isneginf())
+            record(f"{name}: lse max |diff| (inf where the reference is)",
+                   (lse[fin] - ref_lse[fin]).abs().max().item() if same_inf else float("inf"), BOUND)
+            if window is None:
+                attention.TRITON_DECODE = True
+                try:
+                    routed = attend(q16, k16, v16, meta, mask, "varlen")
+                finally:
+                    attention.TRITON_DECODE = False
+                record(f"{name}: attend(varlen) with the flag on vs the kernel", rel(routed, out), 0.0)
+
+
+def triton_decode_generation(fast):
+    """Greedy decode with the Triton decode kernel on and off (CUDA graph both times), short and long prompts."""
+    from lengthwise import attention
+    from lengthwise.generate import generate_ids
+    g = torch.Generator().manual_seed(2)
+    ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (5, 200, 3000, 17)]
+    outs = []
+    for on in (False, True):
+        attention.TRITON_DECODE = on
+        try:
+            outs.append(generate_ids(fast.module, ids, 32, set(), backend="varlen", cuda_graph=True))
+        finally:
+            attention.TRITON_DECODE = False
+    same = sum(x == y for p, q in zip(*outs) for x, y in zip(p, q)) / sum(len(p) for p in outs[0])
+    record("smollm2-135m greedy 32 tokens, Triton decode kernel vs FlashAttention decode: token agreement",
+           same, 0.9, higher_is_better=True)
 
 
 def split_kv_generation(fast):
@@ -158,6 +215,7 @@ def main():
     record("smollm2-135m greedy 48 tokens, CUDA-graph decode vs eager decode: token agreement", same, 0.9,
            higher_is_better=True)
     split_kv_generation(fast)
+    triton_decode_generation(fast)
     enc_f = lw.load("minilm-l6", device="cuda", dtype="bfloat16", backend="varlen")
     enc_r = lw.load("minilm-l6", device="cuda", dtype="float32", backend="reference")
     texts = ["hi", "a sentence of moderate length about packing", "long text " * 100]

@@ -83,7 +83,9 @@ def main():
                                 lambda: enc.embed_ids(ids, max_tokens_per_forward=65536), reps=3))
     smol = lw.load("smollm2-135m", device="cuda", dtype="bfloat16")
     seqs = random_ids(mix("lognormal", 64, seed=5), smol.config.vocab_size, low=10)
-    for compiled in (False, True, "static"):
+    from lengthwise import attention
+    for compiled in (False, True, "static", "triton"):
+        attention.TRITON_DECODE = compiled == "triton"  # read when the graph is captured
         m = lw.load("smollm2-135m", device="cuda", dtype="bfloat16", compile=True) if compiled is True else smol
         cfg = m.config
         cache = RaggedKVCache(cfg.n_layers, [len(s) + 129 for s in seqs], cfg.n_kv_heads, cfg.head_dim, torch.bfloat16, "cuda")
@@ -96,7 +98,8 @@ def main():
         def step():
             graph(tok)
             cache.length -= 1  # replay the same step: the profile of one decode step
-        rows.append(measure(f"smollm2-135m decode step, 64 sequences, CUDA graph{({True: ' +compile', 'static': ' +static-compiled step'}).get(compiled, '')}", step, reps=50))
+        rows.append(measure(f"smollm2-135m decode step, 64 sequences, CUDA graph{({True: ' +compile', 'static': ' +static-compiled step', 'triton': ' +Triton decode attention'}).get(compiled, '')}", step, reps=50))
+        attention.TRITON_DECODE = False
     out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,

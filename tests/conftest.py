@@ -4,6 +4,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run in its interpreter on CPU tensors; set before lengthwise (through torch._dynamo)
+    # imports triton, whose own @jit helpers read the flag when they are defined
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 import transformers
 
 import lengthwise as lw

@@ -8,6 +8,7 @@ call serves packed prefill (Tq == Tk) and decode against a ragged KV cache (one 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,16 @@ class AttnMeta:
 
 BACKENDS = ("reference", "cpu_flash", "varlen")
 
+# Triton decode kernel for varlen decode steps: off until it is measured on the GPU (read at call time,
+# so a test or benchmark can flip it)
+TRITON_DECODE = os.environ.get("LENGTHWISE_TRITON_DECODE", "0") == "1"
+
+
+def _triton_decode_applies(q, meta: "AttnMeta", mask: MaskPattern, backend: str) -> bool:
+    """A varlen decode step (one query per sequence, causal) with the Triton decode kernel switched on."""
+    return (TRITON_DECODE and backend == "varlen" and meta.max_q == 1 and mask.causal
+            and meta.cu_q.shape[0] == q.shape[0] + 1)
+
 
 def pick_backend(name: str | None, device: torch.device, dtype: torch.dtype) -> str:
     """auto: FlashAttention varlen on a GPU in fp16/bf16, torch's fused CPU kernel on a CPU, else the reference
@@ -61,6 +72,10 @@ def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: str = "reference
     splits: cut each sequence's keys into that many chunks (decode steps only: one query per sequence);
     None lets split_kv.auto_splits decide."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if splits is None and _triton_decode_applies(q, meta, mask, backend):
+        from .triton_decode import decode_attention
+        used = meta.used_k if meta.used_k is not None else meta.cu_k.diff()
+        return decode_attention(q, k, v, meta.cu_k, used, scale, mask.window, return_lse)
     s = auto_splits(q, meta, mask, backend) if splits is None else splits
     if s > 1:
         return attend_split(q, k, v, meta, mask, backend, scale, s, return_lse)
