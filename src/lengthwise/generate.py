@@ -52,7 +52,9 @@ class GraphDecoder:
 
     def __init__(self, model: Llama, cache: RaggedKVCache, backend: str, compile_step: bool = False):
         """compile_step: compile the step with static shapes (the batch is fixed inside the graph), so
-        Inductor fuses each layer's norms, RoPE, cache writes and activations into a few kernels."""
+        Inductor fuses each layer's norms, RoPE, cache writes and activations into a few kernels. Measured
+        slower than the eager step on the H100 (docs/benchmarks.md), so off by default; every new batch size
+        or cache size compiles again, up to torch.compile's recompile limit, after which it runs eager."""
         B = cache.length.numel()
         self.tokens = torch.zeros(B, dtype=torch.int64, device=cache.length.device)  # [B] input buffer
         self.cache, self.graph = cache, torch.cuda.CUDAGraph()

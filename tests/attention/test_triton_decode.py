@@ -79,8 +79,8 @@ def test_triton_decode_routing(monkeypatch):
 
 
 def test_attend_routes_to_the_kernel(monkeypatch):
-    """With the flag on, attend(..., "varlen") on a decode step runs the kernel (before split-KV), used_k
-    defaulting to the cu_k spans."""
+    """With the flag on, attend(..., "varlen") on a decode step that split-KV leaves whole runs the kernel,
+    used_k defaulting to the cu_k spans."""
     from lengthwise import attention
     from lengthwise.attention import split_kv
     g = torch.Generator().manual_seed(3)
@@ -115,3 +115,18 @@ def test_decode_float16():
     ref = attend(q.double(), k.double(), v.double(), meta, MaskPattern(causal=True, window=50), "reference")
     assert out.dtype == torch.float16 and not out.isnan().any()
     assert (out.double() - ref).norm() / ref.norm() < 1e-3
+
+
+def test_split_kv_keeps_the_decode_steps_it_splits(monkeypatch):
+    """Long keys for few sequences: split-KV, not the one-program-per-group kernel, takes the step."""
+    from lengthwise import attention
+    from lengthwise.attention import split_kv
+    g = torch.Generator().manual_seed(4)
+    k, v, meta = ragged_cache([5, 0, 70], 1, 64, gap=0, g=g)
+    q = torch.randn(3, 3, 64, generator=g)
+    monkeypatch.setattr(attention, "TRITON_DECODE", True)
+    monkeypatch.setattr(split_kv, "AUTO", True)
+    monkeypatch.setattr(split_kv, "MIN_CHUNK", 16)  # 70 keys now make 4 chunks
+    seen = []
+    monkeypatch.setattr(attention, "attend_split", lambda *a, **kw: seen.append(a[-2]) or "split")
+    assert attend(q, k, v, meta, MaskPattern(causal=True), "varlen") == "split" and seen == [4]

@@ -72,11 +72,12 @@ def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: str = "reference
     splits: cut each sequence's keys into that many chunks (decode steps only: one query per sequence);
     None lets split_kv.auto_splits decide."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if splits is None and _triton_decode_applies(q, meta, mask, backend):
+    s = auto_splits(q, meta, mask, backend) if splits is None else splits
+    if splits is None and s == 1 and _triton_decode_applies(q, meta, mask, backend):
+        # a decode step split-KV leaves whole (short keys, or many sequences): the GQA-grouped kernel
         from .triton_decode import decode_attention
         used = meta.used_k if meta.used_k is not None else meta.cu_k.diff()
         return decode_attention(q, k, v, meta.cu_k, used, scale, mask.window, return_lse)
-    s = auto_splits(q, meta, mask, backend) if splits is None else splits
     if s > 1:
         return attend_split(q, k, v, meta, mask, backend, scale, s, return_lse)
     if backend == "reference":

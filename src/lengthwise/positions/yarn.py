@@ -22,7 +22,7 @@ from ..errors import LengthwiseError
 from .rope import RoPE, at_least_one, default_inv_freq
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=None)  # never evicted: a captured CUDA graph reads these tables by address
 def _table(head_dim: int, base: float, orig: int, beta_fast: float, beta_slow: float, truncate: bool,
            device: str) -> torch.Tensor:
     """[2, D/2]: the trained frequencies and how much of each is kept (1: extrapolate, 0: interpolate).
