@@ -172,3 +172,15 @@ def test_gzip_store_reads_as_its_jsonl_and_a_cut_one_is_one_line(tmp_path):
     with pytest.raises(LengthwiseError, match="not a complete gzip file") as e:
         R.read_results(cut)
     assert "\n" not in str(e.value)
+
+
+def test_no_heatmap_for_a_task_without_a_key(tmp_path):
+    """common_words has no needle: its depths only reseed prompts, so no depth x length heatmap is drawn
+    (its table rows and curve stay); a task name this version does not know keeps its heatmap."""
+    recs = [dict(r, task=t, id=f"{t}|{r['id']}") for r in make_records()[:24] for t in ("common_words", "mystery_task")]
+    out = R.report(write(tmp_path / "agg.jsonl", recs), out_dir=tmp_path / "agg")
+    names = {p.name for p in out["plots"]}
+    assert not any(n.startswith("heatmap") and "common_words" in n for n in names)
+    assert any(n.startswith("heatmap") and "mystery_task" in n for n in names)
+    assert "curve_common_words.png" in names
+    assert {r["task"] for r in out["table"]} == {"common_words", "mystery_task"}

@@ -261,6 +261,8 @@ def plots(records: list[dict], out_dir: str | Path) -> list[Path]:
     for r in records:
         by_cell[(r["model"], r["method"], r["backend"], r["task"])][(r["depth"], r["length"])].append(r["score"])
     for key in sorted(by_cell, key=lambda k: (_group_key(k[:3]), _natural(k[3]))):
+        if not _positional(key[3]):
+            continue  # no key, so no depth axis: its depths only reseed prompts (the table and curves count them)
         save(_heatmap(key, by_cell[key]), _safe("heatmap", *key))
 
     rows = accuracy_table(records)
@@ -279,6 +281,13 @@ def plots(records: list[dict], out_dir: str | Path) -> list[Path]:
         mean_curves[g] = {n: _mean(v) for n, v in per_len.items()}
     save(_curves(f"all tasks (mean of {len(tasks)})", mean_curves, groups), "curve_all-tasks")
     return written
+
+
+def _positional(task: str) -> bool:
+    """Whether the task puts a key at the cell's depth (tasks this version does not know: assume so)."""
+    from .tasks import TASKS
+    cls = TASKS.get(task.split(":")[0])
+    return cls is None or cls.positional
 
 
 def _heatmap(key: tuple[str, str, str, str], cells: dict[tuple[float, int], list[float]]):

@@ -51,6 +51,7 @@ class Task:
     """Base class: subclasses are small frozen dataclasses whose fields are the task's options."""
     name: ClassVar[str] = ""
     max_new_tokens: ClassVar[int] = 32
+    positional: ClassVar[bool] = True  # a key sits at the cell's depth; False: depth only reseeds the prompt
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

@@ -18,6 +18,7 @@ class CommonWords(Task):
     defaults: 6 and 1 below 4096 tokens, 30 and 3 from there on. `depth` is not used (no single key)."""
     name = "common_words"
     max_new_tokens = 120
+    positional = False  # aggregation over the whole context: no key, no depth
     num_common: int = 10
     freq_common: int = 0
     freq_uncommon: int = 0

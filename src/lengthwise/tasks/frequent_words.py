@@ -17,6 +17,7 @@ from .base import Draft, Task
 class FrequentWords(Task):
     """Word k of a vocabulary of length // 50 appears floor(n * k^-alpha / Z) times in n words; the top one is
     "..." (noise), the answer is ranks 2-4. `depth` is not used (no single key)."""
+    positional = False  # aggregation over the whole context: no key, no depth
     name = "frequent_words"
     max_new_tokens = 50
     alpha: float = 2.0
