@@ -69,17 +69,7 @@ def kernels():
             out = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), meta, mask, "varlen")
             record(f"kernel H={H} Hkv={Hkv} causal={mask.causal} window={mask.window}", rel(out, ref), BOUND)
     # decode against a ragged cache with unused (poisoned) gaps
-    cache = RaggedKVCache(1, [n + 8 for n in lens], 3, D, torch.bfloat16, "cuda")
-    cache.k.fill_(float("nan"))
-    cache.v.fill_(float("nan"))
-    slots, _, _ = cache.plan(torch.arange(len(lens), device="cuda"), torch.tensor(lens, device="cuda"))
-    cache.k[0, slots] = torch.randn(T, 3, D, device="cuda", generator=g).bfloat16()
-    cache.v[0, slots] = torch.randn(T, 3, D, device="cuda", generator=g).bfloat16()
-    active = torch.tensor([0, 2, 3, 5], device="cuda")
-    slots2, _, meta2 = cache.plan(active, torch.ones_like(active))
-    cache.k[0, slots2] = torch.randn(4, 3, D, device="cuda", generator=g).bfloat16()
-    cache.v[0, slots2] = torch.randn(4, 3, D, device="cuda", generator=g).bfloat16()
-    q = torch.randn(4, 9, D, device="cuda", generator=g)
+    cache, meta2, q = decode_step(lens, [0, 2, 3, 5], 8, D, g)
     ref = attend(q, cache.k[0].float(), cache.v[0].float(), meta2, MaskPattern(True), "reference")
     out = attend(q.bfloat16(), cache.k[0], cache.v[0], meta2, MaskPattern(True), "varlen")
     record("kernel decode over ragged cache (seqused_k)", rel(out, ref), BOUND)
@@ -87,21 +77,27 @@ def kernels():
     triton_decode(g)
 
 
-def split_kv(g, D):
-    """Split-KV decode (flash-decoding): long, ragged caches, one query each, bf16 against float32 and
-    against the one-pass kernel."""
-    lens = [1, 3000, 20000, 9000, 2049]
-    cache = RaggedKVCache(1, [n + 4 for n in lens], 3, D, torch.bfloat16, "cuda")
+def decode_step(lens, active, spare, D, g):
+    """One bf16 layer's ragged cache (3 kv heads) holding prompts of `lens` keys, NaN in every unused slot; the
+    `active` sequences then write one new key each -> (cache, that decode step's meta, float32 queries [B, 9, D])."""
+    cache = RaggedKVCache(1, [n + spare for n in lens], 3, D, torch.bfloat16, "cuda")
     cache.k.fill_(float("nan"))
     cache.v.fill_(float("nan"))
     slots, _, _ = cache.plan(torch.arange(len(lens), device="cuda"), torch.tensor(lens, device="cuda"))
     cache.k[0, slots] = torch.randn(sum(lens), 3, D, device="cuda", generator=g).bfloat16()
     cache.v[0, slots] = torch.randn(sum(lens), 3, D, device="cuda", generator=g).bfloat16()
-    active = torch.arange(len(lens), device="cuda")
-    slots2, _, meta = cache.plan(active, torch.ones_like(active))
-    cache.k[0, slots2] = torch.randn(len(lens), 3, D, device="cuda", generator=g).bfloat16()
-    cache.v[0, slots2] = torch.randn(len(lens), 3, D, device="cuda", generator=g).bfloat16()
-    q = torch.randn(len(lens), 9, D, device="cuda", generator=g)
+    active = torch.tensor(list(active), device="cuda")
+    slots, _, meta = cache.plan(active, torch.ones_like(active))
+    cache.k[0, slots] = torch.randn(len(active), 3, D, device="cuda", generator=g).bfloat16()
+    cache.v[0, slots] = torch.randn(len(active), 3, D, device="cuda", generator=g).bfloat16()
+    return cache, meta, torch.randn(len(active), 9, D, device="cuda", generator=g)
+
+
+def split_kv(g, D):
+    """Split-KV decode (flash-decoding): long, ragged caches, one query each, bf16 against float32 and
+    against the one-pass kernel."""
+    lens = [1, 3000, 20000, 9000, 2049]
+    cache, meta, q = decode_step(lens, range(len(lens)), 4, D, g)
     ref = attend(q, cache.k[0].float(), cache.v[0].float(), meta, MaskPattern(True), "reference")
     one = attend(q.bfloat16(), cache.k[0], cache.v[0], meta, MaskPattern(True), "varlen", splits=1)
     for S in (2, 16):

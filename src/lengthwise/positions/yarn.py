@@ -42,6 +42,11 @@ def _table(head_dim: int, base: float, orig: int, beta_fast: float, beta_slow: f
         return torch.stack([extra, 1 - ramp]).to(device)
 
 
+def _blend(extra: torch.Tensor, keep: torch.Tensor, factor) -> torch.Tensor:
+    """Each frequency between interpolated (extra / factor) and kept (extra); factor a number or [N, 1] float32."""
+    return (extra / factor) * (1 - keep) + extra * keep
+
+
 @dataclass(frozen=True)
 class YaRN(RoPE):
     name: ClassVar[str] = "yarn"
@@ -71,8 +76,7 @@ class YaRN(RoPE):
         extra, keep = self._table(head_dim, base, trained)
         if self.dynamic:
             return extra.clone()  # per token: inv_freq_at
-        inter = extra / self.factor
-        return inter * (1 - keep) + extra * keep
+        return _blend(extra, keep, self.factor)
 
     def _scale(self, seq_len, trained):
         """seq_len [N] -> [N] float64 scale s = clamp(L / original, 1, factor)."""
@@ -82,8 +86,7 @@ class YaRN(RoPE):
         """seq_len [N] -> [N, D/2]: the static frequencies at factor s, exactly; at s == 1 plain RoPE's."""
         extra, keep = self._table(head_dim, base, trained, seq_len.device)  # [D/2] each
         s = self._scale(seq_len, trained)[:, None]  # [N, 1]
-        inter = extra / s.float()  # the static path's float32 division by its factor
-        return torch.where(s > 1, inter * (1 - keep) + extra * keep, extra)  # the blend is not exact at s == 1
+        return torch.where(s > 1, _blend(extra, keep, s.float()), extra)  # the blend is not exact at s == 1
 
     def attention_factor(self, trained):
         if self.dynamic:
