@@ -171,23 +171,20 @@ def generation(folder, args, bw):
     kv_bytes = B * mean_ctx * cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2
     roofline_step = (weight_bytes + kv_bytes) / (bw * 1e9)
     systems = [("hf_generate_padded", theirs), ("lengthwise_eager_decode", lambda: ours(False)), ("lengthwise", ours)]
-    try:
-        import triton  # noqa: F401  (the opt-in Triton decode kernel needs it)
-    except ImportError:
-        print("no triton here: the lengthwise+triton-decode row is left out", flush=True)
-    else:
-        from lengthwise import attention
-
-        def ours_triton():
-            attention.TRITON_DECODE = True
+    from lengthwise import attention
+    if attention._have_triton() and attention.TRITON_DECODE:
+        def ours_flash():  # the decode step on FlashAttention's varlen kernel, RoPE and cache writes unfused
+            attention.TRITON_DECODE = False
             try:
                 return ours()
             finally:
-                attention.TRITON_DECODE = False
-        t = ours_triton()
-        print(f"Triton decode kernel vs FlashAttention CUDA-graph decode: token agreement "
+                attention.TRITON_DECODE = True
+        t = ours_flash()
+        print(f"fused Triton decode step vs FlashAttention decode: token agreement "
               f"{sum(p == q for x, y in zip(a, t) for p, q in zip(x, y)) / (B * new):.1%}", flush=True)
-        systems.append(("lengthwise+triton-decode", ours_triton))
+        systems.append(("lengthwise+flash-decode", ours_flash))
+    else:
+        print("no triton here (or LENGTHWISE_TRITON_DECODE=0): lengthwise decodes on FlashAttention", flush=True)
     if fast is not None:
         c = ours(m=fast)  # compiles, then captures the compiled step
         print(f"compiled vs eager CUDA-graph decode: token agreement "

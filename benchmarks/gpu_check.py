@@ -134,17 +134,56 @@ def triton_decode(g):
             record(f"{name}: lse max |diff| (inf where the reference is)",
                    (lse[fin] - ref_lse[fin]).abs().max().item() if same_inf else float("inf"), BOUND)
             if window is None:
-                attention.TRITON_DECODE = True
-                try:
+                with flag(attention, "TRITON_DECODE", True):
                     routed = attend(q16, k16, v16, meta, mask, "varlen")
-                finally:
-                    attention.TRITON_DECODE = False
                 record(f"{name}: attend(varlen) with the flag on vs the kernel", rel(routed, out), 0.0)
+    fused_step(g, lens, cap, cu, used, meta)
 
 
-def decode_logits(fast, ids, flip, steps: int = 4):
+def fused_step(g, lens, cap, cu, used, meta):
+    """The fused RoPE + cache write + attention step (rope_cache_decode) in bf16: the cache rows it writes
+    against Tables.apply's (bit for bit), its output against float32 attention over those rows."""
+    from lengthwise.attention.triton_decode import rope_cache_decode
+    from lengthwise.positions import Tables
+    has_new = used > 0  # sequences with no key have no new token: give each a used count of at least 1
+    used1 = torch.where(has_new, used, torch.ones_like(used))
+    meta1 = AttnMeta(meta.cu_q, 1, cu, meta.max_k, used1)
+    slots = (cu[:-1] + used1 - 1).long()
+    for G, Hkv, D in [(3, 3, 64), (4, 2, 128)]:
+        k, v = (torch.randn(sum(cap), Hkv, D, device="cuda", generator=g).bfloat16() for _ in range(2))
+        qkv = torch.randn(len(lens), (G + 2) * Hkv, D, device="cuda", generator=g).bfloat16()
+        pos = torch.randint(0, 100000, (len(lens),), device="cuda", generator=g).double()
+        ang = pos[:, None] * 10000.0 ** (-torch.arange(0, D, 2, device="cuda").double() / D)
+        ang = torch.cat([ang, ang], -1)
+        tables = Tables.of(ang.cos().float(), ang.sin().float(), torch.bfloat16)
+        for window in (None, 48):
+            k2, v2 = k.clone(), v.clone()
+            out = rope_cache_decode(qkv, tables, k2, v2, slots, cu, used1, D ** -0.5, window)
+            qk = tables.apply(qkv[:, :(G + 1) * Hkv])
+            name = f"kernel fused RoPE + cache write + decode G={G} Hkv={Hkv} D={D} window={window}"
+            exact = torch.equal(k2[slots], qk[:, G * Hkv:]) and torch.equal(v2[slots], qkv[:, (G + 1) * Hkv:])
+            record(f"{name}: cache rows differ from Tables.apply's", float(not exact), 0.0)
+            ref = attend(qk[:, :G * Hkv].float(), k2.float(), v2.float(), meta1, MaskPattern(True, window=window),
+                         "reference")
+            record(f"{name}: bf16 vs fp32 reference", rel(out, ref), BOUND)
+
+
+class flag:
+    """Set a module flag for a with-block and put the old value back after."""
+    def __init__(self, obj, attr, value):
+        self.obj, self.attr, self.value = obj, attr, value
+
+    def __enter__(self):
+        self.saved = getattr(self.obj, self.attr)
+        setattr(self.obj, self.attr, self.value)
+
+    def __exit__(self, *exc):
+        setattr(self.obj, self.attr, self.saved)
+
+
+def decode_logits(fast, ids, obj, attr, on, steps: int = 4):
     """Logits of `steps` teacher-forced decode steps (the same fed tokens every time) after a packed prefill
-    into a ragged cache, with flip(True) or flip(False) around the decode steps."""
+    into a ragged cache, with the flag obj.attr set to `on` for the decode steps."""
     from lengthwise.models.llama import Step
     from lengthwise.ragged import RaggedBatch
     m, cfg = fast.module, fast.config
@@ -156,41 +195,35 @@ def decode_logits(fast, ids, flip, steps: int = 4):
         slots, positions, meta = cache.plan(torch.arange(len(ids), device="cuda"), batch.cu_seqlens.diff().long())
         m(batch.tokens, positions, Step(meta, m.mask, "varlen", cache, slots), out_rows=batch.last_index)
         fed = torch.tensor([s[0] for s in ids], device="cuda")
-        try:
-            flip(True)
+        with flag(obj, attr, on):
             for _ in range(steps):
                 slots, positions, meta = cache.plan_decode_all()
                 out.append(m(fed, positions, Step(meta, m.mask, "varlen", cache, slots)).float())
-        finally:
-            flip(False)
     return torch.stack(out)
 
 
-def decode_pair(name, fast, ids, flip):
-    """A decode path flipped on against off: logits of the same steps within the bound (the check), and
-    greedy-token agreement over 32 tokens (reported; one argmax flip between near-ties diverges the rest)."""
+def decode_pair(name, fast, ids, obj, attr, baseline):
+    """A decode path (the flag obj.attr) on against off: logits of the same steps within the bound (the check),
+    and greedy-token agreement over 32 tokens (reported; one argmax flip between near-ties diverges the rest)."""
     from lengthwise.generate import generate_ids
 
     def run(on):
-        flip(on)
-        try:
+        with flag(obj, attr, on):
             return generate_ids(fast.module, ids, 32, set(), backend="varlen", cuda_graph=True)
-        finally:
-            flip(False)
-    off = decode_logits(fast, ids, lambda on: None)
-    on = decode_logits(fast, ids, flip)
-    record(f"smollm2-135m decode-step logits, {name} vs one-pass FlashAttention", rel(on, off), BOUND)
+    off = decode_logits(fast, ids, obj, attr, False)
+    on = decode_logits(fast, ids, obj, attr, True)
+    record(f"smollm2-135m decode-step logits, {name} vs {baseline}", rel(on, off), BOUND)
     a, b = run(False), run(True)
     same = sum(x == y for p, q in zip(a, b) for x, y in zip(p, q)) / sum(len(p) for p in a)
-    record(f"smollm2-135m greedy 32 tokens, {name} vs one-pass FlashAttention: token agreement", same)
+    record(f"smollm2-135m greedy 32 tokens, {name} vs {baseline}: token agreement", same)
 
 
 def triton_decode_generation(fast):
-    """The Triton decode kernel on and off, short and long prompts in one batch."""
+    """The fused Triton decode step on and off, short and long prompts in one batch."""
     from lengthwise import attention
     g = torch.Generator().manual_seed(2)
     ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (5, 200, 3000, 17)]
-    decode_pair("Triton decode kernel", fast, ids, lambda on: setattr(attention, "TRITON_DECODE", on))
+    decode_pair("fused Triton decode step", fast, ids, attention, "TRITON_DECODE", "FlashAttention decode")
 
 
 def split_kv_generation(fast):
@@ -198,7 +231,7 @@ def split_kv_generation(fast):
     from lengthwise.attention import split_kv as sk
     g = torch.Generator().manual_seed(1)
     ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (7900, 3000)]
-    decode_pair("split-KV decode", fast, ids, lambda on: setattr(sk, "AUTO", on))
+    decode_pair("split-KV decode", fast, ids, sk, "AUTO", "one-pass decode")
 
 
 def causal_model(name, lens=(1, 7, 64, 300, 1000)):

@@ -8,6 +8,7 @@ Writes $OUT/profile.json (or benchmarks/results/).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -66,8 +67,7 @@ def measure(label: str, fn, reps: int = 5) -> dict:
     return row
 
 
-@torch.inference_mode()
-def main():
+def encoder_rows() -> list[dict]:
     rows = []
     minilm = locate_embedded(EMBEDDED["minilm-l6"])
     with tempfile.TemporaryDirectory() as d:
@@ -81,25 +81,50 @@ def main():
             enc = lw.load(f"{d}/bert-base", device="cuda", dtype="bfloat16", compile=compiled)
             rows.append(measure(f"bert-base mix (a), 3072 texts, 64k-token packs{' +compile' if compiled else ''}",
                                 lambda: enc.embed_ids(ids, max_tokens_per_forward=65536), reps=3))
+    return rows
+
+
+DECODE_VARIANTS = {"eager": "", "flash": " +FlashAttention decode (Triton off)", "compile": " +compile",
+                   "static": " +static-compiled step"}
+
+
+def decode_rows(variants: list[str]) -> list[dict]:
+    rows = []
     smol = lw.load("smollm2-135m", device="cuda", dtype="bfloat16")
     seqs = random_ids(mix("lognormal", 64, seed=5), smol.config.vocab_size, low=10)
     from lengthwise import attention
-    for compiled in (False, True, "static", "triton"):
-        attention.TRITON_DECODE = compiled == "triton"  # read when the graph is captured
-        m = lw.load("smollm2-135m", device="cuda", dtype="bfloat16", compile=True) if compiled is True else smol
+    for variant in variants:
+        saved = attention.TRITON_DECODE
+        attention.TRITON_DECODE = saved and variant != "flash"  # read when the graph is captured
+        m = lw.load("smollm2-135m", device="cuda", dtype="bfloat16", compile=True) if variant == "compile" else smol
         cfg = m.config
         cache = RaggedKVCache(cfg.n_layers, [len(s) + 129 for s in seqs], cfg.n_kv_heads, cfg.head_dim, torch.bfloat16, "cuda")
         batch = RaggedBatch.from_lists(seqs, "cuda")
         slots, positions, meta = cache.plan(torch.arange(len(seqs), device="cuda"), batch.cu_seqlens.diff().long())
         m.module(batch.tokens, positions, Step(meta, m.module.mask, m.backend, cache, slots), out_rows=batch.last_index)
-        graph = GraphDecoder(m.module, cache, m.backend, compile_step=compiled == "static")
+        graph = GraphDecoder(m.module, cache, m.backend, compile_step=variant == "static")
         tok = torch.ones(len(seqs), dtype=torch.long, device="cuda")
 
         def step():
             graph(tok)
             cache.length -= 1  # replay the same step: the profile of one decode step
-        rows.append(measure(f"smollm2-135m decode step, 64 sequences, CUDA graph{({True: ' +compile', 'static': ' +static-compiled step', 'triton': ' +Triton decode attention'}).get(compiled, '')}", step, reps=50))
-        attention.TRITON_DECODE = False
+        rows.append(measure(f"smollm2-135m decode step, 64 sequences, CUDA graph{DECODE_VARIANTS[variant]}", step, reps=50))
+        attention.TRITON_DECODE = saved
+    return rows
+
+
+@torch.inference_mode()
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", default="encoder,decode", help="comma list of: encoder, decode")
+    ap.add_argument("--variants", default=",".join(DECODE_VARIANTS), help="decode-step variants, comma list of: "
+                    + ", ".join(DECODE_VARIANTS))
+    args = ap.parse_args()
+    parts, variants = args.parts.split(","), args.variants.split(",")
+    bad = [v for v in variants if v not in DECODE_VARIANTS] + [p for p in parts if p not in ("encoder", "decode")]
+    if bad:
+        raise SystemExit(f"unknown part or variant {bad[0]!r}: see --help")
+    rows = (encoder_rows() if "encoder" in parts else []) + (decode_rows(variants) if "decode" in parts else [])
     out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -154,7 +154,8 @@ def test_split_kv_policy(monkeypatch):
     from lengthwise.attention import split_kv
     q1, q64 = torch.zeros(1, 9, 64), torch.zeros(64, 9, 64)
     one = lambda max_k: AttnMeta(torch.arange(2, dtype=torch.int32), 1, torch.tensor([0, max_k]), max_k)
-    assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True), "varlen") == 1  # off unless asked
+    monkeypatch.setattr(split_kv, "AUTO", False)  # LENGTHWISE_SPLIT_KV=0
+    assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True), "varlen") == 1
     monkeypatch.setattr(split_kv, "AUTO", True)
     assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True), "varlen") == 16  # 9 blocks -> 144
     assert split_kv.auto_splits(q1, one(4096), MaskPattern(causal=True), "varlen") == 2  # chunks >= 2048 keys

@@ -50,6 +50,61 @@ def test_random_model_generation_matches_hf(tmp_path, window):
         assert o == _hf_greedy(hf, p, 16)
 
 
+@pytest.mark.parametrize("kind,over", [("qwen2", {}), ("mistral", dict(sliding_window=8)),
+                                       ("llama", dict(rope_scaling=dict(rope_type="yarn", factor=4.0,
+                                                                        original_max_position_embeddings=128)))])
+def test_fused_decode_step_matches_hf(tmp_path, monkeypatch, kind, over):
+    """The GPU decode step's fused RoPE + cache write + attention kernel (triton_decode.rope_cache_decode, run
+    by Triton's interpreter here) in place of the unfused step, against HF generate: qkv bias, a sliding
+    window, YaRN's attention factor folded into the tables."""
+    import os
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the kernel runs on CPU tensors under TRITON_INTERPRET=1 only")
+    from lengthwise.models import llama
+    hf, folder = tiny_hf_causal(kind, tmp_path, **over)
+    lm = lw.load(folder, device="cpu")
+    fused = []
+
+    def applies(q, meta, mask, backend):  # what decode_kernel_applies says on a GPU for a decode step
+        ok = meta.max_q == 1 and meta.cu_q.shape[0] == q.shape[0] + 1 and mask.causal
+        fused.append(ok)
+        return ok
+    monkeypatch.setattr(llama, "decode_kernel_applies", applies)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 211, (n,), generator=g).tolist() for n in (20, 3, 11)]
+    ours = lm.generate_ids(prompts, max_new_tokens=12)
+    assert sum(fused) >= 11 * 2  # every decode step, every layer
+    for o, p in zip(ours, prompts):
+        assert o == _hf_greedy(hf, p, 12)
+    # the logits of three decode steps, fused against unfused (greedy tokens alone are too coarse a test)
+    runs = []
+    for on in (True, False):
+        monkeypatch.setattr(llama, "decode_kernel_applies", applies if on else lambda *a: False)
+        runs.append(_decode_logits(lm, prompts, [ours[i][:3] for i in range(3)]))
+    assert (runs[0] - runs[1]).norm() / runs[1].norm() < 1e-5
+
+
+def _decode_logits(lm, prompts, feed):
+    """Prefill the prompts into a ragged cache, then decode feed's tokens one step at a time -> logits."""
+    from lengthwise import RaggedBatch
+    from lengthwise.kv import RaggedKVCache
+    from lengthwise.models.llama import Step
+    cfg, B = lm.config, len(prompts)
+    cache = RaggedKVCache(cfg.n_layers, [len(p) + 8 for p in prompts], cfg.n_kv_heads, cfg.head_dim,
+                          torch.float32, "cpu")
+    batch = RaggedBatch.from_lists(prompts, "cpu")
+    out = []
+    with torch.inference_mode():
+        slots, positions, meta = cache.plan(torch.arange(B), batch.cu_seqlens.diff().long())
+        lm.module(batch.tokens, positions, Step(meta, lm.module.mask, lm.backend, cache, slots))
+        for j in range(len(feed[0])):
+            slots, positions, meta = cache.plan_decode_all()
+            tok = torch.tensor([f[j] for f in feed])
+            out.append(lm.module(tok, positions, Step(meta, lm.module.mask, lm.backend, cache, slots)))
+    return torch.stack(out)
+
+
 def test_eos_stops_each_sequence_on_its_own(tmp_path):
     hf, folder = tiny_hf_causal("llama", tmp_path)
     lm = lw.load(folder, device="cpu")

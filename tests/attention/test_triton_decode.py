@@ -66,9 +66,13 @@ def test_triton_decode_routing(monkeypatch):
     q = torch.zeros(4, 9, 64)
     decode = AttnMeta(torch.arange(5, dtype=torch.int32), 1, torch.arange(5, dtype=torch.int32) * 8, 8)
     causal = MaskPattern(causal=True)
-    assert not app(q, decode, causal, "varlen")  # off unless asked
+    monkeypatch.setattr(attention, "TRITON_DECODE", False)  # LENGTHWISE_TRITON_DECODE=0
+    assert not app(q, decode, causal, "varlen")
     monkeypatch.setattr(attention, "TRITON_DECODE", True)
     assert app(q, decode, causal, "varlen")
+    monkeypatch.setattr(attention, "_HAVE_TRITON", False)  # triton not installed: FlashAttention
+    assert not app(q, decode, causal, "varlen")
+    monkeypatch.setattr(attention, "_HAVE_TRITON", True)
     assert app(q, decode, MaskPattern(causal=True, window=16), "varlen")
     assert not app(q, decode, causal, "reference") and not app(q, decode, causal, "cpu_flash")
     assert not app(q, decode, MaskPattern(causal=False), "varlen")
@@ -130,3 +134,53 @@ def test_split_kv_keeps_the_decode_steps_it_splits(monkeypatch):
     seen = []
     monkeypatch.setattr(attention, "attend_split", lambda *a, **kw: seen.append(a[-2]) or "split")
     assert attend(q, k, v, meta, MaskPattern(causal=True), "varlen") == "split" and seen == [4]
+
+
+def _rope_tables(B, D, dtype, g):
+    from lengthwise.positions import Tables
+    pos = torch.randint(0, 5000, (B,), generator=g).double()
+    inv = 10000.0 ** (-torch.arange(0, D, 2).double() / D)
+    ang = torch.cat([pos[:, None] * inv] * 2, dim=-1)
+    return Tables.of(ang.cos().float(), ang.sin().float(), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("window", [None, 1, 50])
+@pytest.mark.parametrize("G", [1, 3])
+def test_fused_rope_cache_decode_matches_the_unfused_step(G, window, dtype):
+    """rope_cache_decode against what the model does without it: Tables.apply, two cache writes and the
+    float64 reference attention. The cached rows must be exactly Tables.apply's (same rounding)."""
+    from lengthwise.attention.triton_decode import rope_cache_decode
+    g = torch.Generator().manual_seed(G * 100 + (window or 0) + dtype.itemsize)
+    Hkv, D, used = 2, 64, [1, 2, 64, 65, 66, 300]  # used counts the new key
+    H = G * Hkv
+    k, v, meta = ragged_cache(used, Hkv, D, gap=4, g=g)
+    k, v = k.to(dtype), v.to(dtype)
+    slots = (meta.cu_k[:-1] + meta.used_k - 1).long()
+    k[slots], v[slots] = float("nan"), float("nan")  # the new rows: written by the kernel
+    qkv = torch.randn(len(used), H + 2 * Hkv, D, generator=g).to(dtype)
+    tables = _rope_tables(len(used), D, dtype, g)
+    k_ours, v_ours = k.clone(), v.clone()
+    out = rope_cache_decode(qkv, tables, k_ours, v_ours, slots, meta.cu_k, meta.used_k, D ** -0.5, window)
+
+    qk = tables.apply(qkv[:, :H + Hkv])
+    k[slots], v[slots] = qk[:, H:], qkv[:, H + Hkv:]
+    assert torch.equal(k_ours[slots], k[slots]) and torch.equal(v_ours[slots], v[slots])
+    rest = torch.ones(k.shape[0], dtype=torch.bool)
+    rest[slots] = False
+    assert torch.equal(k_ours[rest].isnan(), k[rest].isnan())  # nothing else written
+    ref = attend(qk[:, :H].double(), k.double(), v.double(), meta, MaskPattern(causal=True, window=window),
+                 "reference")
+    assert out.dtype == dtype and out.shape == (len(used), H, D) and not out.isnan().any()
+    bound = 1e-5 if dtype == torch.float32 else 2e-3
+    assert (out.double() - ref).norm() / ref.norm() < bound
+
+
+def test_fused_step_checks_its_rows():
+    from lengthwise import LengthwiseError
+    from lengthwise.attention.triton_decode import rope_cache_decode
+    g = torch.Generator().manual_seed(1)
+    k, v, meta = ragged_cache([2, 3], 1, 16, gap=1, g=g)
+    with pytest.raises(LengthwiseError, match="one RoPE row, slot and key count per sequence"):
+        rope_cache_decode(torch.zeros(2, 5, 16), _rope_tables(3, 16, torch.float32, g), k, v,
+                          torch.tensor([1, 5]), meta.cu_k, meta.used_k, 0.25)

@@ -36,15 +36,35 @@ class AttnMeta:
 
 BACKENDS = ("reference", "cpu_flash", "varlen")
 
-# Triton decode kernel for varlen decode steps: off until it is measured on the GPU (read at call time,
-# so a test or benchmark can flip it)
-TRITON_DECODE = os.environ.get("LENGTHWISE_TRITON_DECODE", "0") == "1"
+# The Triton decode kernel (triton_decode.py) takes varlen decode steps that split-KV leaves whole: on where
+# triton is installed (measured on an H100: docs/benchmarks.md); LENGTHWISE_TRITON_DECODE=0 turns it off.
+# Read at call time, so a test or benchmark can flip it.
+TRITON_DECODE = os.environ.get("LENGTHWISE_TRITON_DECODE", "1") == "1"
+_HAVE_TRITON: bool | None = None
+
+
+def _have_triton() -> bool:
+    global _HAVE_TRITON
+    if _HAVE_TRITON is None:
+        try:
+            import triton  # noqa: F401
+            _HAVE_TRITON = True
+        except ImportError:
+            _HAVE_TRITON = False
+    return _HAVE_TRITON
 
 
 def _triton_decode_applies(q, meta: "AttnMeta", mask: MaskPattern, backend: str) -> bool:
     """A varlen decode step (one query per sequence, causal) with the Triton decode kernel switched on."""
     return (TRITON_DECODE and backend == "varlen" and meta.max_q == 1 and mask.causal
-            and meta.cu_q.shape[0] == q.shape[0] + 1)
+            and meta.cu_q.shape[0] == q.shape[0] + 1 and _have_triton())
+
+
+def decode_kernel_applies(q, meta: "AttnMeta", mask: MaskPattern, backend: str) -> bool:
+    """attend() would run this step on the Triton decode kernel: a varlen decode step that split-KV leaves
+    whole (short keys, or many sequences). Also the condition for the model's fused RoPE + cache write +
+    attention step (triton_decode.rope_cache_decode)."""
+    return _triton_decode_applies(q, meta, mask, backend) and auto_splits(q, meta, mask, backend) == 1
 
 
 def pick_backend(name: str | None, device: torch.device, dtype: torch.dtype) -> str:
@@ -73,7 +93,7 @@ def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: str = "reference
     None lets split_kv.auto_splits decide."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     s = auto_splits(q, meta, mask, backend) if splits is None else splits
-    if splits is None and s == 1 and _triton_decode_applies(q, meta, mask, backend):
+    if splits is None and s == 1 and _triton_decode_applies(q, meta, mask, backend):  # decode_kernel_applies
         # a decode step split-KV leaves whole (short keys, or many sequences): the GQA-grouped kernel
         from .triton_decode import decode_attention
         used = meta.used_k if meta.used_k is not None else meta.cu_k.diff()
@@ -87,4 +107,4 @@ def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: str = "reference
     return attend_varlen(q, k, v, meta, mask, scale, return_lse)
 
 
-__all__ = ["AttnMeta", "attend", "pick_backend", "BACKENDS", "MaskPattern", "Causal", "Bidirectional", "SlidingWindow"]
+__all__ = ["AttnMeta", "attend", "decode_kernel_applies", "pick_backend", "BACKENDS", "MaskPattern", "Causal", "Bidirectional", "SlidingWindow"]

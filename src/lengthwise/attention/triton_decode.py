@@ -42,89 +42,72 @@ def _interpreter_index_fix():
 
 def _build():
     import triton
-    import triton.language as tl
     if os.environ.get("TRITON_INTERPRET") == "1":
         _interpreter_index_fix()
+    from ._decode_kernel import decode_attn
+    return triton, decode_attn
 
-    @triton.jit
-    def _decode_attn(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_ptr, used_ptr,
-                sq_b, sq_h, sk_s, sk_h, sv_s, sv_h, so_b, so_h,
-                qk_scale, window, G: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, IEEE: tl.constexpr):
-        b = tl.program_id(0)
-        kvh = tl.program_id(1)
-        rows = tl.arange(0, BLOCK_G)  # query heads kvh * G + rows
-        cols = tl.arange(0, BLOCK_D)
-        row_ok = rows < G
-        col_ok = cols < D
-        heads = kvh * G + rows
-        q = tl.load(q_ptr + b.to(tl.int64) * sq_b + heads[:, None] * sq_h + cols[None, :],
-                    mask=row_ok[:, None] & col_ok[None, :], other=0.0)  # [BLOCK_G, BLOCK_D]
 
-        start = tl.load(cu_ptr + b).to(tl.int64)
-        n = tl.load(used_ptr + b)
-        lo = 0
-        if WINDOW:
-            lo = tl.maximum(n - window, 0)  # the query (position n - 1) sees distance < window
+def _kernel():
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = _build()
+    return _KERNEL
 
-        m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)  # running max, log2 units
-        l_i = tl.zeros([BLOCK_G], tl.float32)
-        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-        for j in range(lo, n, BLOCK_N):
-            offs = j + tl.arange(0, BLOCK_N)
-            key_ok = offs < n
-            rows_k = start + offs.to(tl.int64)
-            kv_mask = key_ok[:, None] & col_ok[None, :]  # never touch rows past used: they may be NaN
-            k = tl.load(k_ptr + rows_k[:, None] * sk_s + kvh * sk_h + cols[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(v_ptr + rows_k[:, None] * sv_s + kvh * sv_h + cols[None, :], mask=kv_mask, other=0.0)
-            if IEEE:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(k))
-            s = tl.where(key_ok[None, :], s * qk_scale, float("-inf"))  # [BLOCK_G, BLOCK_N]
-            m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every block holds at least one key
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            if IEEE:
-                pv = tl.dot(p, v, input_precision="ieee")
-            else:
-                pv = tl.dot(p.to(v.dtype), v)
-            acc = acc * alpha[:, None] + pv
-            m_i = m_new
 
-        seen = l_i > 0
-        out = acc / tl.where(seen, l_i, 1.0)[:, None]  # 0 where the query saw no key
-        tl.store(o_ptr + b.to(tl.int64) * so_b + heads[:, None] * so_h + cols[None, :],
-                 out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
-        lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-        tl.store(lse_ptr + b.to(tl.int64) * (G * tl.num_programs(1)) + heads, lse, mask=row_ok)
+def _launch(q, k, v, out, lse, cu_k, used_k, scale, window, G, H, tables=None, slots=None):
+    triton, kernel = _kernel()
+    B, D, Hkv = q.shape[0], q.shape[-1], k.shape[1]
+    fused = tables is not None
+    cos, sin = (tables.cos, tables.sin) if fused else (q, q)  # unused pointers when not fused
+    kernel[(B, Hkv)](
+        q, k, v, out, lse, cu_k, used_k, cos, sin, slots if fused else used_k,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        cos.stride(0), scale * math.log2(math.e), 0 if window is None else window,
+        G=G, H=H, HKV=Hkv, D=D, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_D=max(16, triton.next_power_of_2(D)),
+        BLOCK_N=BLOCK_N, WINDOW=window is not None, IEEE=q.dtype == torch.float32, FUSED=fused)
 
-    return triton, _decode_attn
+
+def _groups(H: int, Hkv: int) -> int:
+    if H % Hkv:
+        raise LengthwiseError(f"decode attention needs query heads ({H}) a multiple of kv heads ({Hkv})")
+    return H // Hkv
+
+
+def _last_contiguous(*ts):
+    return [t if t.stride(-1) == 1 else t.contiguous() for t in ts]
 
 
 def decode_attention(q, k, v, cu_k, used_k, scale: float, window: int | None = None, return_lse: bool = False):
     """q [B, H, D] (each sequence's newest position), k/v [S, Hkv, D] the layer's cache pool, cu_k [B+1]
     int32 region starts, used_k [B] int32 keys in use -> out [B, H, D] (and lse [B, H] float32, natural log
     of the scaled scores, -inf where a sequence sees no key)."""
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _build()
-    triton, kernel = _KERNEL
     B, H, D = q.shape
-    Hkv = k.shape[1]
-    if H % Hkv:
-        raise LengthwiseError(f"decode attention needs query heads ({H}) a multiple of kv heads ({Hkv})")
-    G = H // Hkv
-    q = q if q.stride(-1) == 1 else q.contiguous()
-    k = k if k.stride(-1) == 1 else k.contiguous()
-    v = v if v.stride(-1) == 1 else v.contiguous()
+    G = _groups(H, k.shape[1])
+    q, k, v = _last_contiguous(q, k, v)
     out = torch.empty_like(q)
     lse = torch.empty(B, H, dtype=torch.float32, device=q.device)
-    kernel[(B, Hkv)](
-        q, k, v, out, lse, cu_k, used_k,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        scale * math.log2(math.e), 0 if window is None else window,
-        G=G, D=D, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_D=max(16, triton.next_power_of_2(D)),
-        BLOCK_N=BLOCK_N, WINDOW=window is not None, IEEE=q.dtype == torch.float32)
+    _launch(q, k, v, out, lse, cu_k, used_k, scale, window, G, H)
     return (out, lse) if return_lse else out
+
+
+def rope_cache_decode(qkv, tables, k, v, slots, cu_k, used_k, scale: float, window: int | None = None):
+    """One fused decode step of a layer: qkv [B, H + 2 Hkv, D] (one new token per sequence, before RoPE,
+    heads laid out q | k | v as Attention.wqkv makes them), tables the step's RoPE Tables (cos and
+    sign-folded sin [B, 1, D], in qkv's dtype), k/v [S, Hkv, D] the layer's cache pool, slots [B] where the
+    new keys go, cu_k [B+1] int32 region starts, used_k [B] int32 keys in use counting the new one.
+
+    Rotates the queries and the new keys as Tables.apply does (same rounding), writes the new keys and
+    values to the cache, and returns attention out [B, H, D]: what Tables.apply, two index writes and
+    decode_attention compute in seven kernels, in one."""
+    B, C, D = qkv.shape
+    Hkv = k.shape[1]
+    H = C - 2 * Hkv
+    G = _groups(H, Hkv)
+    if tables.cos.shape[0] != B or slots.shape[0] != B or used_k.shape[0] != B:
+        raise LengthwiseError(f"fused decode needs one RoPE row, slot and key count per sequence ({B})")
+    qkv, k, v = _last_contiguous(qkv, k, v)
+    out = torch.empty(B, H, D, dtype=qkv.dtype, device=qkv.device)
+    lse = torch.empty(B, H, dtype=torch.float32, device=qkv.device)
+    _launch(qkv, k, v, out, lse, cu_k, used_k, scale, window, G, H, tables, slots)
+    return out

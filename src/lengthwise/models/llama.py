@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import AttnMeta, MaskPattern, attend
+from ..attention import AttnMeta, MaskPattern, attend, decode_kernel_applies
+from ..attention.triton_decode import rope_cache_decode
 from ..attention.two_region import attend_two_region
 from ..errors import LengthwiseError
 from ..positions import Linear, RoPE, Rotary, Rotation, Tables, YaRN, from_hf
@@ -124,6 +125,14 @@ class Attention(nn.Module):
     def forward(self, x, rots: "Rotations", step: "Step", layer: int):
         T, H, Hkv = x.shape[0], self.n_heads, self.n_kv_heads
         qkv = self.wqkv(x).view(T, H + 2 * Hkv, self.head_dim)  # one GEMM for q, k and v
+        mask = step.mask if self.window is None else MaskPattern(step.mask.causal, window=self.window)
+        cache = step.cache
+        if (cache is not None and rots.rot.far is None and step.meta.used_k is not None
+                and decode_kernel_applies(qkv[:, :H], step.meta, mask, step.backend)):
+            # a decode step on the GPU: RoPE, the cache writes and attention in one Triton kernel
+            y = rope_cache_decode(qkv, rots.near, cache.k[layer], cache.v[layer], step.slots, step.meta.cu_k,
+                                  step.meta.used_k, self.head_dim ** -0.5, mask.window)
+            return self.wo(y.reshape(T, -1))
         qk = rots.near.apply(qkv[:, :H + Hkv])  # queries and keys rotated in one pass
         q, k = qk[:, :H], qk[:, H:]  # [T, H, D], [T, Hkv, D]
         v = qkv[:, H + Hkv:]
@@ -131,7 +140,6 @@ class Attention(nn.Module):
         if far is not None:  # a remap: queries (and maybe keys) rotated again for the far region
             qf = rots.far_q.apply(qkv[:, :H])
             kf = k if rots.far_k is None else rots.far_k.apply(qkv[:, H:H + Hkv])
-        cache = step.cache
         if cache is not None:
             cache.k[layer, step.slots] = k
             cache.v[layer, step.slots] = v
@@ -143,7 +151,6 @@ class Attention(nn.Module):
                 if far.cos_k is not None:
                     cache.k_far[layer, step.slots] = kf
                 kf = k if far.cos_k is None else cache.k_far[layer]
-        mask = step.mask if self.window is None else MaskPattern(step.mask.causal, window=self.window)
         if far is None:
             y = attend(q, k, v, step.meta, mask, step.backend)  # [T, H, D]
         else:
