@@ -6,14 +6,15 @@ Checks, all on mixed-length packed batches:
   1. varlen attention kernels (bf16) against the float32 reference: plain causal, bidirectional,
      sliding window, GQA, decode against a ragged cache with gaps (seqused_k), and split-KV decode
      over long ragged caches (against float32 and against the one-pass kernel), and the Triton decode
-     kernel (GQA groups, head dims 64/128, windows; NaN-poisoned gaps);
+     kernel (GQA groups, head dims 64/128, windows; NaN-poisoned gaps), and the fused RoPE + cache write +
+     decode step (its cache rows bit for bit against Tables.apply's);
   2. smollm2-135m logits: the varlen backend against the reference backend, both bf16 weights
      (the backend's own error): ||diff|| / ||ref|| <= 2e-2 per sequence (max|diff| / max|ref| reported too). Reported beside it: varlen bf16
      against reference float32, and reference bf16 against reference float32 (bf16's own drift);
   3. greedy generation, varlen bf16 against reference float32 (agreement reported); CUDA-graph against
-     eager decode (agreement >= 0.9); split-KV (after prompts of 7900 and 3000 tokens) and the Triton
-     decode kernel against one-pass FlashAttention decode: logits of the same decode steps within the
-     bound, greedy agreement reported;
+     eager decode (agreement >= 0.9); each fast path on against off (split-KV after prompts of 7900 and
+     3000 tokens; the fused Triton decode step; the fused add+RMSNorm and SiLU*up layers): logits of the
+     same prefill and decode steps within the bound, greedy agreement reported;
   4. minilm-l6 embeddings, varlen bf16 against reference float32 (cosine per row);
   5. random Qwen2 (qkv bias) and Mistral (window 64) configs, logits as in 2.
 Writes $OUT/gpu_check.json (or benchmarks/results/) and exits non-zero if a bound fails.
@@ -182,8 +183,8 @@ class flag:
 
 
 def decode_logits(fast, ids, obj, attr, on, steps: int = 4):
-    """Logits of `steps` teacher-forced decode steps (the same fed tokens every time) after a packed prefill
-    into a ragged cache, with the flag obj.attr set to `on` for the decode steps."""
+    """Logits of a packed prefill into a ragged cache and of `steps` teacher-forced decode steps after it (the
+    same fed tokens every time), with the flag obj.attr set to `on`."""
     from lengthwise.models.llama import Step
     from lengthwise.ragged import RaggedBatch
     m, cfg = fast.module, fast.config
@@ -191,14 +192,14 @@ def decode_logits(fast, ids, obj, attr, on, steps: int = 4):
                           torch.bfloat16, "cuda", far_keys=m.rotary.far_keys)
     batch = RaggedBatch.from_lists(ids, "cuda")
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), flag(obj, attr, on):
         slots, positions, meta = cache.plan(torch.arange(len(ids), device="cuda"), batch.cu_seqlens.diff().long())
-        m(batch.tokens, positions, Step(meta, m.mask, "varlen", cache, slots), out_rows=batch.last_index)
+        out.append(m(batch.tokens, positions, Step(meta, m.mask, "varlen", cache, slots),
+                     out_rows=batch.last_index).float())
         fed = torch.tensor([s[0] for s in ids], device="cuda")
-        with flag(obj, attr, on):
-            for _ in range(steps):
-                slots, positions, meta = cache.plan_decode_all()
-                out.append(m(fed, positions, Step(meta, m.mask, "varlen", cache, slots)).float())
+        for _ in range(steps):
+            slots, positions, meta = cache.plan_decode_all()
+            out.append(m(fed, positions, Step(meta, m.mask, "varlen", cache, slots)).float())
     return torch.stack(out)
 
 
@@ -212,7 +213,7 @@ def decode_pair(name, fast, ids, obj, attr, baseline):
             return generate_ids(fast.module, ids, 32, set(), backend="varlen", cuda_graph=True)
     off = decode_logits(fast, ids, obj, attr, False)
     on = decode_logits(fast, ids, obj, attr, True)
-    record(f"smollm2-135m decode-step logits, {name} vs {baseline}", rel(on, off), BOUND)
+    record(f"smollm2-135m prefill and decode-step logits, {name} vs {baseline}", rel(on, off), BOUND)
     a, b = run(False), run(True)
     same = sum(x == y for p, q in zip(a, b) for x, y in zip(p, q)) / sum(len(p) for p in a)
     record(f"smollm2-135m greedy 32 tokens, {name} vs {baseline}: token agreement", same)
@@ -224,6 +225,14 @@ def triton_decode_generation(fast):
     g = torch.Generator().manual_seed(2)
     ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (5, 200, 3000, 17)]
     decode_pair("fused Triton decode step", fast, ids, attention, "TRITON_DECODE", "FlashAttention decode")
+
+
+def fused_layers_generation(fast):
+    """The fused residual add + RMSNorm and SiLU * up kernels (models/fused.py) on and off."""
+    from lengthwise.models import fused
+    g = torch.Generator().manual_seed(3)
+    ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (5, 200, 3000, 17)]
+    decode_pair("fused add+RMSNorm and SiLU*up", fast, ids, fused, "FUSED", "plain torch layers")
 
 
 def split_kv_generation(fast):
@@ -269,6 +278,7 @@ def main():
            higher_is_better=True)
     split_kv_generation(fast)
     triton_decode_generation(fast)
+    fused_layers_generation(fast)
     enc_f = lw.load("minilm-l6", device="cuda", dtype="bfloat16", backend="varlen")
     enc_r = lw.load("minilm-l6", device="cuda", dtype="float32", backend="reference")
     texts = ["hi", "a sentence of moderate length about packing", "long text " * 100]

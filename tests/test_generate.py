@@ -53,10 +53,11 @@ def test_random_model_generation_matches_hf(tmp_path, window):
 @pytest.mark.parametrize("kind,over", [("qwen2", {}), ("mistral", dict(sliding_window=8)),
                                        ("llama", dict(rope_scaling=dict(rope_type="yarn", factor=4.0,
                                                                         original_max_position_embeddings=128)))])
-def test_fused_decode_step_matches_hf(tmp_path, monkeypatch, kind, over):
-    """The GPU decode step's fused RoPE + cache write + attention kernel (triton_decode.rope_cache_decode, run
-    by Triton's interpreter here) in place of the unfused step, against HF generate: qkv bias, a sliding
-    window, YaRN's attention factor folded into the tables."""
+def test_fused_kernels_match_hf(tmp_path, monkeypatch, kind, over):
+    """The GPU path's Triton kernels, run by Triton's interpreter here, in place of the plain-torch layers:
+    the decode step's fused RoPE + cache write + attention (triton_decode.rope_cache_decode), and the fused
+    residual add + RMSNorm and SiLU * up (models/fused.py) in prefill and decode. Against HF generate and
+    against the unfused model's logits: qkv bias, a sliding window, YaRN's attention factor in the tables."""
     import os
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
@@ -70,17 +71,24 @@ def test_fused_decode_step_matches_hf(tmp_path, monkeypatch, kind, over):
         ok = meta.max_q == 1 and meta.cu_q.shape[0] == q.shape[0] + 1 and mask.causal
         fused.append(ok)
         return ok
+    layers = []
+
+    def layers_fused(x, backend):
+        layers.append(x.shape[0])
+        return True
     monkeypatch.setattr(llama, "decode_kernel_applies", applies)
+    monkeypatch.setattr(llama, "fused_applies", layers_fused)
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 211, (n,), generator=g).tolist() for n in (20, 3, 11)]
     ours = lm.generate_ids(prompts, max_new_tokens=12)
-    assert sum(fused) >= 11 * 2  # every decode step, every layer
+    assert sum(fused) >= 11 * 2 and layers[0] == 34 and layers[1:] == [3] * 11  # prefill, every decode step
     for o, p in zip(ours, prompts):
         assert o == _hf_greedy(hf, p, 12)
-    # the logits of three decode steps, fused against unfused (greedy tokens alone are too coarse a test)
+    # logits of a prefill and three decode steps, fused against unfused (greedy tokens alone are too coarse)
     runs = []
     for on in (True, False):
         monkeypatch.setattr(llama, "decode_kernel_applies", applies if on else lambda *a: False)
+        monkeypatch.setattr(llama, "fused_applies", lambda x, backend: on)
         runs.append(_decode_logits(lm, prompts, [ours[i][:3] for i in range(3)]))
     assert (runs[0] - runs[1]).norm() / runs[1].norm() < 1e-5
 
@@ -97,7 +105,8 @@ def _decode_logits(lm, prompts, feed):
     out = []
     with torch.inference_mode():
         slots, positions, meta = cache.plan(torch.arange(B), batch.cu_seqlens.diff().long())
-        lm.module(batch.tokens, positions, Step(meta, lm.module.mask, lm.backend, cache, slots))
+        out.append(lm.module(batch.tokens, positions, Step(meta, lm.module.mask, lm.backend, cache, slots),
+                             out_rows=batch.last_index))
         for j in range(len(feed[0])):
             slots, positions, meta = cache.plan_decode_all()
             tok = torch.tensor([f[j] for f in feed])

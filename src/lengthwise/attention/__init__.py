@@ -57,7 +57,8 @@ def _have_triton() -> bool:
 def _triton_decode_applies(q, meta: "AttnMeta", mask: MaskPattern, backend: str) -> bool:
     """A varlen decode step (one query per sequence, causal) with the Triton decode kernel switched on."""
     return (TRITON_DECODE and backend == "varlen" and meta.max_q == 1 and mask.causal
-            and meta.cu_q.shape[0] == q.shape[0] + 1 and _have_triton())
+            and meta.cu_q.shape[0] == q.shape[0] + 1 and _have_triton()
+            and not torch.compiler.is_compiling())  # a compiled step keeps FlashAttention: the compiler fuses
 
 
 def decode_kernel_applies(q, meta: "AttnMeta", mask: MaskPattern, backend: str) -> bool:

@@ -1,4 +1,4 @@
-"""Fused Triton kernels for the decode step of the Llama family: residual add + RMSNorm, and SiLU-and-multiply.
+"""Fused Triton kernels for the Llama family: residual add + RMSNorm, and SiLU-and-multiply (Llama.forward on the GPU).
 
 A decode step moves a few rows per layer, so in a CUDA graph its time goes to many tiny elementwise
 kernels (add, pow, mean, rsqrt, mul, cast; silu, mul). Each function here is one launch instead. Sizes
@@ -80,6 +80,20 @@ def _build():
         tl.store(out_ptr + t * H + cols, (silu * up).to(dt), mask=ok)
 
     return triton, _add_rms_norm, _silu_mul
+
+
+# On for the varlen backend where triton is installed (measured on an H100: docs/benchmarks.md);
+# LENGTHWISE_FUSED=0 turns it off. Read at call time, so a test or benchmark can flip it.
+FUSED = os.environ.get("LENGTHWISE_FUSED", "1") == "1"
+
+
+def fused_applies(x: torch.Tensor, backend: str) -> bool:
+    """The Llama layers run on these kernels: the GPU backend (varlen), a float32 residual stream on CUDA,
+    triton installed, and not inside torch.compile (which fuses on its own). The reference backend stays
+    the plain-torch twin they are checked against."""
+    from ..attention import _have_triton
+    return (FUSED and backend == "varlen" and x.is_cuda and x.dtype == torch.float32 and x.shape[-1] <= MAX_DIM
+            and _have_triton() and not torch.compiler.is_compiling())
 
 
 def _kernels():

@@ -14,6 +14,7 @@ from ..attention.two_region import attend_two_region
 from ..errors import LengthwiseError
 from ..positions import Linear, RoPE, Rotary, Rotation, Tables, YaRN, from_hf
 from . import fuse, residual_dtype
+from .fused import add_rms_norm, fused_applies, silu_mul
 
 
 @dataclass
@@ -164,7 +165,9 @@ class FeedForward(nn.Module):
         self.w13 = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)  # gate and up in one GEMM
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
 
-    def forward(self, x):
+    def forward(self, x, fused: bool = False):
+        if fused:  # SiLU(gate) * up in one Triton kernel (models/fused.py)
+            return self.w2(silu_mul(self.w13(x)))
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
 
@@ -235,12 +238,28 @@ class Llama(nn.Module):
         dtype = self.tok_embeddings.weight.dtype
         rots = Rotations.of(self.rotary(positions, step.meta), dtype)
         x = self.tok_embeddings(tokens).to(residual_dtype(dtype))  # [T, dim]
-        for i, layer in enumerate(self.layers):
-            x = layer(x, rots, step, i)
-        if out_rows is not None:
-            x = x[out_rows]
-        x = self.norm(x)
+        if fused_applies(x, step.backend):
+            x = self._fused_layers(x, rots, step, out_rows, dtype)
+        else:
+            for i, layer in enumerate(self.layers):
+                x = layer(x, rots, step, i)
+            if out_rows is not None:
+                x = x[out_rows]
+            x = self.norm(x)
         return F.linear(x, self.tok_embeddings.weight if self.output is None else self.output.weight)
+
+    def _fused_layers(self, x, rots, step, out_rows, dtype):
+        """The layers with each residual add fused into the norm after it, and SiLU(gate) * up fused
+        (models/fused.py): the same math as Block.forward, in fewer passes over the activations."""
+        y = None  # the last block output, not yet added to the residual x
+        for i, layer in enumerate(self.layers):
+            x, h = add_rms_norm(x, y, layer.attention_norm.weight, layer.attention_norm.eps, dtype)
+            y = layer.attention(h, rots, step, i)
+            x, h = add_rms_norm(x, y, layer.ffn_norm.weight, layer.ffn_norm.eps, dtype)
+            y = layer.feed_forward(h, fused=True)
+        if out_rows is not None:
+            x, y = x[out_rows], y[out_rows]
+        return add_rms_norm(x, y, self.norm.weight, self.norm.eps, dtype)[1]
 
 
 # One table adapts checkpoint names: (our name, HF name, GGUF name); {i} is the layer.
