@@ -135,7 +135,8 @@ def triton_decode(g):
             record(f"{name}: lse max |diff| (inf where the reference is)",
                    (lse[fin] - ref_lse[fin]).abs().max().item() if same_inf else float("inf"), BOUND)
             if window is None:
-                with flag(attention, "TRITON_DECODE", True):
+                from lengthwise.attention import split_kv as sk
+                with flag(attention, "TRITON_DECODE", True), flag(sk, "AUTO", False):  # the 5000 keys would split
                     routed = attend(q16, k16, v16, meta, mask, "varlen")
                 record(f"{name}: attend(varlen) with the flag on vs the kernel", rel(routed, out), 0.0)
     fused_step(g, lens, cap, cu, used, meta)
@@ -162,8 +163,13 @@ def fused_step(g, lens, cap, cu, used, meta):
             out = rope_cache_decode(qkv, tables, k2, v2, slots, cu, used1, D ** -0.5, window)
             qk = tables.apply(qkv[:, :(G + 1) * Hkv])
             name = f"kernel fused RoPE + cache write + decode G={G} Hkv={Hkv} D={D} window={window}"
-            exact = torch.equal(k2[slots], qk[:, G * Hkv:]) and torch.equal(v2[slots], qkv[:, (G + 1) * Hkv:])
-            record(f"{name}: cache rows differ from Tables.apply's", float(not exact), 0.0)
+            record(f"{name}: values in the cache differ from the step's", float(not torch.equal(
+                v2[slots], qkv[:, (G + 1) * Hkv:])), 0.0)
+            diff = (k2[slots].float() - qk[:, G * Hkv:].float()).abs()
+            record(f"{name}: rotated keys, share of elements that differ from Tables.apply's",
+                   (diff > 0).float().mean().item())
+            record(f"{name}: rotated keys, max |diff| / max |Tables.apply| (bf16's unit roundoff 3.9e-3)",
+                   rel_max(k2[slots], qk[:, G * Hkv:]), 4e-3)
             ref = attend(qk[:, :G * Hkv].float(), k2.float(), v2.float(), meta1, MaskPattern(True, window=window),
                          "reference")
             record(f"{name}: bf16 vs fp32 reference", rel(out, ref), BOUND)
@@ -232,7 +238,7 @@ def fused_layers_generation(fast):
     from lengthwise.models import fused
     g = torch.Generator().manual_seed(3)
     ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (5, 200, 3000, 17)]
-    decode_pair("fused add+RMSNorm and SiLU*up", fast, ids, fused, "FUSED", "plain torch layers")
+    decode_pair("fused layers (add+RMSNorm, RoPE + cache write, SiLU*up)", fast, ids, fused, "FUSED", "plain torch layers")
 
 
 def split_kv_generation(fast):

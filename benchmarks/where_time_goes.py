@@ -113,18 +113,37 @@ def decode_rows(variants: list[str]) -> list[dict]:
     return rows
 
 
+def prefill_rows() -> list[dict]:
+    """The 1.1B Llama on the long mix (256-8192 tokens, 48 prompts, 64k-token forwards), the fused layers
+    (models/fused.py) on and off: where the MFU target's time goes."""
+    from causal import make_1b
+    from lengthwise.models import fused
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        lm = lw.load(make_1b(Path(d)), device="cuda", dtype="bfloat16")
+        seqs = random_ids(mix("long", 48, seed=3), lm.config.vocab_size, seed=4, low=10)
+        saved = fused.FUSED
+        for on in (True, False):
+            fused.FUSED = on and saved
+            rows.append(measure(f"llama-1.1b prefill, long mix, 48 prompts{'' if on else ' (fused layers off)'}",
+                                lambda: lm.next_token_logits(seqs, max_tokens_per_forward=65536), reps=3))
+        fused.FUSED = saved
+    return rows
+
+
 @torch.inference_mode()
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="encoder,decode", help="comma list of: encoder, decode")
+    ap.add_argument("--parts", default="encoder,decode,prefill", help="comma list of: encoder, decode, prefill")
     ap.add_argument("--variants", default=",".join(DECODE_VARIANTS), help="decode-step variants, comma list of: "
                     + ", ".join(DECODE_VARIANTS))
     args = ap.parse_args()
     parts, variants = args.parts.split(","), args.variants.split(",")
-    bad = [v for v in variants if v not in DECODE_VARIANTS] + [p for p in parts if p not in ("encoder", "decode")]
+    bad = [v for v in variants if v not in DECODE_VARIANTS] + [p for p in parts if p not in ("encoder", "decode", "prefill")]
     if bad:
         raise SystemExit(f"unknown part or variant {bad[0]!r}: see --help")
-    rows = (encoder_rows() if "encoder" in parts else []) + (decode_rows(variants) if "decode" in parts else [])
+    rows = ((encoder_rows() if "encoder" in parts else []) + (decode_rows(variants) if "decode" in parts else [])
+            + (prefill_rows() if "prefill" in parts else []))
     out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,

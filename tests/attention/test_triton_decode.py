@@ -184,3 +184,30 @@ def test_fused_step_checks_its_rows():
     with pytest.raises(LengthwiseError, match="one RoPE row, slot and key count per sequence"):
         rope_cache_decode(torch.zeros(2, 5, 16), _rope_tables(3, 16, torch.float32, g), k, v,
                           torch.tensor([1, 5]), meta.cu_k, meta.used_k, 0.25)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("cache", [False, True])
+def test_rope_prefill_matches_tables_apply(cache, dtype):
+    """rope_prefill rotates queries and keys exactly as Tables.apply does, and with a cache writes the rotated
+    keys and the values to the given slots and nowhere else."""
+    from lengthwise.attention.triton_decode import rope_prefill
+    g = torch.Generator().manual_seed(11 + cache)
+    T, H, Hkv, D = 7, 6, 2, 64
+    qkv = torch.randn(T, H + 2 * Hkv, D, generator=g).to(dtype)
+    tables = _rope_tables(T, D, dtype, g)
+    want = tables.apply(qkv[:, :H + Hkv])
+    if not cache:
+        got = rope_prefill(qkv, tables, Hkv)
+        assert got.is_contiguous() and torch.equal(got, want)
+        return
+    k = torch.full((20, Hkv, D), float("nan"), dtype=dtype)
+    v = k.clone()
+    slots = torch.tensor([3, 4, 5, 10, 11, 12, 13])
+    got = rope_prefill(qkv, tables, Hkv, k, v, slots)
+    assert torch.equal(got, want)
+    assert torch.equal(k[slots], want[:, H:]) and torch.equal(v[slots], qkv[:, H + Hkv:])
+    rest = torch.ones(20, dtype=torch.bool)
+    rest[slots] = False
+    assert k[rest].isnan().all() and v[rest].isnan().all()
+    assert rope_prefill(qkv[:0], _rope_tables(0, D, dtype, g), Hkv).shape == (0, H + Hkv, D)

@@ -90,3 +90,26 @@ def decode_attn(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_ptr, used_ptr, c_ptr, s_
              out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
     lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
     tl.store(lse_ptr + b.to(tl.int64) * (G * tl.num_programs(1)) + heads, lse, mask=row_ok)
+
+
+@triton.jit
+def rope_qk(qkv_ptr, out_ptr, c_ptr, s_ptr, k_ptr, v_ptr, slot_ptr, s_t, s_h, so_t, so_h, sc_t, sk_s, sk_h,
+            sv_s, sv_h, H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_HEADS: tl.constexpr,
+            BLOCK_D: tl.constexpr, CACHE: tl.constexpr):
+    """One token per program: its queries and keys rotated into out [T, H + HKV, D]; with CACHE, its rotated
+    keys and its values also written to the cache rows at slot_ptr[t]."""
+    t = tl.program_id(0).to(tl.int64)
+    heads = tl.arange(0, BLOCK_HEADS)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (heads < H + HKV)[:, None] & (cols < D)[None, :]
+    x = rope(qkv_ptr, c_ptr + t * sc_t, s_ptr + t * sc_t, t * s_t + heads[:, None] * s_h, cols[None, :], mask, D)
+    tl.store(out_ptr + t * so_t + heads[:, None] * so_h + cols[None, :], x, mask=mask)
+    if CACHE:
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        kv = heads - H  # the key heads' rows of x
+        k_mask = mask & (heads >= H)[:, None]
+        tl.store(k_ptr + slot * sk_s + kv[:, None] * sk_h + cols[None, :], x, mask=k_mask)
+        v_heads = tl.arange(0, BLOCK_HEADS)
+        v_mask = (v_heads < HKV)[:, None] & (cols < D)[None, :]
+        v = tl.load(qkv_ptr + t * s_t + (H + HKV + v_heads[:, None]) * s_h + cols[None, :], mask=v_mask, other=0.0)
+        tl.store(v_ptr + slot * sv_s + v_heads[:, None] * sv_h + cols[None, :], v, mask=v_mask)

@@ -44,8 +44,8 @@ def _build():
     import triton
     if os.environ.get("TRITON_INTERPRET") == "1":
         _interpreter_index_fix()
-    from ._decode_kernel import decode_attn
-    return triton, decode_attn
+    from ._decode_kernel import decode_attn, rope_qk
+    return triton, decode_attn, rope_qk
 
 
 def _kernel():
@@ -56,7 +56,7 @@ def _kernel():
 
 
 def _launch(q, k, v, out, lse, cu_k, used_k, scale, window, G, H, tables=None, slots=None):
-    triton, kernel = _kernel()
+    triton, kernel, _ = _kernel()
     B, D, Hkv = q.shape[0], q.shape[-1], k.shape[1]
     fused = tables is not None
     cos, sin = (tables.cos, tables.sin) if fused else (q, q)  # unused pointers when not fused
@@ -110,4 +110,26 @@ def rope_cache_decode(qkv, tables, k, v, slots, cu_k, used_k, scale: float, wind
     out = torch.empty(B, H, D, dtype=qkv.dtype, device=qkv.device)
     lse = torch.empty(B, H, dtype=torch.float32, device=qkv.device)
     _launch(qkv, k, v, out, lse, cu_k, used_k, scale, window, G, H, tables, slots)
+    return out
+
+
+def rope_prefill(qkv, tables, n_kv_heads: int, k=None, v=None, slots=None):
+    """qkv [T, H + 2 Hkv, D] (before RoPE) -> q and k rotated as Tables.apply does (same rounding), as one
+    contiguous [T, H + Hkv, D]; given the layer's cache pool k/v [S, Hkv, D] and slots [T], the rotated keys
+    and the values are also written there. One kernel where Tables.apply and two index writes take six."""
+    T, C, D = qkv.shape
+    H = C - 2 * n_kv_heads
+    if tables.cos.shape[0] != T or (slots is not None and slots.shape[0] != T):
+        raise LengthwiseError(f"fused RoPE needs one table row and slot per token ({T})")
+    triton, _, kernel = _kernel()
+    qkv, cos, sin = _last_contiguous(qkv, tables.cos, tables.sin)
+    out = torch.empty(T, H + n_kv_heads, D, dtype=qkv.dtype, device=qkv.device)
+    if T == 0:
+        return out
+    cache = k is not None
+    k, v = (k, v) if cache else (out, out)  # placeholders the kernel never touches without CACHE
+    kernel[(T,)](qkv, out, cos, sin, k, v, slots if cache else cos, qkv.stride(0), qkv.stride(1), out.stride(0),
+                 out.stride(1), cos.stride(0), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                 H=H, HKV=n_kv_heads, D=D, BLOCK_HEADS=triton.next_power_of_2(H + n_kv_heads),
+                 BLOCK_D=triton.next_power_of_2(D), CACHE=cache)
     return out

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import AttnMeta, MaskPattern, attend, decode_kernel_applies
-from ..attention.triton_decode import rope_cache_decode
+from ..attention.triton_decode import rope_cache_decode, rope_prefill
 from ..attention.two_region import attend_two_region
 from ..errors import LengthwiseError
 from ..positions import Linear, RoPE, Rotary, Rotation, Tables, YaRN, from_hf
@@ -123,17 +123,24 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
 
-    def forward(self, x, rots: "Rotations", step: "Step", layer: int):
+    def forward(self, x, rots: "Rotations", step: "Step", layer: int, fused: bool = False):
+        """fused: the GPU path's Triton kernels (Llama.forward decides): RoPE and the cache writes in one."""
         T, H, Hkv = x.shape[0], self.n_heads, self.n_kv_heads
         qkv = self.wqkv(x).view(T, H + 2 * Hkv, self.head_dim)  # one GEMM for q, k and v
         mask = step.mask if self.window is None else MaskPattern(step.mask.causal, window=self.window)
         cache = step.cache
-        if (cache is not None and rots.rot.far is None and step.meta.used_k is not None
-                and decode_kernel_applies(qkv[:, :H], step.meta, mask, step.backend)):
-            # a decode step on the GPU: RoPE, the cache writes and attention in one Triton kernel
-            y = rope_cache_decode(qkv, rots.near, cache.k[layer], cache.v[layer], step.slots, step.meta.cu_k,
-                                  step.meta.used_k, self.head_dim ** -0.5, mask.window)
-            return self.wo(y.reshape(T, -1))
+        if rots.rot.far is None and (fused or cache is not None):
+            if (cache is not None and step.meta.used_k is not None
+                    and decode_kernel_applies(qkv[:, :H], step.meta, mask, step.backend)):
+                # a decode step on the GPU: RoPE, the cache writes and attention in one Triton kernel
+                y = rope_cache_decode(qkv, rots.near, cache.k[layer], cache.v[layer], step.slots, step.meta.cu_k,
+                                      step.meta.used_k, self.head_dim ** -0.5, mask.window)
+                return self.wo(y.reshape(T, -1))
+            if fused:  # RoPE for queries and keys, and the cache writes, in one Triton kernel
+                kv = () if cache is None else (cache.k[layer], cache.v[layer], step.slots)
+                qk = rope_prefill(qkv, rots.near, Hkv, *kv)
+                k, v = (qk[:, H:], qkv[:, H + Hkv:]) if cache is None else (cache.k[layer], cache.v[layer])
+                return self.wo(attend(qk[:, :H], k, v, step.meta, mask, step.backend).reshape(T, -1))
         qk = rots.near.apply(qkv[:, :H + Hkv])  # queries and keys rotated in one pass
         q, k = qk[:, :H], qk[:, H:]  # [T, H, D], [T, Hkv, D]
         v = qkv[:, H + Hkv:]
@@ -254,7 +261,7 @@ class Llama(nn.Module):
         y = None  # the last block output, not yet added to the residual x
         for i, layer in enumerate(self.layers):
             x, h = add_rms_norm(x, y, layer.attention_norm.weight, layer.attention_norm.eps, dtype)
-            y = layer.attention(h, rots, step, i)
+            y = layer.attention(h, rots, step, i, fused=True)
             x, h = add_rms_norm(x, y, layer.ffn_norm.weight, layer.ffn_norm.eps, dtype)
             y = layer.feed_forward(h, fused=True)
         if out_rows is not None:
