@@ -12,6 +12,7 @@ Opt-in through attend(): LENGTHWISE_TRITON_DECODE=1, until it is measured on the
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -48,6 +49,14 @@ def _build():
     return triton, decode_attn, rope_qk
 
 
+def on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it t's for the launch (on cuda:N with N not current);
+    a no-op on the current device and on the CPU (the interpreter)."""
+    if t.is_cuda and t.device.index is not None and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
 def _kernel():
     global _KERNEL
     if _KERNEL is None:
@@ -60,14 +69,17 @@ def _launch(q, k, v, out, lse, cu_k, used_k, scale, window, G, H, tables=None, s
     B, D, Hkv = q.shape[0], q.shape[-1], k.shape[1]
     fused = tables is not None
     cos, sin = (tables.cos, tables.sin) if fused else (q, q)  # unused pointers when not fused
-    kernel[(B, Hkv)](
-        q, k, v, out, lse, cu_k, used_k, cos, sin, slots if fused else used_k,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        cos.stride(0), scale * math.log2(math.e), 0 if window is None else window,
-        G=G, H=H, HKV=Hkv, D=D, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_D=max(16, triton.next_power_of_2(D)),
-        BLOCK_N=BLOCK_N, WINDOW=window is not None, IEEE=q.dtype == torch.float32, FUSED=fused,
-        enable_fp_fusion=not fused)  # no FMA contraction: RoPE rounds as Tables.apply does (measured: 24% of
-    # the rotated elements differ by an ulp on an H100 with it, none without)
+    with on_device(q):
+        kernel[(B, Hkv)](
+            q, k, v, out, lse, cu_k, used_k, cos, sin, slots if fused else used_k,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+            cos.stride(0), scale * math.log2(math.e), 0 if window is None else window,
+            G=G, H=H, HKV=Hkv, D=D, BLOCK_G=max(16, triton.next_power_of_2(G)),
+            BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_N=BLOCK_N, WINDOW=window is not None,
+            IEEE=q.dtype == torch.float32, FUSED=fused,
+            # no FMA contraction when fused: RoPE then rounds as Tables.apply does (on an H100, 24% of the
+            # rotated elements differed by an ulp with it, none without)
+            enable_fp_fusion=not fused)
 
 
 def _groups(H: int, Hkv: int) -> int:
@@ -130,8 +142,9 @@ def rope_prefill(qkv, tables, n_kv_heads: int, k=None, v=None, slots=None):
         return out
     cache = k is not None
     k, v = (k, v) if cache else (out, out)  # placeholders the kernel never touches without CACHE
-    kernel[(T,)](qkv, out, cos, sin, k, v, slots if cache else cos, qkv.stride(0), qkv.stride(1), out.stride(0),
-                 out.stride(1), cos.stride(0), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                 H=H, HKV=n_kv_heads, D=D, BLOCK_HEADS=triton.next_power_of_2(H + n_kv_heads),
-                 BLOCK_D=triton.next_power_of_2(D), CACHE=cache, enable_fp_fusion=False)  # as in _launch
+    with on_device(qkv):
+        kernel[(T,)](qkv, out, cos, sin, k, v, slots if cache else cos, qkv.stride(0), qkv.stride(1), out.stride(0),
+                     out.stride(1), cos.stride(0), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                     H=H, HKV=n_kv_heads, D=D, BLOCK_HEADS=triton.next_power_of_2(H + n_kv_heads),
+                     BLOCK_D=triton.next_power_of_2(D), CACHE=cache, enable_fp_fusion=False)  # as in _launch
     return out

@@ -15,6 +15,7 @@ import os
 
 import torch
 
+from ..attention.triton_decode import on_device
 from ..errors import LengthwiseError
 
 _KERNELS = None
@@ -130,8 +131,9 @@ def add_rms_norm(x, y, weight, eps: float, out_dtype: torch.dtype):
     weight = weight if weight.stride(0) == 1 else weight.contiguous()
     block = triton.next_power_of_2(dim)
     yk = x if y is None else y  # a placeholder the kernel never reads when HAS_Y is off
-    kernel[(T,)](x, yk, weight, residual, normed, x.stride(0), x.stride(1), yk.stride(0), yk.stride(1),
-                 float(eps), DIM=dim, BLOCK=block, HAS_Y=y is not None, num_warps=min(max(block // 256, 1), 8))
+    with on_device(x):
+        kernel[(T,)](x, yk, weight, residual, normed, x.stride(0), x.stride(1), yk.stride(0), yk.stride(1),
+                     float(eps), DIM=dim, BLOCK=block, HAS_Y=y is not None, num_warps=min(max(block // 256, 1), 8))
     return residual, normed
 
 
@@ -149,5 +151,6 @@ def silu_mul(gu):
         return out
     triton, _, kernel = _kernels()
     block = min(SILU_BLOCK, triton.next_power_of_2(h))
-    kernel[(T, triton.cdiv(h, block))](gu, out, gu.stride(0), gu.stride(1), H=h, BLOCK=block)
+    with on_device(gu):
+        kernel[(T, triton.cdiv(h, block))](gu, out, gu.stride(0), gu.stride(1), H=h, BLOCK=block)
     return out
