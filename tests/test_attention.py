@@ -162,6 +162,9 @@ def test_split_kv_policy(monkeypatch):
     assert split_kv.auto_splits(q1, one(1024), MaskPattern(causal=True), "varlen") == 1
     assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True, window=64), "varlen") == 1
     assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True), "reference") == 1
+    # a step where one of two sequences gets no new token: max_q is 1 but it is no decode step (no split)
+    skip = AttnMeta(torch.tensor([0, 1, 1], dtype=torch.int32), 1, torch.tensor([0, 131072, 262144]), 131072)
+    assert split_kv.auto_splits(q1, skip, MaskPattern(causal=True), "varlen") == 1
     meta64 = AttnMeta(torch.arange(65, dtype=torch.int32), 1, torch.arange(65) * 8192, 8192)
     assert split_kv.auto_splits(q64, meta64, MaskPattern(causal=True), "varlen") == 1  # 576 blocks already
     prefill = AttnMeta(torch.tensor([0, 5], dtype=torch.int32), 5, torch.tensor([0, 5]), 5)

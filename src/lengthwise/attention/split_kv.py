@@ -25,6 +25,8 @@ def auto_splits(q: torch.Tensor, meta, mask, backend: str) -> int:
     """How many chunks a decode step's keys go in: 1 (no split) unless it is a long, narrow decode step."""
     if not AUTO or backend != "varlen" or meta.max_q != 1 or mask.window is not None or not mask.causal:
         return 1
+    if meta.cu_q.shape[0] != q.shape[0] + 1:  # a step where some sequence has no new query: not a decode step
+        return 1
     blocks = q.shape[0] * q.shape[1]  # (sequence, head) pairs
     s = min(-(-2 * SMS // blocks), meta.max_k // MIN_CHUNK)
     return max(1, 1 << (max(s, 1).bit_length() - 1))  # a power of two: few distinct graph shapes

@@ -124,7 +124,10 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
 
     def forward(self, x, rots: "Rotations", step: "Step", layer: int, fused: bool = False):
-        """fused: the GPU path's Triton kernels (Llama.forward decides): RoPE and the cache writes in one."""
+        """fused: the fused layers are on (Llama.forward decides, models/fused.py): RoPE and the cache writes in
+        one Triton kernel. A decode step on the GPU takes the fused decode step (RoPE, cache writes and
+        attention in one kernel) whenever attention.decode_kernel_applies, whatever `fused` says: that one
+        follows LENGTHWISE_TRITON_DECODE."""
         T, H, Hkv = x.shape[0], self.n_heads, self.n_kv_heads
         qkv = self.wqkv(x).view(T, H + 2 * Hkv, self.head_dim)  # one GEMM for q, k and v
         mask = step.mask if self.window is None else MaskPattern(step.mask.causal, window=self.window)
