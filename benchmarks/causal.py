@@ -116,6 +116,22 @@ def prefill(models, args, workdir, peak):
                 if m is not None:
                     systems[label] = lambda ends, m=m: m.next_token_logits(seqs, max_tokens_per_forward=65536, on_group=lambda g: (
                         ends.append((torch.cuda.Event(enable_timing=True), len(g))), ends[-1][0].record()))
+            if args.triton_prefill:
+                from lengthwise import attention
+
+                def triton_prefill(ends, run=systems["lengthwise"]):
+                    attention.TRITON_PREFILL = True
+                    try:
+                        return run(ends)
+                    finally:
+                        attention.TRITON_PREFILL = False
+                with torch.inference_mode():
+                    attention.TRITON_PREFILL = True
+                    got_t = lm.next_token_logits(seqs[:24])
+                    attention.TRITON_PREFILL = False
+                err_t = ((got_t.float() - want.float()).norm() / want.float().norm()).item()
+                assert err_t <= bound, f"{name} {mix_name}: Triton prefill logits off the reference by {err_t:.3g}"
+                systems["lengthwise+triton-prefill"] = triton_prefill
             flops = model_flops(lm.config, lens)
             for sysname, fn in systems.items():
                 ttft_run(fn)  # warm-up
@@ -217,6 +233,7 @@ def main():
     ap.add_argument("--models", default="smollm2-135m,llama-1b")
     ap.add_argument("--mixes", default="lognormal,bimodal,long")
     ap.add_argument("--compile", action="store_true", help="add lengthwise+compile rows")
+    ap.add_argument("--triton-prefill", action="store_true", help="add a row with the opt-in Triton prefill kernel")
     args = ap.parse_args()
     smol = locate_embedded(EMBEDDED["smollm2-135m"])
     peak, bw = matmul_tflops(), copy_gbps()

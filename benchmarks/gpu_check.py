@@ -77,6 +77,7 @@ def kernels():
     split_kv(g, D)
     triton_decode(g)
     rope_prefill_exact(g)
+    triton_prefill(g)
 
 
 def decode_step(lens, active, spare, D, g):
@@ -189,6 +190,24 @@ class flag:
         setattr(self.obj, self.attr, self.saved)
 
 
+def triton_prefill(g):
+    """The opt-in Triton prefill kernel (bf16) on packed causal batches against float32: MHA and GQA 8:1 and
+    3:1, lengths across its 128-query blocks, with and without a window."""
+    from lengthwise.attention.triton_prefill import prefill_attention
+    lens = [1, 100, 128, 129, 3000, 8192]
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    meta = AttnMeta.packed(cu, max(lens))
+    T = sum(lens)
+    for H, Hkv, D in [(8, 8, 64), (32, 4, 64), (9, 3, 64), (8, 2, 128)]:
+        q = torch.randn(T, H, D, device="cuda", generator=g).bfloat16()
+        k, v = (torch.randn(T, Hkv, D, device="cuda", generator=g).bfloat16() for _ in range(2))
+        for window in (None, 48):
+            ref = attend(q.float(), k.float(), v.float(), meta, MaskPattern(True, window=window), "reference")
+            out = prefill_attention(q, k, v, cu, D ** -0.5, window)
+            record(f"kernel Triton prefill H={H} Hkv={Hkv} D={D} window={window}, lens {lens}: bf16 vs fp32 "
+                   "reference", rel(out, ref), BOUND)
+
+
 def rope_prefill_exact(g):
     """The fused prefill RoPE (rope_prefill) against Tables.apply, bit for bit, in bf16 and fp16, with the
     cache writes."""
@@ -266,6 +285,18 @@ def fused_layers_generation(fast):
                 "plain torch layers")
 
 
+def triton_prefill_logits(fast):
+    """smollm2-135m logits of a packed batch with the opt-in Triton prefill kernel on against off."""
+    from lengthwise import attention
+    g = torch.Generator().manual_seed(4)
+    ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (5, 200, 3000, 129)]
+    off = fast.logits(ids)
+    with flag(attention, "TRITON_PREFILL", True):
+        on = fast.logits(ids)
+    record("smollm2-135m logits, Triton prefill kernel vs FlashAttention-2 prefill",
+           max(rel(a, b) for a, b in zip(on, off)), BOUND)
+
+
 def split_kv_generation(fast):
     """Split-KV on and off for two long prompts within the trained context (7900 keys: 2 chunks each)."""
     from lengthwise.attention import split_kv as sk
@@ -310,6 +341,7 @@ def main():
     split_kv_generation(fast)
     triton_decode_generation(fast)
     fused_layers_generation(fast)
+    triton_prefill_logits(fast)
     enc_f = lw.load("minilm-l6", device="cuda", dtype="bfloat16", backend="varlen")
     enc_r = lw.load("minilm-l6", device="cuda", dtype="float32", backend="reference")
     texts = ["hi", "a sentence of moderate length about packing", "long text " * 100]

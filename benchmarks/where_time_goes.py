@@ -122,12 +122,15 @@ def prefill_rows() -> list[dict]:
     with tempfile.TemporaryDirectory() as d:
         lm = lw.load(make_1b(Path(d)), device="cuda", dtype="bfloat16")
         seqs = random_ids(mix("long", 48, seed=3), lm.config.vocab_size, seed=4, low=10)
-        saved = fused.FUSED
-        for on in (True, False):
-            fused.FUSED = on and saved
-            rows.append(measure(f"llama-1.1b prefill, long mix, 48 prompts{'' if on else ' (fused layers off)'}",
+        from lengthwise import attention
+        saved, saved_tp = fused.FUSED, attention.TRITON_PREFILL
+        for label, on, tp in [("", True, False), (" (Triton prefill attention)", True, True),
+                              (" (fused layers off)", False, False)]:
+            fused.FUSED, attention.TRITON_PREFILL = on and saved, tp
+            lm.next_token_logits(seqs[:4], max_tokens_per_forward=65536)  # autotune outside the timing
+            rows.append(measure(f"llama-1.1b prefill, long mix, 48 prompts{label}",
                                 lambda: lm.next_token_logits(seqs, max_tokens_per_forward=65536), reps=3))
-        fused.FUSED = saved
+        fused.FUSED, attention.TRITON_PREFILL = saved, saved_tp
     return rows
 
 

@@ -61,6 +61,17 @@ def _triton_decode_applies(q, meta: "AttnMeta", mask: MaskPattern, backend: str)
             and not torch.compiler.is_compiling())  # a compiled step keeps FlashAttention: the compiler fuses
 
 
+# The Triton prefill kernel (triton_prefill.py): opt-in until it is measured against FlashAttention-2.
+TRITON_PREFILL = os.environ.get("LENGTHWISE_TRITON_PREFILL", "0") == "1"
+
+
+def _triton_prefill_applies(q, k, meta: "AttnMeta", mask: MaskPattern, backend: str, return_lse: bool) -> bool:
+    """A varlen packed causal self-attention (prefill without a cache) with the Triton prefill kernel on."""
+    return (TRITON_PREFILL and backend == "varlen" and mask.causal and not return_lse and meta.used_k is None
+            and (meta.cu_q is meta.cu_k) and q.shape[0] == k.shape[0] and meta.max_q > 1 and _have_triton()
+            and not torch.compiler.is_compiling())
+
+
 def decode_kernel_applies(q, meta: "AttnMeta", mask: MaskPattern, backend: str) -> bool:
     """attend() would run this step on the Triton decode kernel: a varlen decode step that split-KV leaves
     whole (short keys, or many sequences). Also the condition for the model's fused RoPE + cache write +
@@ -101,6 +112,9 @@ def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: str = "reference
         return decode_attention(q, k, v, meta.cu_k, used, scale, mask.window, return_lse)
     if s > 1:
         return attend_split(q, k, v, meta, mask, backend, scale, s, return_lse)
+    if _triton_prefill_applies(q, k, meta, mask, backend, return_lse):
+        from .triton_prefill import prefill_attention
+        return prefill_attention(q, k, v, meta.cu_q, scale, mask.window)
     if backend == "reference":
         return attend_reference(q, k, v, meta, mask, scale, return_lse)
     if backend == "cpu_flash":

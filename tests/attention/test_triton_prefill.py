@@ -1,0 +1,68 @@
+"""The Triton prefill kernel (run by Triton's interpreter on the CPU) against the float64 reference backend."""
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET") != "1":  # tests/conftest.py sets it on a machine without CUDA
+    pytest.skip("the kernel runs on CPU tensors under TRITON_INTERPRET=1 only", allow_module_level=True)
+
+from lengthwise.attention import AttnMeta, MaskPattern, attend
+from lengthwise.attention.triton_prefill import BLOCK_M, block_table, prefill_attention
+
+
+def packed(lens, H, Hkv, D, g, dtype=torch.float32):
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
+    T = sum(lens)
+    q = torch.randn(T, H, D, generator=g).to(dtype)
+    k, v = (torch.randn(T, Hkv, D, generator=g).to(dtype) for _ in range(2))
+    return q, k, v, AttnMeta.packed(cu, max(lens))
+
+
+@pytest.mark.parametrize("window", [None, 1, 70])
+@pytest.mark.parametrize("G", [1, 3])
+def test_prefill_matches_float64_reference(G, window):
+    """Sequences shorter than, equal to and across block edges (BLOCK_M 128, BLOCK_N 64)."""
+    g = torch.Generator().manual_seed(G * 10 + (window or 0))
+    q, k, v, meta = packed([1, 5, 64, 128, 129, 300], 2 * G, 2, 32, g)
+    out = prefill_attention(q, k, v, meta.cu_q, 0.3, window)
+    ref = attend(q.double(), k.double(), v.double(), meta, MaskPattern(causal=True, window=window), "reference", 0.3)
+    assert out.shape == q.shape and not out.isnan().any()
+    assert (out.double() - ref).abs().max() < 1e-5
+
+
+def test_prefill_float16():
+    g = torch.Generator().manual_seed(2)
+    q, k, v, meta = packed([7, 200, 130], 4, 2, 64, g, torch.float16)
+    out = prefill_attention(q, k, v, meta.cu_q, 64 ** -0.5)
+    ref = attend(q.double(), k.double(), v.double(), meta, MaskPattern(causal=True), "reference")
+    assert out.dtype == torch.float16 and (out.double() - ref).norm() / ref.norm() < 1e-3
+
+
+def test_block_table_covers_every_query_once_heaviest_first():
+    cu = torch.tensor([0, 1, 129, 130, 500, 756], dtype=torch.int32)  # lengths 1, 128, 1, 370, 256
+    seq, start, count = block_table(cu, 756)
+    n = int(count)
+    assert n == 1 + 1 + 1 + 3 + 2 and seq.numel() == 756 // BLOCK_M + 5
+    blocks = sorted(zip(seq[:n].tolist(), start[:n].tolist()))
+    assert blocks == [(0, 0), (1, 0), (2, 0), (3, 0), (3, 128), (3, 256), (4, 0), (4, 128)]
+    assert start[:n].tolist() == sorted(start[:n].tolist(), reverse=True)
+
+
+def test_attend_routes_packed_causal_prefill_only(monkeypatch):
+    from lengthwise import attention
+    g = torch.Generator().manual_seed(3)
+    q, k, v, meta = packed([3, 140], 2, 1, 32, g)
+    monkeypatch.setattr(attention, "TRITON_PREFILL", True)
+    app = attention._triton_prefill_applies
+    assert app(q, k, meta, MaskPattern(causal=True), "varlen", False)
+    assert not app(q, k, meta, MaskPattern(causal=False), "varlen", False)  # bidirectional: FlashAttention
+    assert not app(q, k, meta, MaskPattern(causal=True), "varlen", True)  # the LSE is FlashAttention's
+    assert not app(q, k, meta, MaskPattern(causal=True), "reference", False)
+    cached = AttnMeta(meta.cu_q, meta.max_q, meta.cu_q.clone(), meta.max_k)  # keys in a cache region
+    assert not app(q, k, cached, MaskPattern(causal=True), "varlen", False)
+    routed = attend(q, k, v, meta, MaskPattern(causal=True), "varlen")  # on the CPU only the kernel can serve it
+    assert torch.equal(routed, prefill_attention(q, k, v, meta.cu_q, 32 ** -0.5))
+    monkeypatch.setattr(attention, "TRITON_PREFILL", False)
+    assert not app(q, k, meta, MaskPattern(causal=True), "varlen", False)
