@@ -119,19 +119,22 @@ def prefill(models, args, workdir, peak):
             if args.triton_prefill:
                 from lengthwise import attention
 
-                def triton_prefill(ends, run=systems["lengthwise"]):
-                    attention.TRITON_PREFILL = True
+                saved = attention.TRITON_PREFILL, attention.TRITON_PREFILL_MIN
+
+                def triton_prefill(ends, run=systems["lengthwise"], on=True):
+                    attention.TRITON_PREFILL, attention.TRITON_PREFILL_MIN = on, 0
                     try:
                         return run(ends)
                     finally:
-                        attention.TRITON_PREFILL = False
+                        attention.TRITON_PREFILL, attention.TRITON_PREFILL_MIN = saved
                 with torch.inference_mode():
-                    attention.TRITON_PREFILL = True
+                    attention.TRITON_PREFILL, attention.TRITON_PREFILL_MIN = True, 0
                     got_t = lm.next_token_logits(seqs[:24])
-                    attention.TRITON_PREFILL = False
+                    attention.TRITON_PREFILL, attention.TRITON_PREFILL_MIN = saved
                 err_t = ((got_t.float() - want.float()).norm() / want.float().norm()).item()
                 assert err_t <= bound, f"{name} {mix_name}: Triton prefill logits off the reference by {err_t:.3g}"
-                systems["lengthwise+triton-prefill"] = triton_prefill
+                systems["lengthwise+triton-prefill"] = triton_prefill  # on for every pack
+                systems["lengthwise+flash-prefill"] = lambda ends: triton_prefill(ends, on=False)  # FA2 only
             flops = model_flops(lm.config, lens)
             for sysname, fn in systems.items():
                 ttft_run(fn)  # warm-up
@@ -233,7 +236,7 @@ def main():
     ap.add_argument("--models", default="smollm2-135m,llama-1b")
     ap.add_argument("--mixes", default="lognormal,bimodal,long")
     ap.add_argument("--compile", action="store_true", help="add lengthwise+compile rows")
-    ap.add_argument("--triton-prefill", action="store_true", help="add a row with the opt-in Triton prefill kernel")
+    ap.add_argument("--triton-prefill", action="store_true", help="add rows with the Triton prefill kernel on for every pack, and off")
     args = ap.parse_args()
     smol = locate_embedded(EMBEDDED["smollm2-135m"])
     peak, bw = matmul_tflops(), copy_gbps()

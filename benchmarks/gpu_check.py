@@ -191,7 +191,7 @@ class flag:
 
 
 def triton_prefill(g):
-    """The opt-in Triton prefill kernel (bf16) on packed causal batches against float32: MHA and GQA 8:1 and
+    """The Triton prefill kernel (bf16) on packed causal batches against float32: MHA and GQA 8:1 and
     3:1, lengths across its 128-query blocks, with and without a window."""
     from lengthwise.attention.triton_prefill import prefill_attention
     lens = [1, 100, 128, 129, 3000, 8192]
@@ -286,12 +286,13 @@ def fused_layers_generation(fast):
 
 
 def triton_prefill_logits(fast):
-    """smollm2-135m logits of a packed batch with the opt-in Triton prefill kernel on against off."""
+    """smollm2-135m logits of a packed batch with the Triton prefill kernel on (every pack) against off."""
     from lengthwise import attention
     g = torch.Generator().manual_seed(4)
     ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (5, 200, 3000, 129)]
-    off = fast.logits(ids)
-    with flag(attention, "TRITON_PREFILL", True):
+    with flag(attention, "TRITON_PREFILL", False):
+        off = fast.logits(ids)
+    with flag(attention, "TRITON_PREFILL", True), flag(attention, "TRITON_PREFILL_MIN", 0):
         on = fast.logits(ids)
     record("smollm2-135m logits, Triton prefill kernel vs FlashAttention-2 prefill",
            max(rel(a, b) for a, b in zip(on, off)), BOUND)

@@ -124,8 +124,8 @@ def prefill_rows() -> list[dict]:
         seqs = random_ids(mix("long", 48, seed=3), lm.config.vocab_size, seed=4, low=10)
         from lengthwise import attention
         saved, saved_tp = fused.FUSED, attention.TRITON_PREFILL
-        for label, on, tp in [("", True, False), (" (Triton prefill attention)", True, True),
-                              (" (fused layers off)", False, False)]:
+        for label, on, tp in [("", True, saved_tp), (" (FlashAttention-2 prefill)", True, False),
+                              (" (fused layers off, FlashAttention-2)", False, False)]:
             fused.FUSED, attention.TRITON_PREFILL = on and saved, tp
             lm.next_token_logits(seqs[:4], max_tokens_per_forward=65536)  # autotune outside the timing
             rows.append(measure(f"llama-1.1b prefill, long mix, 48 prompts{label}",

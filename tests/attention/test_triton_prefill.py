@@ -56,6 +56,9 @@ def test_attend_routes_packed_causal_prefill_only(monkeypatch):
     q, k, v, meta = packed([3, 140], 2, 1, 32, g)
     monkeypatch.setattr(attention, "TRITON_PREFILL", True)
     app = attention._triton_prefill_applies
+    monkeypatch.setattr(attention, "TRITON_PREFILL_MIN", 141)  # the longest sequence here has 140 tokens
+    assert not app(q, k, meta, MaskPattern(causal=True), "varlen", False)
+    monkeypatch.setattr(attention, "TRITON_PREFILL_MIN", 140)
     assert app(q, k, meta, MaskPattern(causal=True), "varlen", False)
     assert not app(q, k, meta, MaskPattern(causal=False), "varlen", False)  # bidirectional: FlashAttention
     assert not app(q, k, meta, MaskPattern(causal=True), "varlen", True)  # the LSE is FlashAttention's

@@ -61,15 +61,21 @@ def _triton_decode_applies(q, meta: "AttnMeta", mask: MaskPattern, backend: str)
             and not torch.compiler.is_compiling())  # a compiled step keeps FlashAttention: the compiler fuses
 
 
-# The Triton prefill kernel (triton_prefill.py): opt-in until it is measured against FlashAttention-2.
-TRITON_PREFILL = os.environ.get("LENGTHWISE_TRITON_PREFILL", "0") == "1"
+# The Triton prefill kernel (triton_prefill.py) takes packed causal prefills whose longest sequence has at
+# least TRITON_PREFILL_MIN tokens. Measured on an H100 against FlashAttention-2 (docs/benchmarks.md): 1.36x
+# faster attention on the 1.1B long mix (256-8192 tokens), +11% SmolLM2 prefill there; on mixes of at most
+# 512 tokens it was -2.5% to -32%, so shorter packs stay on FlashAttention. LENGTHWISE_TRITON_PREFILL=0
+# turns it off; LENGTHWISE_TRITON_PREFILL_MIN moves the threshold.
+TRITON_PREFILL = os.environ.get("LENGTHWISE_TRITON_PREFILL", "1") == "1"
+TRITON_PREFILL_MIN = int(os.environ.get("LENGTHWISE_TRITON_PREFILL_MIN", "1024"))
 
 
 def _triton_prefill_applies(q, k, meta: "AttnMeta", mask: MaskPattern, backend: str, return_lse: bool) -> bool:
-    """A varlen packed causal self-attention (prefill without a cache) with the Triton prefill kernel on."""
+    """A varlen packed causal self-attention (prefill without a cache) with the Triton prefill kernel on,
+    whose longest sequence reaches TRITON_PREFILL_MIN."""
     return (TRITON_PREFILL and backend == "varlen" and mask.causal and not return_lse and meta.used_k is None
-            and (meta.cu_q is meta.cu_k) and q.shape[0] == k.shape[0] and meta.max_q > 1 and _have_triton()
-            and not torch.compiler.is_compiling())
+            and (meta.cu_q is meta.cu_k) and q.shape[0] == k.shape[0] and meta.max_q >= max(TRITON_PREFILL_MIN, 2)
+            and q.shape[-1] <= 256 and _have_triton() and not torch.compiler.is_compiling())
 
 
 def decode_kernel_applies(q, meta: "AttnMeta", mask: MaskPattern, backend: str) -> bool:
