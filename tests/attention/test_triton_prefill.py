@@ -69,3 +69,26 @@ def test_attend_routes_packed_causal_prefill_only(monkeypatch):
     assert torch.equal(routed, prefill_attention(q, k, v, meta.cu_q, 32 ** -0.5))
     monkeypatch.setattr(attention, "TRITON_PREFILL", False)
     assert not app(q, k, meta, MaskPattern(causal=True), "varlen", False)
+
+
+def test_prefill_odd_head_dim_gqa_window_and_strided_views():
+    """D padded inside the kernel (80), GQA 4:1, a window, q/k/v as views of one packed qkv tensor."""
+    g = torch.Generator().manual_seed(9)
+    lens, H, Hkv, D = [129, 7, 200], 8, 2, 80
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
+    qkv = torch.randn(sum(lens), H + 2 * Hkv, D, generator=g)
+    q, k, v = qkv[:, :H], qkv[:, H:H + Hkv], qkv[:, H + Hkv:]
+    meta = AttnMeta.packed(cu, max(lens))
+    out = prefill_attention(q, k, v, cu, D ** -0.5, 33)
+    ref = attend(q.double(), k.double(), v.double(), meta, MaskPattern(causal=True, window=33), "reference")
+    assert (out.double() - ref).abs().max() < 1e-5
+
+
+def test_prefill_rejects_what_it_cannot_serve():
+    from lengthwise import LengthwiseError
+    z = torch.zeros(4, 3, 16)
+    cu = torch.tensor([0, 4], dtype=torch.int32)
+    with pytest.raises(LengthwiseError, match="multiple of kv heads"):
+        prefill_attention(z, torch.zeros(4, 2, 16), torch.zeros(4, 2, 16), cu, 1.0)
+    with pytest.raises(LengthwiseError, match="packed self-attention"):
+        prefill_attention(z, torch.zeros(5, 3, 16), torch.zeros(5, 3, 16), cu, 1.0)
