@@ -92,3 +92,15 @@ def test_prefill_rejects_what_it_cannot_serve():
         prefill_attention(z, torch.zeros(4, 2, 16), torch.zeros(4, 2, 16), cu, 1.0)
     with pytest.raises(LengthwiseError, match="packed self-attention"):
         prefill_attention(z, torch.zeros(5, 3, 16), torch.zeros(5, 3, 16), cu, 1.0)
+    with pytest.raises(LengthwiseError, match="v shaped as k"):
+        prefill_attention(z, torch.zeros(4, 3, 16), torch.zeros(4, 3, 8), cu, 1.0)
+
+
+def test_prefill_columns_with_a_stride():
+    """A last dimension that is not contiguous is copied first: the kernel steps columns by 1."""
+    g = torch.Generator().manual_seed(12)
+    q, k, v, meta = packed([9, 130], 4, 2, 32, g)
+    q2 = torch.randn(q.shape[0], 4, 64, generator=g)[..., ::2]
+    q2.copy_(q)
+    assert q2.stride(-1) == 2
+    assert torch.equal(prefill_attention(q2, k, v, meta.cu_q, 0.2), prefill_attention(q, k, v, meta.cu_q, 0.2))

@@ -17,7 +17,7 @@ import os
 import torch
 
 from ..errors import LengthwiseError
-from .triton_decode import _interpreter_index_fix, on_device
+from .triton_decode import _interpreter_index_fix, _last_contiguous, on_device
 
 BLOCK_M = 128  # queries per program (the block table is built for it)
 _KERNELS = None
@@ -57,9 +57,10 @@ def prefill_attention(q, k, v, cu, scale: float, window: int | None = None):
     global _KERNELS
     T, H, D = q.shape
     Hkv = k.shape[1]
-    if H % Hkv or k.shape[0] != T or D > 256:
+    if H % Hkv or k.shape[0] != T or v.shape != k.shape or k.shape[2] != D or D > 256:
         raise LengthwiseError(f"prefill attention needs packed self-attention with query heads ({H}) a multiple "
-                              f"of kv heads ({Hkv}) and head dim <= 256 (got {D})")
+                              f"of kv heads ({Hkv}), v shaped as k, and head dim <= 256 (got {D})")
+    q, k, v = _last_contiguous(q, k, v)  # the kernel steps columns by 1
     out = torch.empty_like(q)
     if T == 0:
         return out
