@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import bar_plot, copy_gbps, matmul_tflops, mix, padded, peak_mem_gib, random_ids, save, sync, table, timed
+from common import bar_plot, copy_gbps, flag, matmul_tflops, mix, padded, peak_mem_gib, random_ids, save, sync, table, timed
 
 import lengthwise as lw
 from lengthwise.generate import generate_ids
@@ -119,18 +119,12 @@ def prefill(models, args, workdir, peak):
             if args.triton_prefill:
                 from lengthwise import attention
 
-                saved = attention.TRITON_PREFILL, attention.TRITON_PREFILL_MIN
-
                 def triton_prefill(ends, run=systems["lengthwise"], on=True):
-                    attention.TRITON_PREFILL, attention.TRITON_PREFILL_MIN = on, 0
-                    try:
+                    with flag(attention, "TRITON_PREFILL", on), flag(attention, "TRITON_PREFILL_MIN", 0):
                         return run(ends)
-                    finally:
-                        attention.TRITON_PREFILL, attention.TRITON_PREFILL_MIN = saved
-                with torch.inference_mode():
-                    attention.TRITON_PREFILL, attention.TRITON_PREFILL_MIN = True, 0
+                with torch.inference_mode(), flag(attention, "TRITON_PREFILL", True), \
+                        flag(attention, "TRITON_PREFILL_MIN", 0):
                     got_t = lm.next_token_logits(seqs[:24])
-                    attention.TRITON_PREFILL, attention.TRITON_PREFILL_MIN = saved
                 err_t = ((got_t.float() - want.float()).norm() / want.float().norm()).item()
                 assert err_t <= bound, f"{name} {mix_name}: Triton prefill logits off the reference by {err_t:.3g}"
                 systems["lengthwise+triton-prefill"] = triton_prefill  # on for every pack
@@ -193,11 +187,8 @@ def generation(folder, args, bw):
     from lengthwise import attention
     if attention._have_triton() and attention.TRITON_DECODE:
         def ours_flash():  # the decode step on FlashAttention's varlen kernel, RoPE and cache writes unfused
-            attention.TRITON_DECODE = False
-            try:
+            with flag(attention, "TRITON_DECODE", False):
                 return ours()
-            finally:
-                attention.TRITON_DECODE = True
         t = ours_flash()
         print(f"fused Triton decode step vs FlashAttention decode: token agreement "
               f"{sum(p == q for x, y in zip(a, t) for p, q in zip(x, y)) / (B * new):.1%}", flush=True)

@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: length mixes, timing, ceilings, results (JSON + PNG)."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -168,3 +169,14 @@ def table(rows: list[dict], cols: list[str]) -> str:
     lines = [" | ".join(cols), " | ".join("---" for _ in cols)]
     lines += [" | ".join(fmt(r.get(c, "")) for c in cols) for r in rows]
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def flag(obj, attr, value):
+    """Set a module flag (e.g. lengthwise.attention.TRITON_PREFILL) for a with-block; the old value comes back after."""
+    saved = getattr(obj, attr)
+    setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, saved)

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import lengthwise as lw  # noqa: E402
 from lengthwise.attention import AttnMeta, MaskPattern, attend  # noqa: E402
 from lengthwise.kv import RaggedKVCache  # noqa: E402
+from common import flag  # noqa: E402  (benchmarks/common.py: this script's folder is on sys.path)
 
 BOUND = 2e-2
 rows, failed = [], []
@@ -175,19 +176,6 @@ def fused_step(g, lens, cap, cu, used, meta):
             ref = attend(qk[:, :G * Hkv].float(), k2.float(), v2.float(), meta1, MaskPattern(True, window=window),
                          "reference")
             record(f"{name}: bf16 vs fp32 reference", rel(out, ref), BOUND)
-
-
-class flag:
-    """Set a module flag for a with-block and put the old value back after."""
-    def __init__(self, obj, attr, value):
-        self.obj, self.attr, self.value = obj, attr, value
-
-    def __enter__(self):
-        self.saved = getattr(self.obj, self.attr)
-        setattr(self.obj, self.attr, self.value)
-
-    def __exit__(self, *exc):
-        setattr(self.obj, self.attr, self.saved)
 
 
 def triton_prefill(g):

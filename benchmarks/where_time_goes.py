@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, mix, random_ids, sync
+from common import ROOT, flag, mix, random_ids, sync
 from torch.profiler import ProfilerActivity, profile
 
 import lengthwise as lw
@@ -94,22 +94,23 @@ def decode_rows(variants: list[str]) -> list[dict]:
     seqs = random_ids(mix("lognormal", 64, seed=5), smol.config.vocab_size, low=10)
     from lengthwise import attention
     for variant in variants:
-        saved = attention.TRITON_DECODE
-        attention.TRITON_DECODE = saved and variant != "flash"  # read when the graph is captured
-        m = lw.load("smollm2-135m", device="cuda", dtype="bfloat16", compile=True) if variant == "compile" else smol
-        cfg = m.config
-        cache = RaggedKVCache(cfg.n_layers, [len(s) + 129 for s in seqs], cfg.n_kv_heads, cfg.head_dim, torch.bfloat16, "cuda")
-        batch = RaggedBatch.from_lists(seqs, "cuda")
-        slots, positions, meta = cache.plan(torch.arange(len(seqs), device="cuda"), batch.cu_seqlens.diff().long())
-        m.module(batch.tokens, positions, Step(meta, m.module.mask, m.backend, cache, slots), out_rows=batch.last_index)
-        graph = GraphDecoder(m.module, cache, m.backend, compile_step=variant == "static")
-        tok = torch.ones(len(seqs), dtype=torch.long, device="cuda")
+        with flag(attention, "TRITON_DECODE", attention.TRITON_DECODE and variant != "flash"):  # read at capture
+            m = lw.load("smollm2-135m", device="cuda", dtype="bfloat16", compile=True) if variant == "compile" else smol
+            cfg = m.config
+            cache = RaggedKVCache(cfg.n_layers, [len(s) + 129 for s in seqs], cfg.n_kv_heads, cfg.head_dim,
+                                  torch.bfloat16, "cuda")
+            batch = RaggedBatch.from_lists(seqs, "cuda")
+            slots, positions, meta = cache.plan(torch.arange(len(seqs), device="cuda"), batch.cu_seqlens.diff().long())
+            m.module(batch.tokens, positions, Step(meta, m.module.mask, m.backend, cache, slots),
+                     out_rows=batch.last_index)
+            graph = GraphDecoder(m.module, cache, m.backend, compile_step=variant == "static")
+            tok = torch.ones(len(seqs), dtype=torch.long, device="cuda")
 
-        def step():
-            graph(tok)
-            cache.length -= 1  # replay the same step: the profile of one decode step
-        rows.append(measure(f"smollm2-135m decode step, 64 sequences, CUDA graph{DECODE_VARIANTS[variant]}", step, reps=50))
-        attention.TRITON_DECODE = saved
+            def step():
+                graph(tok)
+                cache.length -= 1  # replay the same step: the profile of one decode step
+            rows.append(measure(f"smollm2-135m decode step, 64 sequences, CUDA graph{DECODE_VARIANTS[variant]}",
+                                step, reps=50))
     return rows
 
 
@@ -123,14 +124,13 @@ def prefill_rows() -> list[dict]:
         lm = lw.load(make_1b(Path(d)), device="cuda", dtype="bfloat16")
         seqs = random_ids(mix("long", 48, seed=3), lm.config.vocab_size, seed=4, low=10)
         from lengthwise import attention
-        saved, saved_tp = fused.FUSED, attention.TRITON_PREFILL
-        for label, on, tp in [("", True, saved_tp), (" (FlashAttention-2 prefill)", True, False),
+        for label, on, tp in [("", fused.FUSED, attention.TRITON_PREFILL),
+                              (" (FlashAttention-2 prefill)", fused.FUSED, False),
                               (" (fused layers off, FlashAttention-2)", False, False)]:
-            fused.FUSED, attention.TRITON_PREFILL = on and saved, tp
-            lm.next_token_logits(seqs[:4], max_tokens_per_forward=65536)  # autotune outside the timing
-            rows.append(measure(f"llama-1.1b prefill, long mix, 48 prompts{label}",
-                                lambda: lm.next_token_logits(seqs, max_tokens_per_forward=65536), reps=3))
-        fused.FUSED, attention.TRITON_PREFILL = saved, saved_tp
+            with flag(fused, "FUSED", on), flag(attention, "TRITON_PREFILL", tp):
+                lm.next_token_logits(seqs[:4], max_tokens_per_forward=65536)  # autotune outside the timing
+                rows.append(measure(f"llama-1.1b prefill, long mix, 48 prompts{label}",
+                                    lambda: lm.next_token_logits(seqs, max_tokens_per_forward=65536), reps=3))
     return rows
 
 

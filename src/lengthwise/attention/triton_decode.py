@@ -51,7 +51,7 @@ def _build():
     import triton
     if os.environ.get("TRITON_INTERPRET") == "1":
         _interpreter_index_fix()
-    from ._decode_kernel import decode_attn, rope_qk
+    from ._kernels import decode_attn, rope_qk
     return triton, decode_attn, rope_qk
 
 

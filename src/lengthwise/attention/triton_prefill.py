@@ -11,30 +11,28 @@ LENGTHWISE_TRITON_PREFILL=0 turns it off. TRITON_INTERPRET=1 runs it on CPU tens
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
 import torch
 
 from ..errors import LengthwiseError
-from .triton_decode import _interpreter_index_fix, _last_contiguous, on_device
+from .triton_decode import _kernel, _last_contiguous, on_device
 
 BLOCK_M = 128  # queries per program (the block table is built for it)
-_KERNELS = None
 
 
+@functools.cache
 def _build():
-    import triton
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if interpret:
-        _interpreter_index_fix()
-    from ._prefill_kernel import prefill_attn
-    if interpret:  # one config: the interpreter would run every candidate
+    """-> (triton, the kernel, its autotuned form or None under the interpreter, which would run every config)."""
+    triton = _kernel()[0]  # imports triton, with the interpreter's fixes when TRITON_INTERPRET=1
+    from ._kernels import prefill_attn
+    if os.environ.get("TRITON_INTERPRET") == "1":
         return triton, prefill_attn, None
     configs = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
                for bn in (64, 128) for w in (4, 8) for st in (2, 3, 4)]
-    tuned = triton.autotune(configs=configs, key=["D", "G", "WINDOW"])(prefill_attn)
-    return triton, prefill_attn, tuned
+    return triton, prefill_attn, triton.autotune(configs=configs, key=["D", "G", "WINDOW"])(prefill_attn)
 
 
 def block_table(cu: torch.Tensor, T: int):
@@ -54,7 +52,6 @@ def block_table(cu: torch.Tensor, T: int):
 
 def prefill_attention(q, k, v, cu, scale: float, window: int | None = None):
     """q [T, H, D], k/v [T, Hkv, D] of packed sequences (cu [B+1] int32), causal -> out [T, H, D]."""
-    global _KERNELS
     T, H, D = q.shape
     Hkv = k.shape[1]
     if H % Hkv or k.shape[0] != T or v.shape != k.shape or k.shape[2] != D or D > 256:
@@ -64,9 +61,7 @@ def prefill_attention(q, k, v, cu, scale: float, window: int | None = None):
     out = torch.empty_like(q)
     if T == 0:
         return out
-    if _KERNELS is None:
-        _KERNELS = _build()
-    triton, plain, tuned = _KERNELS
+    triton, plain, tuned = _build()
     bseq, bstart, count = block_table(cu, T)
     args = (q, k, v, out, cu, bseq, bstart, count, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             v.stride(0), v.stride(1), out.stride(0), out.stride(1), scale * math.log2(math.e),

@@ -132,22 +132,21 @@ class Attention(nn.Module):
         qkv = self.wqkv(x).view(T, H + 2 * Hkv, self.head_dim)  # one GEMM for q, k and v
         mask = step.mask if self.window is None else MaskPattern(step.mask.causal, window=self.window)
         cache = step.cache
-        if rots.rot.far is None and (fused or cache is not None):
-            if (cache is not None and step.meta.used_k is not None
-                    and decode_kernel_applies(qkv[:, :H], step.meta, mask, step.backend)):
-                # a decode step on the GPU: RoPE, the cache writes and attention in one Triton kernel
-                y = rope_cache_decode(qkv, rots.near, cache.k[layer], cache.v[layer], step.slots, step.meta.cu_k,
-                                      step.meta.used_k, self.head_dim ** -0.5, mask.window)
-                return self.wo(y.reshape(T, -1))
-            if fused:  # RoPE for queries and keys, and the cache writes, in one Triton kernel
-                kv = () if cache is None else (cache.k[layer], cache.v[layer], step.slots)
-                qk = rope_prefill(qkv, rots.near, Hkv, *kv)
-                k, v = (qk[:, H:], qkv[:, H + Hkv:]) if cache is None else (cache.k[layer], cache.v[layer])
-                return self.wo(attend(qk[:, :H], k, v, step.meta, mask, step.backend).reshape(T, -1))
+        far = rots.rot.far
+        if (far is None and cache is not None and step.meta.used_k is not None
+                and decode_kernel_applies(qkv[:, :H], step.meta, mask, step.backend)):
+            # a decode step on the GPU: RoPE, the cache writes and attention in one Triton kernel
+            y = rope_cache_decode(qkv, rots.near, cache.k[layer], cache.v[layer], step.slots, step.meta.cu_k,
+                                  step.meta.used_k, self.head_dim ** -0.5, mask.window)
+            return self.wo(y.reshape(T, -1))
+        if far is None and fused:  # RoPE for queries and keys, and the cache writes, in one Triton kernel
+            kv = () if cache is None else (cache.k[layer], cache.v[layer], step.slots)
+            qk = rope_prefill(qkv, rots.near, Hkv, *kv)
+            k, v = (qk[:, H:], qkv[:, H + Hkv:]) if cache is None else (cache.k[layer], cache.v[layer])
+            return self.wo(attend(qk[:, :H], k, v, step.meta, mask, step.backend).reshape(T, -1))
         qk = rots.near.apply(qkv[:, :H + Hkv])  # queries and keys rotated in one pass
         q, k = qk[:, :H], qk[:, H:]  # [T, H, D], [T, Hkv, D]
         v = qkv[:, H + Hkv:]
-        far = rots.rot.far
         if far is not None:  # a remap: queries (and maybe keys) rotated again for the far region
             qf = rots.far_q.apply(qkv[:, :H])
             kf = k if rots.far_k is None else rots.far_k.apply(qkv[:, H:H + Hkv])

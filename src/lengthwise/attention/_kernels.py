@@ -1,4 +1,5 @@
-"""The Triton source of triton_decode.py's kernels: imported on first use, so lengthwise imports without triton."""
+"""The Triton source of triton_decode.py's and triton_prefill.py's kernels: imported on first use, so lengthwise
+imports without triton."""
 import triton
 import triton.language as tl
 
@@ -12,6 +13,29 @@ def rope(x_ptr, c_ptr, s_ptr, rows, cols, mask, D: tl.constexpr):
     c = tl.load(c_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     return ((x * c).to(dt).to(tl.float32) + (xr * s).to(dt).to(tl.float32)).to(dt)
+
+@triton.jit
+def scores(q, k, qk_scale, IEEE: tl.constexpr):
+    """q [M, D] . k [N, D]^T, scaled (log2 units): fp32 accumulation, exact fp32 products when IEEE."""
+    if IEEE:
+        return tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+    return tl.dot(q, tl.trans(k)) * qk_scale
+
+
+@triton.jit
+def online_step(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
+    """One key block of an online softmax: s [M, N] scores (-inf where masked), v [N, D] -> (m_i, l_i, acc).
+    A row whose scores are all -inf so far keeps l_i = 0 and acc = 0."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    if IEEE:
+        pv = tl.dot(p, v, input_precision="ieee")
+    else:
+        pv = tl.dot(p.to(v.dtype), v)
+    return m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None] + pv
+
 
 @triton.jit
 def decode_attn(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_ptr, used_ptr, c_ptr, s_ptr, slot_ptr,
@@ -60,21 +84,8 @@ def decode_attn(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_ptr, used_ptr, c_ptr, s_
         kv_mask = key_ok[:, None] & col_ok[None, :]  # never touch rows past used: they may be NaN
         k = tl.load(k_ptr + rows_k[:, None] * sk_s + kvh * sk_h + cols[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_ptr + rows_k[:, None] * sv_s + kvh * sv_h + cols[None, :], mask=kv_mask, other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = tl.where(key_ok[None, :], s * qk_scale, float("-inf"))  # [BLOCK_G, BLOCK_N]
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every block holds at least one key
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            pv = tl.dot(p, v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        s = tl.where(key_ok[None, :], scores(q, k, qk_scale, IEEE), float("-inf"))  # [BLOCK_G, BLOCK_N]
+        m_i, l_i, acc = online_step(s, v, m_i, l_i, acc, IEEE)
     if FUSED:  # the new key, at distance 0: always seen
         s_new = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * qk_scale  # [BLOCK_G]
         m_new = tl.maximum(m_i, s_new)
@@ -113,3 +124,58 @@ def rope_qk(qkv_ptr, out_ptr, c_ptr, s_ptr, k_ptr, v_ptr, slot_ptr, s_t, s_h, so
         v_mask = (v_heads < HKV)[:, None] & (cols < D)[None, :]
         v = tl.load(qkv_ptr + t * s_t + (H + HKV + v_heads[:, None]) * s_h + cols[None, :], mask=v_mask, other=0.0)
         tl.store(v_ptr + slot * sv_s + v_heads[:, None] * sv_h + cols[None, :], v, mask=v_mask)
+
+
+@triton.jit
+def prefill_attn(q_ptr, k_ptr, v_ptr, o_ptr, cu_ptr, bseq_ptr, bstart_ptr, n_blocks_ptr,
+                 sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, so_t, so_h, qk_scale, window,
+                 G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, IEEE: tl.constexpr):
+    """One program per (query block, head): BLOCK_M queries of one sequence against its keys up to the last
+    of them (causal), online softmax in fp32 (log2 units). Blocks come from a table, heaviest first."""
+    j = tl.program_id(0)
+    h = tl.program_id(1)
+    if j >= tl.load(n_blocks_ptr):
+        return
+    seq = tl.load(bseq_ptr + j)
+    start = tl.load(bstart_ptr + j)  # first query row of the block, within its sequence
+    base = tl.load(cu_ptr + seq).to(tl.int64)
+    n = tl.load(cu_ptr + seq + 1) - tl.load(cu_ptr + seq)
+    kvh = h // G
+    rows = start + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < n
+    col_ok = cols < D
+    q = tl.load(q_ptr + (base + rows.to(tl.int64))[:, None] * sq_t + h * sq_h + cols[None, :],
+                mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    hi = tl.minimum(start + BLOCK_M, n)  # keys past the block's last query are masked for all its rows
+    lo = 0
+    if WINDOW:
+        lo = tl.maximum(start - window + 1, 0) // BLOCK_N * BLOCK_N  # the first row sees distance < window
+    full = tl.maximum(start // BLOCK_N * BLOCK_N, lo)  # blocks before `full` need no causal mask
+    if WINDOW:
+        full = lo  # a window masks every block
+    for s0 in range(lo, full, BLOCK_N):  # below the diagonal: no mask
+        offs = s0 + tl.arange(0, BLOCK_N)
+        kr = (base + offs.to(tl.int64))
+        k = tl.load(k_ptr + kr[:, None] * sk_t + kvh * sk_h + cols[None, :], mask=col_ok[None, :], other=0.0)
+        v = tl.load(v_ptr + kr[:, None] * sv_t + kvh * sv_h + cols[None, :], mask=col_ok[None, :], other=0.0)
+        m_i, l_i, acc = online_step(scores(q, k, qk_scale, IEEE), v, m_i, l_i, acc, IEEE)
+    for s0 in range(full, hi, BLOCK_N):  # the diagonal (and window edges): masked
+        offs = s0 + tl.arange(0, BLOCK_N)
+        key_ok = offs < n
+        kr = (base + offs.to(tl.int64))
+        kv_mask = key_ok[:, None] & col_ok[None, :]
+        k = tl.load(k_ptr + kr[:, None] * sk_t + kvh * sk_h + cols[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + kr[:, None] * sv_t + kvh * sv_h + cols[None, :], mask=kv_mask, other=0.0)
+        ok = (offs[None, :] <= rows[:, None]) & key_ok[None, :]
+        if WINDOW:
+            ok = ok & (offs[None, :] > rows[:, None] - window)
+        m_i, l_i, acc = online_step(tl.where(ok, scores(q, k, qk_scale, IEEE), float("-inf")), v, m_i, l_i, acc,
+                                    IEEE)
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(o_ptr + (base + rows.to(tl.int64))[:, None] * so_t + h * so_h + cols[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
