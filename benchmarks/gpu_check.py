@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -311,6 +312,36 @@ def causal_model(name, lens=(1, 7, 64, 300, 1000)):
     return fast, ref
 
 
+def encoder_fast_paths(texts):
+    """The encoder's GPU-only choices against the float32 reference, on minilm-l6 and a random bert-base:
+    cuBLASLt's GELU epilogue (tanh form) for erf-GELU models, and residual="model" (a bf16 stream)."""
+    import tempfile
+    import transformers
+    from lengthwise.models import bert
+    from lengthwise.models.load import EMBEDDED, locate_embedded
+    x = torch.randn(4096, 768, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(3072, 768, device="cuda", dtype=torch.bfloat16) / 768 ** 0.5
+    bias = torch.randn(3072, device="cuda", dtype=torch.bfloat16)
+    exact = torch.nn.functional.gelu(x.double() @ w.double().T + bias.double())
+    record("GELU epilogue (cuBLASLt, tanh form) vs float64 erf GELU", rel(torch._addmm_activation(bias, x, w.T, use_gelu=True), exact), BOUND)
+    record("unfused bf16 GELU vs float64 erf GELU (bf16's own drift)", rel(torch.nn.functional.gelu(x @ w.T + bias), exact))
+    with tempfile.TemporaryDirectory() as d:
+        torch.manual_seed(0)
+        transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False).save_pretrained(f"{d}/bert-base")
+        for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copy(locate_embedded(EMBEDDED["minilm-l6"]) / f, f"{d}/bert-base/{f}")
+        long = texts + ["words " * n for n in (7, 60, 200, 500)]
+        for name in ("minilm-l6", f"{d}/bert-base"):
+            ref = torch.tensor(lw.load(name, device="cuda", dtype="float32", backend="reference").embed(long, truncate=True))
+            short = Path(name).name
+            for residual in ("float32", "model"):
+                for epi in (False, True):
+                    with flag(bert, "GELU_EPILOGUE", epi):
+                        e = torch.tensor(lw.load(name, device="cuda", dtype="bfloat16", residual=residual).embed(long, truncate=True))
+                    record(f"{short} embeddings bf16, residual={residual}, GELU epilogue {'on' if epi else 'off'}, vs fp32 "
+                           "reference", rel(e, ref), BOUND)
+
+
 def main():
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     kernels()
@@ -337,6 +368,7 @@ def main():
     ef, er = torch.tensor(enc_f.embed(texts)), torch.tensor(enc_r.embed(texts))
     record("minilm-l6 embeddings bf16 varlen vs fp32 reference: min cosine",
            torch.nn.functional.cosine_similarity(ef, er).min().item(), 0.999, higher_is_better=True)
+    encoder_fast_paths(texts)
     import tempfile
     import transformers
     with tempfile.TemporaryDirectory() as d:

@@ -36,17 +36,18 @@ class _Loaded:
             raise LengthwiseError(f"{self.path} ships no tokenizer: pass token ids instead of text")
         return self.tokenizer
 
-    def _fit(self, ids: list[list[int]], limit: int, truncate: bool, keep: str, what: str) -> list[list[int]]:
-        """Check each sequence against the context limit; cut it only when truncate is asked for."""
-        out = []
-        for i, s in enumerate(ids):
-            if len(s) == 0:
+    def _fit(self, ids: Sequence[Sequence[int]], limit: int, truncate: bool, keep: str, what: str) -> list:
+        """Check each sequence against the context limit; cut it only when truncate is asked for. Sequences
+        that fit are passed on as given, not copied: on a GPU this loop runs before the first forward."""
+        out = list(ids)
+        for i, s in enumerate(out):
+            n = len(s)
+            if n == 0:
                 raise LengthwiseError(f"input {i} is empty: every input needs at least one token")
-            if len(s) > limit:
+            if n > limit:
                 if not truncate:
-                    raise InputTooLong(i, len(s), limit, what, "shorten it or pass truncate=True")
-                s = s[:limit] if keep == "head" else s[len(s) - limit:]
-            out.append(list(s))
+                    raise InputTooLong(i, n, limit, what, "shorten it or pass truncate=True")
+                out[i] = list(s[:limit] if keep == "head" else s[n - limit:])
         return out
 
     def __repr__(self):
@@ -86,7 +87,7 @@ class CausalLM(_Loaded):
     def logits(self, seqs: Sequence[Sequence[int]], max_tokens_per_forward: int = 32768,
                truncate: bool = False) -> list[torch.Tensor]:
         """Per-sequence logits [len_i, vocab], float32 on CPU, from packed forwards (no padding)."""
-        seqs = self._fit([list(s) for s in seqs], self.context_length, truncate, "tail", self._reach_text)
+        seqs = self._fit(seqs, self.context_length, truncate, "tail", self._reach_text)
         out: list[torch.Tensor] = [None] * len(seqs)  # type: ignore[list-item]
         for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device)
@@ -102,7 +103,7 @@ class CausalLM(_Loaded):
 
         The LM head runs on B rows, not T: what time-to-first-token needs.
         """
-        seqs = self._fit([list(s) for s in seqs], self.context_length, truncate, "tail", self._reach_text)
+        seqs = self._fit(seqs, self.context_length, truncate, "tail", self._reach_text)
         out = torch.empty(len(seqs), self.config.vocab_size, dtype=self.dtype, device=self.device)
         for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device)
@@ -156,10 +157,11 @@ class Encoder(_Loaded):
     @torch.inference_mode()
     def embed_ids(self, seqs: Sequence[Sequence[int]], max_tokens_per_forward: int = 16384,
                   truncate: bool = False, progress: Progress = None) -> np.ndarray:
-        seqs = self._fit([list(s) for s in seqs], self.max_seq_length, truncate, "head", "this encoder takes")
+        seqs = self._fit(seqs, self.max_seq_length, truncate, "head", "this encoder takes")
         if truncate and self.tokenizer is not None and self.tokenizer.sep_token_id is not None:
             # a cut BERT input still ends with [SEP], as sentence-transformers does
-            seqs = [s if s[-1] == self.tokenizer.sep_token_id else s[:-1] + [self.tokenizer.sep_token_id] for s in seqs]
+            sep = self.tokenizer.sep_token_id
+            seqs = [s if s[-1] == sep else list(s[:-1]) + [sep] for s in seqs]
         out = torch.empty(len(seqs), self.dim, dtype=torch.float32, device=self.device)
         done = 0
         for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
@@ -200,12 +202,16 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, backend: str = "auto", compile: bool = False,
-         positions: "str | RoPE | None" = None) -> CausalLM | Encoder:
+         positions: "str | RoPE | None" = None, residual: str | None = None) -> CausalLM | Encoder:
     """Load an embedded model by name, an HF folder (config.json + safetensors) or a .gguf file.
 
     positions picks a position scheme for RoPE models, e.g. "yarn:factor=4" or
     lw.positions.SelfExtend(group=8, window=1024) (see lengthwise.positions); None keeps the
     checkpoint's own.
+
+    residual picks the dtype of a BERT encoder's stream between layers: "float32" (the default) or
+    "model" (the weights' dtype, as HF runs it; post-LN rounds each LayerNorm output once, and in bf16 this
+    halves the memory traffic between the GEMMs).
 
     compile=True runs the forward through torch.compile (dynamic shapes: one compile serves every
     pack size), fusing norms, RoPE and activations; worth it for long runs on a GPU.
@@ -223,7 +229,11 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
     if scheme is not None and ck.family != "llama":
         raise LengthwiseError(f"--positions {scheme.spec()}: {ck.arch} models use learned absolute positions, "
                               "not RoPE; position schemes apply to RoPE models (Llama, Qwen2, Mistral)")
-    module = L.build_module(ck, dtype, dev, **({"positions": scheme} if scheme is not None else {}))
+    if residual is not None and ck.family != "bert":
+        raise LengthwiseError(f"residual={residual!r}: {ck.arch} is a pre-LN model whose residual stream stays "
+                              "float32; the option applies to BERT-family encoders")
+    kw = {"positions": scheme} if scheme is not None else {"residual": residual} if residual is not None else {}
+    module = L.build_module(ck, dtype, dev, **kw)
     if compile:
         module.forward = torch.compile(module.forward, dynamic=True)
     tok = L.load_tokenizer(path)

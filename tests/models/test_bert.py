@@ -81,3 +81,56 @@ def test_encoder_context_rule(minilm):
     from sentence_transformers import SentenceTransformer
     st = SentenceTransformer(str(minilm.path), device="cpu")  # it truncates to 256 silently
     assert _cos_rows(e, st.encode([long]))[0] >= 0.99999
+
+
+def _hf_mean(hf, seqs):
+    with torch.no_grad():
+        return np.stack([hf(torch.tensor([s])).last_hidden_state[0].double().mean(0).numpy() for s in seqs])
+
+
+def test_bf16_residual_is_hf_bf16(tmp_path):
+    """residual="model" keeps the stream in the weights' dtype, as HF runs BERT in bf16: our bf16 outputs
+    sit as close to HF's bf16 as to the float32 model, and the float32 stream stays the default."""
+    hf, folder = _tiny_bert(tmp_path)
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (3, 40, 128, 17)]
+    ref32 = _hf_mean(hf, seqs)
+    hf16 = _hf_mean(hf.to(torch.bfloat16), seqs)
+    ours = {r: lw.load(folder, device="cpu", dtype="bfloat16", residual=r).embed_ids(seqs) for r in ("float32", "model")}
+    assert lw.load(folder, device="cpu", dtype="bfloat16").module.residual == "float32"
+
+    def err(a, b):
+        return np.linalg.norm(a - b) / np.linalg.norm(b)
+    assert err(ours["model"], ref32) < 2e-2 and err(ours["float32"], ref32) < 2e-2
+    assert err(ours["model"], hf16) < err(hf16, ref32)  # nearer to HF's own bf16 than bf16 is to float32
+    assert err(ours["model"], ours["float32"]) > 0  # the option does change the stream
+
+
+def test_fused_add_layer_norm_path(tmp_path, monkeypatch):
+    """The GPU path's fused add + LayerNorm (models/fused.py, run by Triton's interpreter here) in the
+    BERT blocks: the same embeddings as the plain ops, for both residual dtypes."""
+    pytest.importorskip("triton")
+    import os
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the kernels run on CPU tensors under TRITON_INTERPRET=1 only")
+    from lengthwise.models import bert
+    _, folder = _tiny_bert(tmp_path)
+    g = torch.Generator().manual_seed(2)
+    seqs = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (5, 64, 1, 30)]
+    for dtype, residual in (("float32", "float32"), ("bfloat16", "model"), ("bfloat16", "float32")):
+        enc = lw.load(folder, device="cpu", dtype=dtype, residual=residual)
+        calls = []
+        monkeypatch.setattr(bert, "fused_applies", lambda x, backend, dtypes: calls.append(x.dtype) or True)
+        fused = enc.embed_ids(seqs)
+        monkeypatch.setattr(bert, "fused_applies", lambda x, backend, dtypes: False)
+        plain = enc.embed_ids(seqs)
+        assert len(calls) == 2 and set(calls) == {torch.float32 if residual == "float32" else torch.bfloat16}
+        tol = 1e-6 if dtype == "float32" else 4e-3  # bf16: float32 reduction order may flip a rounding
+        assert np.linalg.norm(fused - plain) / np.linalg.norm(plain) < tol, (dtype, residual)
+
+
+def test_residual_option_errors():
+    with pytest.raises(lw.LengthwiseError, match="unknown residual 'half': choose one of float32, model"):
+        lw.load("minilm-l6", device="cpu", residual="half")
+    with pytest.raises(lw.LengthwiseError, match="applies to BERT-family encoders"):
+        lw.load("smollm2-135m", device="cpu", residual="model")

@@ -13,7 +13,7 @@ from conftest import rel_err
 
 from lengthwise import LengthwiseError
 from lengthwise.models import fused
-from lengthwise.models.fused import add_rms_norm, silu_mul
+from lengthwise.models.fused import add_layer_norm, add_rms_norm, silu_mul
 
 U = {torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}  # unit roundoff
 
@@ -37,7 +37,7 @@ def agrees(a, ref, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])  # weight, y and output
 @pytest.mark.parametrize("with_y", [True, False])
 @pytest.mark.parametrize("T,dim,scale", [(1, 64, 1.0), (5, 576, 1.0), (3, 576, 3e-3)])  # scale 3e-3: eps counts
-def test_add_rms_norm(T, dim, scale, with_y, dtype):
+def test_add_rms_norm(T, dim, scale, with_y, dtype, norm_rows):
     g = torch.Generator().manual_seed(T * 1000 + dim)
     eps = 1e-5
     x = torch.randn(T, dim, generator=g) * scale
@@ -60,7 +60,7 @@ def test_add_rms_norm(T, dim, scale, with_y, dtype):
     assert agrees(normed, ref, dtype)
 
 
-def test_add_rms_norm_strided_rows_and_fp16_weight_with_fp32_output():
+def test_add_rms_norm_strided_rows_and_fp16_weight_with_fp32_output(norm_rows):
     g = torch.Generator().manual_seed(11)
     x = torch.randn(4, 1300, generator=g)[:, 50:50 + 2 * 576:2]  # rows at a stride of 1300, columns of 2
     y = torch.randn(4, 700, generator=g).half()[:, 100:676]  # rows of 576 at a stride of 700
@@ -73,6 +73,45 @@ def test_add_rms_norm_strided_rows_and_fp16_weight_with_fp32_output():
     assert rel_err(normed, F.rms_norm(r64.float(), (576,), w.float(), 1e-6)) <= 1e-6
 
 
+@pytest.fixture(params=[1, 10 ** 9], ids=["rows-per-program", "row-per-program"])
+def norm_rows(request, monkeypatch):
+    """Both launch shapes of the add-norm kernel: several rows per program (a prefill's) and one (a decode's)."""
+    monkeypatch.setattr(fused, "NORM_ROWS_FROM", request.param)
+
+
+@pytest.mark.parametrize("x_dtype,y_dtype", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16),
+                                             (torch.float16, torch.float16), (torch.float32, torch.float32)])
+@pytest.mark.parametrize("T,dim,scale", [(1, 64, 1.0), (5, 768, 1.0), (3, 384, 3e-3), (2, 100, 20.0)])
+def test_add_layer_norm(T, dim, scale, x_dtype, y_dtype, norm_rows):
+    """Post-LN's LayerNorm(x + y): the sum rounded to x's dtype, then LayerNorm in float32, out in x's dtype."""
+    g = torch.Generator().manual_seed(T * 1000 + dim)
+    eps = 1e-12
+    x = (torch.randn(T, dim, generator=g) * scale + 0.3 * scale).to(x_dtype)  # a mean off zero: the centring counts
+    y = (torch.randn(T, dim, generator=g) * scale).to(y_dtype)
+    w = (1 + 0.5 * torch.randn(dim, generator=g)).to(y_dtype)
+    b = (0.1 * torch.randn(dim, generator=g)).to(y_dtype)
+    x0 = x.clone()
+    out = add_layer_norm(x, y, w, b, eps)
+    assert torch.equal(x, x0) and out.shape == (T, dim) and out.dtype == x_dtype
+    s64 = (x.double() + y.double()).to(x_dtype).double()  # torch's add rounds the sum to x's dtype
+    ref64 = F.layer_norm(s64, (dim,), w.double(), b.double(), eps)
+    ok, worst = within(out, ref64, U[x_dtype] * 1.05 + 1e-5, atol=1e-5)
+    assert ok, worst
+    ref = F.layer_norm((x + y).to(x_dtype).float(), (dim,), w.float(), b.float(), eps).to(x_dtype)  # the code it replaces
+    assert agrees(out, ref, x_dtype)
+
+
+def test_add_layer_norm_strided_rows(norm_rows):
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(4, 1000, generator=g).bfloat16()[:, 100:484]  # rows of 384 at a stride of 1000
+    y = torch.randn(384, 4, generator=g).bfloat16().t()  # transposed: columns at a stride of 4
+    w, b = torch.randn(384, generator=g), torch.randn(768, generator=g)[::2]
+    out = add_layer_norm(x, y, w, b, 1e-5)
+    ref64 = F.layer_norm((x + y).double(), (384,), w.double(), b.double(), 1e-5)
+    ok, worst = within(out, ref64, U[torch.bfloat16] * 1.05 + 1e-5, atol=1e-5)
+    assert ok, worst
+
+
 def test_empty_batches_launch_nothing(monkeypatch):
     monkeypatch.setattr(fused, "_kernels", lambda: pytest.fail("launched a kernel for no rows"))
     x = torch.zeros(0, 576)
@@ -83,6 +122,9 @@ def test_empty_batches_launch_nothing(monkeypatch):
     assert residual is x and normed.shape == (0, 576)
     out = silu_mul(torch.zeros(0, 200, dtype=torch.float16))
     assert out.shape == (0, 100) and out.dtype == torch.float16
+    out = add_layer_norm(torch.zeros(0, 768, dtype=torch.bfloat16), torch.zeros(0, 768, dtype=torch.bfloat16),
+                         torch.ones(768), torch.zeros(768), 1e-12)
+    assert out.shape == (0, 768) and out.dtype == torch.bfloat16
 
 
 def gate_up(T, h, dtype, layout, g):
@@ -123,6 +165,9 @@ def test_bad_inputs():
         (lambda: add_rms_norm(torch.zeros(2, 0), None, torch.ones(0), 1e-5, torch.float32), "dim 0 is outside"),
         (lambda: add_rms_norm(torch.zeros(1, 20000), None, torch.ones(20000), 1e-5, torch.float32), "dim 20000"),
         (lambda: silu_mul(torch.zeros(2, 3)), "not gate and up of equal width"),
+        (lambda: add_layer_norm(x.long(), x, w, w, 1e-5), "add_layer_norm: x must be a float32/float16/bfloat16"),
+        (lambda: add_layer_norm(x, x, w, torch.ones(63), 1e-5), r"bias must be \[64\]"),
+        (lambda: add_layer_norm(x, x[:1], w, w, 1e-5), "y must match x"),
         (lambda: silu_mul(torch.zeros(8)), r"gu must be \[T, 2h\]"),
         (lambda: silu_mul(torch.zeros(2, 8, dtype=torch.int64)), "gu must be"),
     ]

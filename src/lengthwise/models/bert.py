@@ -1,6 +1,7 @@
 """BERT family (BERT, MiniLM) on packed tokens: post-LayerNorm encoder, bidirectional within each sequence."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -9,7 +10,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention import AttnMeta, MaskPattern, attend
+from ..errors import LengthwiseError
 from . import fuse, residual_dtype
+from .fused import FLOATS, add_layer_norm, fused_applies
+
+RESIDUALS = ("float32", "model")
+# The FFN's first GEMM with bias + GELU in cuBLASLt's epilogue (CUDA, 16-bit weights; torch.compile keeps the call): one pass
+# over the [T, 3072] activation instead of two. cuBLASLt's GELU is the tanh form, so it is exact for
+# tanh-GELU models and, for erf-GELU ones (BERT's "gelu"), within 5e-4 absolute of erf: under bf16
+# rounding (2^-8 relative). LENGTHWISE_GELU_EPILOGUE=0 turns it off; read at call time.
+GELU_EPILOGUE = os.environ.get("LENGTHWISE_GELU_EPILOGUE", "1") == "1"
 
 _ACTS = {
     "gelu": lambda x: F.gelu(x),
@@ -42,11 +52,17 @@ class BertConfig:
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm in the residual dtype (at least float32), whatever the weights' dtype."""
+    """LayerNorm(x + y) in the residual stream's dtype r (float32 math inside, whatever r is); on the GPU
+    path one fused kernel (models/fused.py) does the add and the norm."""
 
-    def forward(self, x):
-        r = residual_dtype(x.dtype)
-        return F.layer_norm(x.to(r), self.normalized_shape, self.weight.to(r), self.bias.to(r), self.eps)
+    def forward(self, x, r: torch.dtype, y=None, fused: bool = False):
+        if fused:
+            return add_layer_norm(x, y, self.weight, self.bias, self.eps)
+        if y is not None:
+            x = x + y
+        if x.dtype != r:
+            x = x.to(r)
+        return F.layer_norm(x, self.normalized_shape, self.weight.to(r), self.bias.to(r), self.eps)
 
 
 class Attention(nn.Module):
@@ -66,26 +82,38 @@ class Block(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
         if cfg.act not in _ACTS:
-            from ..errors import LengthwiseError
             raise LengthwiseError(f"unsupported BERT activation {cfg.act!r}: supported are {', '.join(_ACTS)}")
         self.act = _ACTS[cfg.act]
+        self.tanh_gelu = cfg.act != "relu"  # cuBLASLt's GELU epilogue applies (exact for the tanh forms)
         self.attention = Attention(cfg)
         self.attention_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim)
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim)
         self.ffn_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps)
 
+    def up(self, x):
+        """[T, dim] -> act(w1 x + b) [T, hidden_dim], the bias and GELU in the GEMM's epilogue where that applies."""
+        if GELU_EPILOGUE and self.tanh_gelu and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+            return torch._addmm_activation(self.w1.bias, x, self.w1.weight.t(), use_gelu=True)
+        return self.act(self.w1(x))
+
     def forward(self, x, meta, backend):
-        """x [T, dim] in the residual dtype; GEMMs run in the weights' dtype."""
-        w = self.w1.weight.dtype
-        x = self.attention_norm(x + self.attention(x.to(w), meta, backend))  # post-LN
-        return self.ffn_norm(x + self.w2(self.act(self.w1(x.to(w)))))
+        """x [T, dim] in the residual dtype r; GEMMs run in the weights' dtype."""
+        w, r = self.w1.weight.dtype, x.dtype
+        fused = fused_applies(x, backend, FLOATS)
+        x = self.attention_norm(x, r, self.attention(x.to(w), meta, backend), fused)  # post-LN
+        return self.ffn_norm(x, r, self.w2(self.up(x.to(w))), fused)
 
 
 class Bert(nn.Module):
-    def __init__(self, cfg: BertConfig):
+    def __init__(self, cfg: BertConfig, residual: str = "float32"):
+        """residual: the stream's dtype between layers. "float32" (at least float32, the default) or "model"
+        (the weights' dtype, as HF runs BERT in bf16/fp16). Post-LN renormalizes the stream after every
+        sublayer, so there is no long running sum to protect: "model" rounds each LayerNorm output once."""
         super().__init__()
-        self.cfg = cfg
+        if residual not in RESIDUALS:
+            raise LengthwiseError(f"unknown residual {residual!r}: choose one of {', '.join(RESIDUALS)}")
+        self.cfg, self.residual = cfg, residual
         self.word = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.position = nn.Embedding(cfg.context_length, cfg.dim)
         self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.dim)
@@ -93,10 +121,11 @@ class Bert(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
 
     def forward(self, tokens, positions, meta: AttnMeta, backend: str = "reference", token_types=None):
-        """tokens, positions [T] -> hidden states [T, dim] (at least float32); token types default to segment 0."""
+        """tokens, positions [T] -> hidden states [T, dim] in the residual dtype; token types default to segment 0."""
         tt = self.token_type.weight[0] if token_types is None else self.token_type(token_types)
-        r = residual_dtype(self.word.weight.dtype)
-        x = self.embed_norm(self.word(tokens).to(r) + tt.to(r) + self.position(positions).to(r))
+        w = self.word.weight.dtype
+        r = w if self.residual == "model" else residual_dtype(w)
+        x = self.embed_norm(self.word(tokens).to(r) + tt.to(r) + self.position(positions).to(r), r)
         for layer in self.layers:
             x = layer(x, meta, backend)
         return x

@@ -1,4 +1,4 @@
-"""Fused Triton kernels for the Llama family: residual add + RMSNorm, and SiLU-and-multiply (Llama.forward on the GPU).
+"""Fused Triton kernels for the GPU path: residual add + RMSNorm (Llama) or + LayerNorm (BERT), and SiLU-and-multiply.
 
 A decode step moves a few rows per layer, so in a CUDA graph its time goes to many tiny elementwise
 kernels (add, pow, mean, rsqrt, mul, cast; silu, mul). Each function here is one launch instead. Sizes
@@ -22,6 +22,8 @@ _KERNELS = None
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 MAX_DIM = 16384  # one row in one block: beyond this its registers spill
 SILU_BLOCK = 1024  # columns per silu_mul program
+NORM_ELEMENTS = 4096  # elements per add-norm program from NORM_ROWS_FROM rows on: several short rows share one
+NORM_ROWS_FROM = 2048
 
 
 def _interpreter_bf16_fix():
@@ -55,18 +57,30 @@ def _build():
         _interpreter_bf16_fix()
 
     @triton.jit
-    def _add_rms_norm(x_ptr, y_ptr, w_ptr, res_ptr, out_ptr, sx_t, sx_d, sy_t, sy_d, eps,
-                      DIM: tl.constexpr, BLOCK: tl.constexpr, HAS_Y: tl.constexpr):
-        t = tl.program_id(0).to(tl.int64)
-        cols = tl.arange(0, BLOCK)
-        ok = cols < DIM
-        r = tl.load(x_ptr + t * sx_t + cols * sx_d, mask=ok, other=0.0)  # float32
+    def _add_norm(x_ptr, y_ptr, w_ptr, b_ptr, res_ptr, out_ptr, T, sx_t, sx_d, sy_t, sy_d, eps,
+                  DIM: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr, HAS_Y: tl.constexpr,
+                  STORE_SUM: tl.constexpr, LAYER: tl.constexpr):
+        """ROWS rows: r = x + y, rounded to x's dtype as torch's add is; then RMSNorm(r) * w, or with LAYER
+        LayerNorm(r) * w + b, in float32, stored in out's dtype."""
+        t = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]  # [ROWS, 1]
+        cols = tl.arange(0, BLOCK)[None, :]  # [1, BLOCK]
+        ok = (t < T) & (cols < DIM)
+        x = tl.load(x_ptr + t * sx_t + cols * sx_d, mask=ok, other=0.0)
+        r = x.to(tl.float32)
         if HAS_Y:
             r += tl.load(y_ptr + t * sy_t + cols * sy_d, mask=ok, other=0.0).to(tl.float32)
-            tl.store(res_ptr + t * DIM + cols, r, mask=ok)
-        inv = tl.rsqrt(tl.sum(r * r, 0) / DIM + eps)
-        w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        tl.store(out_ptr + t * DIM + cols, (r * inv * w).to(out_ptr.dtype.element_ty), mask=ok)
+            r = r.to(x.dtype).to(tl.float32)
+            if STORE_SUM:
+                tl.store(res_ptr + t * DIM + cols, r.to(res_ptr.dtype.element_ty), mask=ok)
+        w = tl.load(w_ptr + cols, mask=cols < DIM, other=0.0).to(tl.float32)
+        if LAYER:
+            mean = tl.sum(r, 1)[:, None] / DIM
+            d = tl.where(ok, r - mean, 0.0)
+            inv = tl.rsqrt(tl.sum(d * d, 1)[:, None] / DIM + eps)
+            normed = d * inv * w + tl.load(b_ptr + cols, mask=cols < DIM, other=0.0).to(tl.float32)
+        else:
+            normed = r * tl.rsqrt(tl.sum(r * r, 1)[:, None] / DIM + eps) * w
+        tl.store(out_ptr + t * DIM + cols, normed.to(out_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
     def _silu_mul(gu_ptr, out_ptr, s_t, s_c, H: tl.constexpr, BLOCK: tl.constexpr):
@@ -80,7 +94,7 @@ def _build():
         silu = (gate / (1.0 + tl.exp(-gate))).to(dt).to(tl.float32)
         tl.store(out_ptr + t * H + cols, (silu * up).to(dt), mask=ok)
 
-    return triton, _add_rms_norm, _silu_mul
+    return triton, _add_norm, _silu_mul
 
 
 # On for the varlen backend where triton is installed (measured on an H100: docs/benchmarks.md);
@@ -88,12 +102,12 @@ def _build():
 FUSED = os.environ.get("LENGTHWISE_FUSED", "1") == "1"
 
 
-def fused_applies(x: torch.Tensor, backend: str) -> bool:
-    """The Llama layers run on these kernels: the GPU backend (varlen), a float32 residual stream on CUDA,
-    triton installed, and not inside torch.compile (which fuses on its own). The reference backend stays
-    the plain-torch twin they are checked against."""
+def fused_applies(x: torch.Tensor, backend: str, dtypes: tuple = (torch.float32,)) -> bool:
+    """The layers run on these kernels: the GPU backend (varlen), a residual stream on CUDA in one of dtypes
+    (Llama's is float32), triton installed, and not inside torch.compile (which fuses on its own). The
+    reference backend stays the plain-torch twin they are checked against."""
     from ..attention import _have_triton
-    return (FUSED and backend == "varlen" and x.is_cuda and x.dtype == torch.float32 and x.shape[-1] <= MAX_DIM
+    return (FUSED and backend == "varlen" and x.is_cuda and x.dtype in dtypes and x.shape[-1] <= MAX_DIM
             and _have_triton() and not torch.compiler.is_compiling())
 
 
@@ -104,37 +118,65 @@ def _kernels():
     return _KERNELS
 
 
+def _check_rows(fn: str, x, y, dims: dict, x_dtypes=FLOATS):
+    if x.dim() != 2 or x.dtype not in x_dtypes:
+        raise LengthwiseError(f"{fn}: x must be a {'/'.join(str(d).removeprefix('torch.') for d in x_dtypes)} "
+                              f"[T, dim] residual stream, got {x.dtype} {list(x.shape)}")
+    T, dim = x.shape
+    if not 0 < dim <= MAX_DIM:
+        raise LengthwiseError(f"{fn}: dim {dim} is outside 1..{MAX_DIM} (one row per block)")
+    if y is not None and (y.shape != x.shape or y.dtype not in FLOATS or y.device != x.device):
+        raise LengthwiseError(f"{fn}: y must match x [{T}, {dim}] on {x.device} in one of "
+                              f"{FLOATS}, got {y.dtype} {list(y.shape)} on {y.device}")
+    for name, p in dims.items():
+        if p.shape != (dim,) or p.dtype not in FLOATS or p.device != x.device:
+            raise LengthwiseError(f"{fn}: {name} must be [{dim}] on {x.device} in one of {FLOATS}, "
+                                  f"got {p.dtype} {list(p.shape)} on {p.device}")
+
+
+def _launch(x, y, weight, bias, residual, normed, eps: float, layer: bool):
+    """residual None: the sum is not stored (the kernel gets a placeholder it never writes)."""
+    triton, kernel, _ = _kernels()
+    weight = weight if weight.stride(0) == 1 else weight.contiguous()
+    bias = weight if bias is None else bias if bias.stride(0) == 1 else bias.contiguous()
+    T, dim = x.shape
+    block = triton.next_power_of_2(dim)
+    # rows per program: in a prefill, fewer and fuller programs keep more bytes in flight; a decode step's
+    # few rows keep one program each
+    rows = max(1, min(NORM_ELEMENTS // block, triton.next_power_of_2(T))) if T >= NORM_ROWS_FROM else 1
+    yk = x if y is None else y  # a placeholder the kernel never reads when HAS_Y is off
+    with on_device(x):
+        kernel[(triton.cdiv(T, rows),)](x, yk, weight, bias, normed if residual is None else residual, normed, T,
+                                        x.stride(0), x.stride(1), yk.stride(0), yk.stride(1), float(eps), DIM=dim,
+                                        BLOCK=block, ROWS=rows, HAS_Y=y is not None, STORE_SUM=residual is not None,
+                                        LAYER=layer, num_warps=min(max(block * rows // 512, 1), 8))
+
+
 def add_rms_norm(x, y, weight, eps: float, out_dtype: torch.dtype):
     """x [T, dim] float32 residual stream, y [T, dim] block output or None, weight [dim] -> (residual, normed).
 
     residual = x + y in float32 (a new tensor; x itself when y is None), normed [T, dim] out_dtype =
     F.rms_norm(residual, (dim,), weight.float(), eps).to(out_dtype) up to float32 rounding."""
-    if x.dim() != 2 or x.dtype != torch.float32:
-        raise LengthwiseError(f"add_rms_norm: x must be a float32 [T, dim] residual stream, got "
-                              f"{x.dtype} {list(x.shape)}")
-    T, dim = x.shape
-    if not 0 < dim <= MAX_DIM:
-        raise LengthwiseError(f"add_rms_norm: dim {dim} is outside 1..{MAX_DIM} (one row per block)")
-    if y is not None and (y.shape != x.shape or y.dtype not in FLOATS or y.device != x.device):
-        raise LengthwiseError(f"add_rms_norm: y must match x [{T}, {dim}] on {x.device} in one of "
-                              f"{FLOATS}, got {y.dtype} {list(y.shape)} on {y.device}")
-    if weight.shape != (dim,) or weight.dtype not in FLOATS or weight.device != x.device:
-        raise LengthwiseError(f"add_rms_norm: weight must be [{dim}] on {x.device} in one of {FLOATS}, "
-                              f"got {weight.dtype} {list(weight.shape)} on {weight.device}")
+    _check_rows("add_rms_norm", x, y, {"weight": weight}, (torch.float32,))
     if out_dtype not in FLOATS:
         raise LengthwiseError(f"add_rms_norm: out_dtype must be one of {FLOATS}, got {out_dtype}")
     residual = x if y is None else torch.empty_like(x, memory_format=torch.contiguous_format)
-    normed = torch.empty(T, dim, dtype=out_dtype, device=x.device)
-    if T == 0:
-        return residual, normed
-    triton, kernel, _ = _kernels()
-    weight = weight if weight.stride(0) == 1 else weight.contiguous()
-    block = triton.next_power_of_2(dim)
-    yk = x if y is None else y  # a placeholder the kernel never reads when HAS_Y is off
-    with on_device(x):
-        kernel[(T,)](x, yk, weight, residual, normed, x.stride(0), x.stride(1), yk.stride(0), yk.stride(1),
-                     float(eps), DIM=dim, BLOCK=block, HAS_Y=y is not None, num_warps=min(max(block // 256, 1), 8))
+    normed = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    if x.shape[0]:
+        _launch(x, y, weight, None, None if y is None else residual, normed, eps, layer=False)
     return residual, normed
+
+
+def add_layer_norm(x, y, weight, bias, eps: float):
+    """Post-LN's step: x [T, dim] stream, y [T, dim] sublayer output -> LayerNorm(x + y) [T, dim] in x's dtype.
+
+    The sum is rounded to x's dtype, as torch's add is, then normalized in float32 with the weight and
+    bias: F.layer_norm((x + y), (dim,), weight, bias, eps) of float32 parameters, up to float32 rounding."""
+    _check_rows("add_layer_norm", x, y, {"weight": weight, "bias": bias})
+    normed = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.shape[0]:
+        _launch(x, y, weight, bias, None, normed, eps, layer=True)
+    return normed
 
 
 def silu_mul(gu):
