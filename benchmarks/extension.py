@@ -11,7 +11,9 @@ Phases (each resumable: finished cells are skipped, so rerunning continues where
   full  the picked setting of each method, and no scaling, seed 0: 4k-64k (no scaling: 4k-32k),
         the four tasks, 5 depths x 4 samples;
   long  128k for the three best methods and the HF peer's best (by tuning score; passkey first), and for
-        the best of ours on each task by that task's tuning score (variable_tracking: sinks).
+        the best of ours on each task by that task's tuning score (variable_tracking: dynamic YaRN); last,
+        variable_tracking at 128k for every pick, ours or the HF peer's alike, that scores above 0 on it at
+        64k in the full grid (a method at 0 there is not run further out).
 Stores: DIR/{tune,full,long}.jsonl. The chat template is used throughout (SmolLM2 is an instruct model).
 """
 from __future__ import annotations
@@ -135,6 +137,14 @@ def task_score(path: Path, spec: str, task: str) -> float:
     return _tune_by_task(path).get(("lengthwise", spec, task), 0.0)
 
 
+def task_at(path: Path, key: tuple, task: str, length: int) -> float:
+    """Mean seed-0 score of (backend, method) on one task at one length; 0 when it never ran."""
+    recs, _ = read_results(path) if path.exists() else ([], [])
+    got = [r["score"] for r in recs if (r["backend"], r["method"]) == key and r["task"] == task
+           and r["length"] == length and r["config"]["seed"] == 0]
+    return sum(got) / len(got) if got else 0.0
+
+
 def pick(runs: Path) -> dict:
     scores = mean_scores(runs / "tune.jsonl", TUNE["seed"])
     picks = {}
@@ -191,8 +201,16 @@ def main():
     jobs += [("long", b, m, LONG, None, TASKS) for b, m in long]
     jobs += [("full", p["backend"], p["spec"], FULL, None, TASKS) for p in hf[1:]]
     only = set(args.tasks.split(","))
+    jobs.append(("vt128", None, None, LONG, None, ["variable_tracking"]))  # expanded when the full grid is in
     for phase, backend, spec, kw, lengths, tasks in jobs:
         tasks = [t for t in tasks if t in only]
+        if phase == "vt128" and "long" in phases and tasks:
+            for p in ours + hf:
+                key = (p["backend"], p["spec"])
+                if key not in long and task_at(runs / "full.jsonl", key, "variable_tracking", 65536) > 0:
+                    if not grid(ResultStore(runs / "long.jsonl"), runners, *key, kw, deadline, lengths, tasks):
+                        return print("deadline reached in long (variable_tracking)")
+            continue
         if phase not in phases or not tasks:
             continue
         if not grid(ResultStore(runs / f"{phase}.jsonl"), runners, backend, spec, kw, deadline, lengths, tasks):
