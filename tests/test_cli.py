@@ -70,10 +70,11 @@ def one_thread_and_cached_models():
     torch.set_num_threads(1)
     real, cache = lengthwise.load, {}
 
-    def cached(name_or_path, device=None, dtype=None, backend="auto", positions=None):
-        key = (str(name_or_path), str(device), str(dtype), backend, str(positions))
+    def cached(name_or_path, device=None, dtype=None, backend="auto", positions=None, residual=None):
+        key = (str(name_or_path), str(device), str(dtype), backend, str(positions), str(residual))
         if key not in cache:
-            cache[key] = real(name_or_path, device=device, dtype=dtype, backend=backend, positions=positions)
+            cache[key] = real(name_or_path, device=device, dtype=dtype, backend=backend, positions=positions,
+                              residual=residual)
         return cache[key]
 
     mp = pytest.MonkeyPatch()
@@ -334,6 +335,15 @@ def test_embed_npy_jsonl_and_stdout(tmp_path):
     r = run("embed", TEXTS)  # no -o: JSON lines on stdout, nothing else there
     assert r.exit_code == 0, r.output
     assert [json.loads(s) for s in r.stdout.splitlines()] == rows
+
+    # --residual model: the bf16 stream HF runs; close to the float32 model's vectors, not equal to them
+    b16 = tmp_path / "b.npy"
+    assert run("embed", TEXTS, "--dtype", "bfloat16", "--residual", "model", "-o", b16).exit_code == 0
+    cos = (np.load(b16) * e).sum(1)
+    assert cos.min() > 0.999 and not np.array_equal(np.load(b16), e)
+    r = run("embed", TEXTS, "--residual", "half", "-o", tmp_path / "x.npy")
+    assert r.exit_code != 0 and "unknown residual 'half': choose one of float32, model" in r.output
+    assert not (tmp_path / "x.npy").exists()
 
 
 @needs_smollm2

@@ -226,11 +226,12 @@ def _emit_lines(out: Path | None, lines: list[str]) -> None:
 # ---------------------------------------------------------------- models and progress
 
 
-def _load(ctx: typer.Context, model: str, device, dtype, backend, positions: str | None = None):
+def _load(ctx: typer.Context, model: str, device, dtype, backend, positions: str | None = None,
+          residual: str | None = None):
     if not (ctx.obj or {}).get("debug"):
         from transformers.utils import logging as hf_logging
         hf_logging.set_verbosity_error()  # e.g. "sequence length is longer than..." : we report that ourselves
-    return lw.load(model, device=device, dtype=dtype, backend=backend, positions=positions)
+    return lw.load(model, device=device, dtype=dtype, backend=backend, positions=positions, residual=residual)
 
 
 @contextmanager
@@ -369,13 +370,14 @@ def embed(
     backend: Annotated[Backend, BackendOpt] = "auto",
     max_tokens_per_forward: Annotated[int, typer.Option("--max-tokens-per-forward", min=1, help="Tokens packed into one forward pass (lower it if memory runs out).")] = 16384,
     positions: Annotated[Optional[str], PositionsOpt] = None,
+    residual: Annotated[Optional[str], typer.Option("--residual", help="The encoder's stream between layers: float32 (the default) or model (the weights' dtype, as HF runs it; faster in bf16).", show_default=False)] = None,
 ):
     if output is not None:
         _check_output(output, (".npy", ".jsonl"),
                       "name it .npy (a float32 array) or .jsonl (one JSON line per text)")
     linenos, texts = _read_inputs(input, "text", skip_empty)
     resolve_device(device)  # a bad --device fails before the model loads
-    enc = _load(ctx, model, device, dtype, backend, positions)
+    enc = _load(ctx, model, device, dtype, backend, positions, residual)
     if not isinstance(enc, lw.Encoder):
         raise LengthwiseError(f"{model} is a text generator ({enc.arch}), not an encoder: use lengthwise generate")
     with _too_long(input, linenos, "--truncate (keeps the first tokens)"), _progress("embedding", len(texts), "texts") as done:
