@@ -18,7 +18,8 @@ RESIDUALS = ("float32", "model")
 # The FFN's first GEMM with bias + GELU in cuBLASLt's epilogue (CUDA, 16-bit weights; torch.compile keeps the call): one pass
 # over the [T, 3072] activation instead of two. cuBLASLt's GELU is the tanh form, so it is exact for
 # tanh-GELU models and, for erf-GELU ones (BERT's "gelu"), within 5e-4 absolute of erf: under bf16
-# rounding (2^-8 relative). LENGTHWISE_GELU_EPILOGUE=0 turns it off; read at call time.
+# rounding (2^-8 relative). GPU backend only: the reference backend keeps torch's exact GELU.
+# LENGTHWISE_GELU_EPILOGUE=0 turns it off (read at import; the module flag is read at call time).
 GELU_EPILOGUE = os.environ.get("LENGTHWISE_GELU_EPILOGUE", "1") == "1"
 
 _ACTS = {
@@ -84,16 +85,17 @@ class Block(nn.Module):
         if cfg.act not in _ACTS:
             raise LengthwiseError(f"unsupported BERT activation {cfg.act!r}: supported are {', '.join(_ACTS)}")
         self.act = _ACTS[cfg.act]
-        self.tanh_gelu = cfg.act != "relu"  # cuBLASLt's GELU epilogue applies (exact for the tanh forms)
+        self.gelu = cfg.act in ("gelu", "gelu_new", "gelu_pytorch_tanh")  # cuBLASLt's GELU epilogue applies
         self.attention = Attention(cfg)
         self.attention_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim)
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim)
         self.ffn_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps)
 
-    def up(self, x):
+    def up(self, x, backend: str):
         """[T, dim] -> act(w1 x + b) [T, hidden_dim], the bias and GELU in the GEMM's epilogue where that applies."""
-        if GELU_EPILOGUE and self.tanh_gelu and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        if (GELU_EPILOGUE and self.gelu and backend == "varlen" and x.is_cuda
+                and x.dtype in (torch.float16, torch.bfloat16)):
             return torch._addmm_activation(self.w1.bias, x, self.w1.weight.t(), use_gelu=True)
         return self.act(self.w1(x))
 
@@ -102,7 +104,7 @@ class Block(nn.Module):
         w, r = self.w1.weight.dtype, x.dtype
         fused = fused_applies(x, backend, FLOATS)
         x = self.attention_norm(x, r, self.attention(x.to(w), meta, backend), fused)  # post-LN
-        return self.ffn_norm(x, r, self.w2(self.up(x.to(w))), fused)
+        return self.ffn_norm(x, r, self.w2(self.up(x.to(w), backend)), fused)
 
 
 class Bert(nn.Module):
@@ -141,10 +143,11 @@ def pool(h: torch.Tensor, cu_seqlens: torch.Tensor, mode: str) -> torch.Tensor:
         out = torch.full((len(lens), h.shape[1]), float("-inf"), dtype=h.dtype, device=h.device)
         return out.scatter_reduce(0, seq[:, None].expand_as(h), h, "amax")
     total = torch.zeros(len(lens), h.shape[1], dtype=torch.float32, device=h.device).index_add_(0, seq, h.float())
+    out = torch.promote_types(h.dtype, torch.float32)  # a 16-bit stream's mean is not rounded back to 16 bits
     if mode == "mean":
-        return (total / lens[:, None]).to(h.dtype)
+        return (total / lens[:, None]).to(out)
     if mode == "mean_sqrt_len":
-        return (total / lens[:, None].float().sqrt()).to(h.dtype)
+        return (total / lens[:, None].float().sqrt()).to(out)
     raise ValueError(f"unknown pooling {mode!r}")
 
 

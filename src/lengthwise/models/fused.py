@@ -149,7 +149,7 @@ def _launch(x, y, weight, bias, residual, normed, eps: float, layer: bool):
         kernel[(triton.cdiv(T, rows),)](x, yk, weight, bias, normed if residual is None else residual, normed, T,
                                         x.stride(0), x.stride(1), yk.stride(0), yk.stride(1), float(eps), DIM=dim,
                                         BLOCK=block, ROWS=rows, HAS_Y=y is not None, STORE_SUM=residual is not None,
-                                        LAYER=layer, num_warps=min(max(block * rows // 512, 1), 8))
+                                        LAYER=layer, num_warps=min(max(block * rows // 256, 1), 8))
 
 
 def add_rms_norm(x, y, weight, eps: float, out_dtype: torch.dtype):
