@@ -15,8 +15,8 @@ from . import fuse, residual_dtype
 from .fused import FLOATS, add_layer_norm, fused_applies
 
 RESIDUALS = ("float32", "model")
-# The FFN's first GEMM with bias + GELU in cuBLASLt's epilogue (CUDA, 16-bit weights; torch.compile keeps the call): one pass
-# over the [T, 3072] activation instead of two. cuBLASLt's GELU is the tanh form, so it is exact for
+# The FFN's first GEMM with bias + GELU in cuBLASLt's epilogue (CUDA, 16-bit weights; torch.compile keeps
+# the call): one pass over the [T, 3072] activation instead of two. cuBLASLt's GELU is the tanh form, so it is exact for
 # tanh-GELU models and, for erf-GELU ones (BERT's "gelu"), within 5e-4 absolute of erf: under bf16
 # rounding (2^-8 relative). GPU backend only: the reference backend keeps torch's exact GELU.
 # LENGTHWISE_GELU_EPILOGUE=0 turns it off (read at import; the module flag is read at call time).
@@ -85,7 +85,7 @@ class Block(nn.Module):
         if cfg.act not in _ACTS:
             raise LengthwiseError(f"unsupported BERT activation {cfg.act!r}: supported are {', '.join(_ACTS)}")
         self.act = _ACTS[cfg.act]
-        self.gelu = cfg.act in ("gelu", "gelu_new", "gelu_pytorch_tanh")  # cuBLASLt's GELU epilogue applies
+        self.gelu = cfg.act.startswith("gelu")  # cuBLASLt's GELU epilogue applies
         self.attention = Attention(cfg)
         self.attention_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim)
