@@ -28,6 +28,10 @@ class AttnMeta:
     cu_k: torch.Tensor  # [B+1] int32; in a cache, the start of each sequence's region
     max_k: int
     used_k: torch.Tensor | None = None  # [B] int32 keys in use per sequence (cache decode)
+    # what a length-gated position scheme (beyond=true) keys on, from the cache: each sequence's prompt
+    # length [B], and the longest over the cache as a host int (None without a cache: the sequence lengths)
+    prompt_len: torch.Tensor | None = None
+    prompt_max: int | None = None
 
     @classmethod
     def packed(cls, cu_seqlens: torch.Tensor, max_seqlen: int) -> "AttnMeta":

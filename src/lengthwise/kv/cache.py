@@ -31,8 +31,17 @@ def _check_fits(nbytes: int, tokens: int, device) -> None:
 
 class RaggedKVCache:
     def __init__(self, n_layers: int, capacities: list[int], n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str, far_keys: bool = False):
+                 dtype: torch.dtype, device: torch.device | str, far_keys: bool = False,
+                 prompts: list[int] | None = None):
+        """prompts: each sequence's prompt length, which a length-gated position scheme (beyond=true) keys on
+        for the sequence's whole life; None: the capacities (a sequence that may outgrow the trained context
+        is treated as one that does)."""
         cap = torch.tensor(capacities, dtype=torch.int64)
+        prompts = list(capacities) if prompts is None else list(prompts)
+        if len(prompts) != len(capacities) or any(p > c for p, c in zip(prompts, capacities)):
+            raise LengthwiseError("RaggedKVCache: prompts must give one length per sequence, within its capacity")
+        self.prompt_len = torch.tensor(prompts, dtype=torch.int64, device=device)  # [B]
+        self.prompt_max = max(prompts, default=0)
         self.capacity = cap.to(device)  # [B]
         self.start = (torch.cumsum(cap, 0) - cap).to(device)  # [B] region starts
         self.length = torch.zeros(len(capacities), dtype=torch.int64, device=device)  # [B]
@@ -54,7 +63,8 @@ class RaggedKVCache:
         positions = self.length.clone()  # [B]
         slots = self.start + positions  # [B]
         cu_q = torch.arange(B + 1, dtype=torch.int32, device=self.length.device)
-        meta = AttnMeta(cu_q, 1, self.cu_k_all, self.max_capacity, (positions + 1).to(torch.int32))
+        meta = AttnMeta(cu_q, 1, self.cu_k_all, self.max_capacity, (positions + 1).to(torch.int32),
+                        self.prompt_len, self.prompt_max)
         self.length += 1
         return slots, positions, meta
 
@@ -75,6 +85,7 @@ class RaggedKVCache:
         slots = torch.repeat_interleave(self.start[seqs], n_new) + positions  # [T]
         start = self.start[seqs]
         cu_k = torch.cat([start, (start[-1] + self.capacity[seqs[-1]]).view(1)]).to(torch.int32)
-        meta = AttnMeta(cu_q, int(n_new.max()), cu_k, int(new_len.max()), new_len.to(torch.int32))
+        meta = AttnMeta(cu_q, int(n_new.max()), cu_k, int(new_len.max()), new_len.to(torch.int32),
+                        self.prompt_len[seqs], self.prompt_max)  # the cache's longest: no sync for a subset's
         self.length[seqs] = new_len
         return slots, positions, meta

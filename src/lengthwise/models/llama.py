@@ -225,6 +225,8 @@ class Llama(nn.Module):
         super().__init__()
         self.cfg = cfg
         if positions is not None and type(positions) is RoPE:
+            if positions.beyond:
+                raise LengthwiseError("none: beyond=true gates an extension method, and none is no method: drop beyond")
             positions = None  # "none": no extension method, the checkpoint as trained (its own scaling kept)
         own = positions is None
         self.rotary = Rotary(positions or cfg.rope or RoPE(), cfg.head_dim, cfg.rope_theta, cfg.context_length,

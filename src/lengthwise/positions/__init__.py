@@ -132,6 +132,9 @@ def _yarn_attn(rope: dict, factor: float) -> float:
 def to_hf(scheme: RoPE, trained: int) -> dict | None:
     if type(scheme) is RoPE:
         return None
+    if scheme.beyond:
+        raise LengthwiseError(f"the hf backend has no length gate: drop beyond=true from {scheme.spec()!r} to run "
+                              "HF's own version on every sequence")
     if isinstance(scheme, Linear):
         return {"rope_type": "linear", "factor": scheme.factor}
     if isinstance(scheme, DynamicNTK):

@@ -6,7 +6,7 @@ A scheme changes the frequencies (scalings), the positions (remaps) or which key
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
@@ -22,6 +22,10 @@ class RoPE:
     name: ClassVar[str] = "none"
     families: ClassVar[tuple[str, ...]] = ("llama",)  # model families the scheme applies to
     shown: ClassVar[tuple[str, ...]] = ()  # fields spec() always names (besides the first and non-defaults)
+    # beyond=true: only sequences whose prompt is longer than the trained context use the scheme; the others run
+    # exactly as trained. Keyed on the prompt (a decode step does not switch a sequence over), so cached keys
+    # keep one rotation. Every scheme has it; keyword-only, so it follows each scheme's own options.
+    beyond: bool = field(default=False, kw_only=True)
 
     def per_length(self) -> bool:
         """True: frequencies follow each sequence's own current length (inv_freq_at, attention_factor_at)."""
@@ -52,9 +56,9 @@ class RoPE:
 
     def spec(self) -> str:
         """The canonical `--positions` string, e.g. 'yarn:factor=4'."""
-        fs = fields(self)
+        fs = [f for f in fields(self) if not f.kw_only] + [f for f in fields(self) if f.kw_only]
         args = ",".join(f"{f.name}={_fmt(getattr(self, f.name))}" for i, f in enumerate(fs)
-                        if getattr(self, f.name) != f.default or i == 0 or f.name in self.shown)
+                        if getattr(self, f.name) != f.default or (i == 0 and not f.kw_only) or f.name in self.shown)
         return self.name + (":" + args if args else "")
 
 
@@ -92,8 +96,6 @@ class Remap(RoPE):
     far_q(position) and keys at far_k(position) (the far pass). One softmax spans both, merged by
     log-sum-exp, so no T x T mask is ever built.
     """
-    sinks_only: ClassVar[bool] = False
-
     def near_window(self, trained: int) -> int:
         raise NotImplementedError
 
@@ -141,7 +143,10 @@ class Rotary:
             raise LengthwiseError(f"position scheme {scheme.name!r} does not apply to {family} models "
                                   f"(it works on {', '.join(scheme.families)} models)")
         scheme.check(trained)
-        freqs = native if isinstance(scheme, Remap) and native is not None else scheme
+        plain = native or RoPE()  # the checkpoint as trained
+        if scheme.beyond:
+            _check_beyond(scheme, plain)
+        freqs = plain if isinstance(scheme, Remap) else scheme
         if freqs is not scheme:
             if freqs.per_length():
                 raise LengthwiseError(f"{scheme.name} cannot run on this checkpoint's own dynamic RoPE scaling "
@@ -149,53 +154,102 @@ class Rotary:
             freqs.check(trained)
         self.scheme, self.head_dim, self.base, self.trained, self.claims = scheme, head_dim, base, trained, claims
         self.factor = freqs.attention_factor(trained)
+        self.plain_factor = plain.attention_factor(trained)
         with torch.device("cpu"):  # models are built on the meta device; frequencies are real data
             self._inv_cpu = freqs.inv_freq(head_dim, base, trained)
+            self._plain_cpu = plain.inv_freq(head_dim, base, trained)
             self.far_needed = isinstance(scheme, Remap)
             # a far pass whose keys move needs a second key cache (keys rotated at far_k)
             self.far_keys = self.far_needed and scheme.far_k(torch.zeros(1, dtype=torch.int64), trained) is not None
         self._inv: dict[str, torch.Tensor] = {}
 
+    def far_keys_for(self, prompt_max: int) -> bool:
+        """Whether a KV cache whose longest prompt is prompt_max needs the far-key pool: a length-gated remap
+        whose prompts all fit the trained context never runs its far pass."""
+        return self.far_keys and not (self.scheme.beyond and prompt_max <= self.trained)
+
     @property
     def reach(self) -> int:
         return max(self.trained, self.scheme.reach(self.trained)) if self.claims else self.trained
 
-    def inv(self, device: torch.device) -> torch.Tensor:
+    def inv(self, device: torch.device, plain: bool = False) -> torch.Tensor:
         # kept on the device: no copy per step, which keeps decode steps capturable in a CUDA graph
-        key = str(device)
+        key = f"{device}/{plain}"
         if key not in self._inv:
-            self._inv[key] = self._inv_cpu.to(device)
+            self._inv[key] = (self._plain_cpu if plain else self._inv_cpu).to(device)
         return self._inv[key]
 
-    def cos_sin(self, pos: torch.Tensor, inv: torch.Tensor | None = None, att: torch.Tensor | None = None):
+    def cos_sin(self, pos: torch.Tensor, inv: torch.Tensor | None = None, att: torch.Tensor | None = None,
+                plain: bool = False):
         """pos [T] -> cos, sin [T, head_dim] float32 (attention factor applied); inv [T, D/2] and att [T]:
-        a dynamic scheme's per-token frequencies and attention factor, in place of the model's own."""
-        inv = self.inv(pos.device)[None, :] if inv is None else inv  # [1 or T, D/2]
+        per-token frequencies and attention factor (dynamic or length-gated schemes), in place of the model's
+        own; plain: the checkpoint's own rotation, as trained."""
+        factor = self.plain_factor if plain else self.factor
+        inv = self.inv(pos.device, plain)[None, :] if inv is None else inv  # [1 or T, D/2]
         ang = pos.float()[:, None] * inv
         emb = torch.cat((ang, ang), dim=-1)
         if att is not None:
             att = att.float()[:, None]  # [T, 1]
             return emb.cos() * att, emb.sin() * att
-        if self.factor == 1.0:
+        if factor == 1.0:
             return emb.cos(), emb.sin()
-        return emb.cos() * self.factor, emb.sin() * self.factor
+        return emb.cos() * factor, emb.sin() * factor
+
+    def _per_token(self, lens: torch.Tensor, meta, n: int) -> torch.Tensor:
+        """lens [B] -> [n]: each token's sequence's value."""
+        return torch.repeat_interleave(lens, meta.cu_q.diff().long(), output_size=n)
+
+    def _gate(self, positions: torch.Tensor, meta) -> torch.Tensor | None | bool:
+        """beyond=true: [T] bool, True where the token's sequence uses the scheme; False: no sequence of this
+        forward does (host-side, so the plain path runs with no sync and stays capturable); None: no gate."""
+        if not self.scheme.beyond:
+            return None
+        if meta.prompt_len is None:  # no cache: a sequence's prompt is all of it
+            lens, longest = (meta.used_k if meta.used_k is not None else meta.cu_k.diff()), meta.max_k
+        else:
+            lens, longest = meta.prompt_len, meta.prompt_max
+        if longest <= self.trained:
+            return False
+        return self._per_token(lens > self.trained, meta, positions.shape[0])
 
     def __call__(self, positions: torch.Tensor, meta=None) -> Rotation:
-        """positions [T]; meta (AttnMeta) tells dynamic schemes each sequence's length after this forward."""
-        s = self.scheme
+        """positions [T]; meta (AttnMeta) tells dynamic schemes each sequence's length after this forward, and
+        length-gated ones (beyond=true) each sequence's prompt length."""
+        s, T = self.scheme, positions.shape[0]
+        gate = self._gate(positions, meta)
+        if gate is False:  # every sequence within the trained length: the checkpoint as trained, bit for bit
+            return Rotation(*self.cos_sin(positions, plain=True))
         inv = att = None
         if s.per_length():
             lens = meta.used_k if meta.used_k is not None else meta.cu_k.diff()  # [B]
-            seq_len = torch.repeat_interleave(lens.long(), meta.cu_q.diff().long(), output_size=positions.shape[0])
+            seq_len = self._per_token(lens.long(), meta, T)
             inv = s.inv_freq_at(seq_len, self.head_dim, self.base, self.trained)  # [T, D/2]
             att = s.attention_factor_at(seq_len, self.trained)  # [T] or None
+        if gate is not None and not isinstance(s, Remap):  # a mixed forward: each token from its sequence's side
+            inv = torch.where(gate[:, None], self.inv(positions.device)[None, :] if inv is None else inv,
+                              self.inv(positions.device, plain=True)[None, :])
+            att = torch.where(gate, torch.full_like(gate, self.factor, dtype=torch.float32) if att is None
+                              else att.float(), self.plain_factor)
         cos, sin = self.cos_sin(positions, inv, att)
         if not isinstance(s, Remap):
             return Rotation(cos, sin)
-        cos_q, sin_q = self.cos_sin(s.far_q(positions, self.trained))
-        kp = s.far_k(positions, self.trained)
+        qp, kp = s.far_q(positions, self.trained), s.far_k(positions, self.trained)
+        if gate is not None:  # sequences within the trained length see far keys at their true positions
+            qp = torch.where(gate, qp, positions)
+            kp = None if kp is None else torch.where(gate, kp, positions)
+        cos_q, sin_q = self.cos_sin(qp)
         cos_k, sin_k = self.cos_sin(kp) if kp is not None else (None, None)
         return Rotation(cos, sin, Far(cos_q, sin_q, cos_k, sin_k, positions, s.near_window(self.trained), s.n_sinks()))
+
+
+def _check_beyond(scheme: RoPE, plain: RoPE) -> None:
+    if isinstance(scheme, Remap) and scheme.n_sinks() is not None:
+        raise LengthwiseError(f"{scheme.name}: beyond=true does not apply to an attention pattern (its far keys "
+                              "are only the sinks); its default window already runs a prompt within the trained "
+                              "context as trained")
+    if plain.per_length():
+        raise LengthwiseError(f"{scheme.name}: beyond=true cannot gate on this checkpoint's own dynamic RoPE "
+                              f"scaling ({plain.spec()}): drop beyond")
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
