@@ -13,8 +13,12 @@ Phases (each resumable: finished cells are skipped, so rerunning continues where
   long  128k for the three best methods and the HF peer's best (by tuning score; passkey first), and for
         the best of ours on each task by that task's tuning score (variable_tracking: dynamic YaRN); last,
         variable_tracking at 128k for every pick, ours or the HF peer's alike, that scores above 0 on it at
-        64k in the full grid (a method at 0 there is not run further out).
-Stores: DIR/{tune,full,long}.jsonl. The chat template is used throughout (SmolLM2 is an instruct model).
+        64k in the full grid (a method at 0 there is not run further out);
+  native  the native lengths again, on today's kernels and in one store: no scaling, and each pick with
+        beyond=true (the scheme only for prompts past the trained 8k; attention patterns have no gate, so
+        lambda's pick as it is, and sinks:sinks=4, whose window is the trained length less its sinks),
+        4k and 8k, seed 0, the four tasks, 5 depths x 4 samples; then sinks:sinks=4 at 16k-64k.
+Stores: DIR/{tune,full,long,native}.jsonl. The chat template is used throughout (SmolLM2 is an instruct model).
 """
 from __future__ import annotations
 
@@ -61,6 +65,13 @@ HF_CANDIDATES = {
 TUNE = dict(seed=1, lengths=[16384, 32768], depths=[0.0, 50.0, 100.0], samples=1)
 FULL = dict(seed=0, lengths=[4096, 8192, 16384, 32768, 65536], depths=[0.0, 25.0, 50.0, 75.0, 100.0], samples=4)
 LONG = dict(FULL, lengths=[131072])
+NATIVE = dict(FULL, lengths=[4096, 8192])
+
+
+def gated(spec: str) -> str:
+    """The pick with its length gate, where the scheme has one (attention patterns have none)."""
+    s = parse(spec)
+    return spec if s.name in ("sinks", "lambda") else parse(spec + ",beyond=true").spec()
 
 
 class Runners:
@@ -215,6 +226,15 @@ def main():
             continue
         if not grid(ResultStore(runs / f"{phase}.jsonl"), runners, backend, spec, kw, deadline, lengths, tasks):
             return print(f"deadline reached in {phase}")
+    if "native" in phases:
+        store = ResultStore(runs / "native.jsonl")
+        native = ["none"] + [gated(p["spec"]) for p in ours if p["spec"].split(":")[0] != "sinks"] + ["sinks:sinks=4"]
+        for spec in native:
+            if not grid(store, runners, "lengthwise", spec, NATIVE, deadline, None, [t for t in TASKS if t in only]):
+                return print("deadline reached in native")
+        if not grid(store, runners, "lengthwise", "sinks:sinks=4", FULL, deadline, [16384, 32768, 65536],
+                    [t for t in TASKS if t in only]):
+            return print("deadline reached in native (sinks:sinks=4 past 8k)")
     print("all phases done")
 
 

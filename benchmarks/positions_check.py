@@ -6,7 +6,10 @@
    prefill and decode against a ragged cache, ||diff|| / ||ref|| <= 2e-2;
 2. smollm2-135m logits with every scheme: varlen bf16 against the reference backend in bf16, and
    packed against one sequence at a time;
-3. greedy generation with a remap: CUDA-graph varlen decode against reference-backend decode.
+3. greedy generation with a remap: CUDA-graph varlen decode against reference-backend decode;
+4. length gates (beyond=true) on the extension study's picks, varlen bf16: prompts within the trained
+   context give `none`'s logits and greedy tokens exactly (an 8,100-token prompt decoding past 8,192
+   included), prompts past it give the ungated scheme's logits exactly.
 Writes $OUT/positions_check.json and exits non-zero if a bound fails.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import lengthwise as lw  # noqa: E402
 from lengthwise.attention import AttnMeta, Causal  # noqa: E402
 from lengthwise.attention.two_region import attend_two_region  # noqa: E402
+from lengthwise.generate import generate_ids  # noqa: E402
 from lengthwise.kv import RaggedKVCache  # noqa: E402
 from lengthwise.positions import Rotary, apply_rope, parse  # noqa: E402
 from lengthwise.ragged import RaggedBatch  # noqa: E402
@@ -72,10 +76,6 @@ def two_region_kernels():
 
 
 def model_checks():
-    import functools
-    from lengthwise.models import load as L
-    L.read_checkpoint = functools.lru_cache(maxsize=1)(L.read_checkpoint)  # one GGUF read for every scheme
-    L.load_tokenizer = functools.lru_cache(maxsize=1)(L.load_tokenizer)
     lens = [1, 64, 1000, 3000]
     for spec in SCALINGS + REMAPS:
         fast = lw.load("smollm2-135m", device="cuda", dtype="bfloat16", backend="varlen", positions=spec)
@@ -102,10 +102,59 @@ def model_checks():
         record(f"smollm2 greedy 24 tokens {spec}: graph varlen bf16 vs reference fp32, token agreement", agree)
 
 
+GATED = ["linear:factor=16", "ntk:factor=8", "dynamic_ntk:factor=4", "yarn:factor=16,dynamic=true",
+         "longrope:factors=@benchmarks/longrope_factors/geometric_x32.json", "giraffe:truncate=0",
+         "self_extend:group=24,window=1024", "distance_cap:cap=2048", "string:shift=4096,local=512"]
+
+
+def gate_checks():
+    def load(spec):
+        return lw.load("smollm2-135m", device="cuda", dtype="bfloat16", backend="varlen", positions=spec)
+
+    g = torch.Generator().manual_seed(1)
+    plain = load("none")
+    V = plain.config.vocab_size
+    within = [torch.randint(0, V, (n,), generator=g).tolist() for n in (1, 64, 3000, 8192)]
+    past = [torch.randint(0, V, (n,), generator=g).tolist() for n in (8193, 9000)]
+    crossing = [torch.randint(0, V, (8100,), generator=g).tolist(), within[2]]  # decodes past 8,192 tokens
+    want_within = plain.logits(within)
+
+    def greedy(lm):  # the engine itself: the pipeline would refuse `none` a prompt + answer past 8,192
+        return generate_ids(lm.module, crossing, 120, set(), backend="varlen")
+
+    want_tokens = greedy(plain)
+    del plain
+    for spec in GATED:
+        gated = load(spec + ",beyond=true")
+        record(f"gate {spec}: prompts 1-8192 tokens, logits vs none (exact)",
+               max((a.float() - b.float()).abs().max().item() for a, b in zip(gated.logits(within), want_within)), 0.0)
+        got = greedy(gated)
+        record(f"gate {spec}: 8100- and 3000-token prompts, 120 greedy tokens vs none, tokens differing",
+               sum(x != y for p, q in zip(got, want_tokens) for x, y in zip(p, q)) + abs(len(got[0]) - len(want_tokens[0])), 0)
+        lg = gated.logits(past)
+        del gated
+        ungated = load(spec)
+        record(f"gate {spec}: prompts 8193-9000 tokens, logits vs ungated (exact)",
+               max((a.float() - b.float()).abs().max().item() for a, b in zip(lg, ungated.logits(past))), 0.0)
+        del ungated
+
+
 def main():
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", default="kernels,models,gates")
+    parts = ap.parse_args().parts.split(",")
+    import functools
+    from lengthwise.models import load as L
+    L.read_checkpoint = functools.lru_cache(maxsize=1)(L.read_checkpoint)  # one GGUF read for every scheme
+    L.load_tokenizer = functools.lru_cache(maxsize=1)(L.load_tokenizer)
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
-    two_region_kernels()
-    model_checks()
+    if "kernels" in parts:
+        two_region_kernels()
+    if "models" in parts:
+        model_checks()
+    if "gates" in parts:
+        gate_checks()
     finish("positions_check.json")
 
 
