@@ -51,6 +51,32 @@ def main():
         for b, m in sorted({(k[0], k[1]) for k in grid}, key=lambda x: (x[0] == "hf", x[1] != "none", x[1])):
             print(f"| `{m}` | {b} | " + " | ".join(pct(grid[(b, m, task, n)]) for n in lengths) + " |")
     native(cells)
+    if store(runs, "native").exists():
+        gated(runs)
+
+
+def gated(runs: Path):
+    """The native phase: no scaling and every pick with its length gate, at 4k and 8k on one day's kernels."""
+    cells, prompt = {}, {}
+    recs = read_results(store(runs, "native"))[0]
+    for r in recs:
+        k = (r["backend"], r["method"], r["task"], r["length"], r["depth"], r["sample"])
+        cells[k], prompt[k[2:]] = r["score"], r["prompt_tokens"]
+    print("\n### Native phase (beyond=true, one store, today's kernels)")
+    native(cells)
+    print("\n8k split by prompt: points against no scaling on the prompts within the trained 8,192 tokens, and on "
+          "those the ±2% length tolerance put past it (the gate engages there); n = cells\n")
+    print("| method | " + " | ".join(f"{t} within | {t} past" for t in TASKS) + " |")
+    print("|---|" + "---:|" * (2 * len(TASKS)))
+    base = {k[2:]: v for k, v in cells.items() if k[1] == "none"}
+    for m in sorted({k[1] for k in cells if k[1] != "none" and k[3] == 8192}):
+        out = []
+        for t in TASKS:
+            for side in (False, True):
+                keys = [k for k in base if k[0] == t and k[1] == 8192 and (prompt[k] > 8192) == side]
+                d = [cells[("lengthwise", m) + k] - base[k] for k in keys]
+                out.append(f"{100 * sum(d) / len(d):+.0f} (n={len(d)})" if d else "–")
+        print(f"| `{m}` | " + " | ".join(out) + " |")
 
 
 def native(cells):
@@ -66,7 +92,8 @@ def native(cells):
     print("|---|---|" + "---:|" * (len(cols) + 2))
     rng = np.random.default_rng(0)
     base = {k[2:]: v for k, v in cells.items() if k[:2] == ("lengthwise", "none")}
-    for b, m in sorted({k[:2] for k in cells if k[1] != "none"}, key=lambda x: (x[0] == "hf", x[1])):
+    for b, m in sorted({k[:2] for k in cells if k[1] != "none" and k[3] in (4096, 8192)},
+                       key=lambda x: (x[0] == "hf", x[1])):
         diffs = []
         for n, t in cols:
             keys = [k for k in base if k[0] == t and k[1] == n and (b, m) + k in cells]

@@ -93,6 +93,19 @@ def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eo
     Eager decode drops finished sequences from the batch; with a CUDA graph (the default on a GPU
     with the varlen backend) every sequence stays and one replay runs each step.
     """
+    rot = model.rotary
+    sides = [i for i, p in enumerate(prompts) if len(p) > rot.trained]
+    if rot.scheme.beyond and rot.far_needed and 0 < len(sides) < len(prompts):
+        # a length-gated remap: prompts within the trained context run apart from the others, so they skip the
+        # far pass and run exactly as trained (packed with engaged ones they would be exact in math only)
+        inside = [i for i in range(len(prompts)) if len(prompts[i]) <= rot.trained]
+        out: list[list[int]] = [[] for _ in prompts]
+        for part in (inside, sides):
+            got = generate_ids(model, [prompts[i] for i in part], max_new_tokens, eos_ids, sampling, backend,
+                               on_step, cuda_graph, compile_step)
+            for i, ids in zip(part, got):
+                out[i] = ids
+        return out
     dev = model.tok_embeddings.weight.device
     cfg = model.cfg
     batch = RaggedBatch.from_lists(prompts, dev)

@@ -102,8 +102,12 @@ def test_generation_tells_the_cache_each_prompt(folder, monkeypatch):
     monkeypatch.setattr(gen, "RaggedKVCache", lambda *a, **kw: made.append(kw) or RaggedKVCache(*a, **kw))
     lm = _load(folder, "self_extend:group=4,window=8,beyond=true")
     lm.generate_ids(_seqs([TRAINED - 4, 9]), max_new_tokens=6)
-    lm.generate_ids(_seqs([TRAINED + 2, 9]), max_new_tokens=6)
-    assert [(kw["prompts"], kw["far_keys"]) for kw in made] == [([TRAINED - 4, 9], False), ([TRAINED + 2, 9], True)]
+    lm.generate_ids(_seqs([TRAINED + 2, TRAINED + 1]), max_new_tokens=6)
+    mixed = _seqs([TRAINED + 2, 9, TRAINED + 5], seed=6)
+    out = lm.generate_ids(mixed, max_new_tokens=6)  # a gated remap runs the two sides apart, in the caller's order
+    assert [(kw["prompts"], kw["far_keys"]) for kw in made] == [
+        ([TRAINED - 4, 9], False), ([TRAINED + 2, TRAINED + 1], True), ([9], False), ([TRAINED + 2, TRAINED + 5], True)]
+    assert out == [lm.generate_ids([p], max_new_tokens=6)[0] for p in mixed]
 
 
 def test_a_gated_remap_needs_its_far_key_pool_only_past_the_trained_context(folder):
