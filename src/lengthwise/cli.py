@@ -277,7 +277,8 @@ DeviceOpt = typer.Option("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, 
 PositionsOpt = typer.Option(
     "--positions", metavar="SCHEME[:k=v,...]",
     help="Position scheme for RoPE models, e.g. yarn:factor=4 or self_extend:group=8,window=1024 "
-         "(schemes: " + ", ".join(lw.positions.SCHEMES) + "; see docs/context-extension.md). "
+         "(schemes: " + ", ".join(lw.positions.SCHEMES) + "; see docs/context-extension.md); add beyond=true "
+         "to a scaling or remap to use it only for prompts past the trained context. "
          "\\[default: the checkpoint's own]")
 DtypeOpt = typer.Option("--dtype", help="Weights and compute dtype. \\[default: bfloat16 on GPU, float32 on CPU]")
 BackendOpt = typer.Option("--backend", help="Attention: reference (pure torch, any device), cpu_flash "
