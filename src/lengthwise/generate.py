@@ -100,9 +100,11 @@ def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eo
         # far pass and run exactly as trained (packed with engaged ones they would be exact in math only)
         inside = [i for i in range(len(prompts)) if len(prompts[i]) <= rot.trained]
         out: list[list[int]] = [[] for _ in prompts]
-        for part in (inside, sides):
-            got = generate_ids(model, [prompts[i] for i in part], max_new_tokens, eos_ids, sampling, backend,
-                               on_step, cuda_graph, compile_step)
+        for k, part in enumerate((inside, sides)):
+            # the second side draws from its own seed, and reports no steps (the caller's count runs once)
+            seeded = Sampling(sampling.temperature, sampling.top_p, None if sampling.seed is None else sampling.seed + k)
+            got = generate_ids(model, [prompts[i] for i in part], max_new_tokens, eos_ids, seeded, backend,
+                               on_step if k == 0 else None, cuda_graph, compile_step)
             for i, ids in zip(part, got):
                 out[i] = ids
         return out

@@ -83,13 +83,25 @@ class CausalLM(_Loaded):
                                             tokenize=True, return_dict=True)["input_ids"] for p in prompts]
         return tok(list(prompts))["input_ids"]
 
+    def _groups(self, lens: list[int], budget: int) -> list[list[int]]:
+        """Token-budget groups of sequence indices; a length-gated remap's two sides never share a forward, so
+        sequences within the trained context skip the far pass and run exactly as trained."""
+        rot = self.module.rotary
+        if not (rot.scheme.beyond and rot.far_needed):
+            return token_budget(lens, budget)
+        groups = []
+        for past in (False, True):
+            idx = [i for i, n in enumerate(lens) if (n > rot.trained) == past]
+            groups += [[idx[j] for j in g] for g in token_budget([lens[i] for i in idx], budget)] if idx else []
+        return groups
+
     @torch.inference_mode()
     def logits(self, seqs: Sequence[Sequence[int]], max_tokens_per_forward: int = 32768,
                truncate: bool = False) -> list[torch.Tensor]:
         """Per-sequence logits [len_i, vocab], float32 on CPU, from packed forwards (no padding)."""
         seqs = self._fit(seqs, self.context_length, truncate, "tail", self._reach_text)
         out: list[torch.Tensor] = [None] * len(seqs)  # type: ignore[list-item]
-        for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
+        for group in self._groups([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device)
             step = Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), self.module.mask, self.backend)
             for i, x in zip(group, b.split(self.module(b.tokens, b.positions, step))):
@@ -105,10 +117,10 @@ class CausalLM(_Loaded):
         """
         seqs = self._fit(seqs, self.context_length, truncate, "tail", self._reach_text)
         out = torch.empty(len(seqs), self.config.vocab_size, dtype=self.dtype, device=self.device)
-        for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
+        for group in self._groups([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device)
             step = Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), self.module.mask, self.backend)
-            out[group[0]:group[-1] + 1] = self.module(b.tokens, b.positions, step, out_rows=b.last_index)  # groups are consecutive
+            out[group] = self.module(b.tokens, b.positions, step, out_rows=b.last_index)
             if on_group:
                 on_group(group)
         return out

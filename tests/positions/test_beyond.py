@@ -68,7 +68,7 @@ def _teacher_forced(lm, prompts, conts):
     of each sequence, as a decode loop sees them (the cache tells the gate each prompt's length)."""
     model = lm.module
     cache = RaggedKVCache(model.cfg.n_layers, [len(p) + len(c) for p, c in zip(prompts, conts)], model.cfg.n_kv_heads,
-                          model.cfg.head_dim, torch.float64, "cpu", far_keys=model.rotary.far_keys,
+                          model.cfg.head_dim, torch.float64, "cpu", far_keys=model.rotary.far_keys_for(max(map(len, prompts))),
                           prompts=[len(p) for p in prompts])
     b = RaggedBatch.from_lists(prompts)
     slots, pos, meta = cache.plan(torch.arange(len(prompts)), b.cu_seqlens.diff().long())
@@ -116,6 +116,33 @@ def test_a_gated_remap_needs_its_far_key_pool_only_past_the_trained_context(fold
     assert _load(folder, "self_extend:group=4,window=8").module.rotary.far_keys_for(TRAINED)
 
 
+def test_a_gated_remap_never_packs_the_two_sides_together(folder):
+    lens = [70, 5, TRAINED, TRAINED + 1, 20, 40]
+    remap, scaling = _load(folder, "self_extend:group=4,window=8,beyond=true"), _load(folder, "yarn:factor=4,beyond=true")
+    groups = remap._groups(lens, 10_000)
+    assert sorted(i for g in groups for i in g) == list(range(len(lens)))
+    assert all(len({lens[i] > TRAINED for i in g}) == 1 for g in groups)
+    assert scaling._groups(lens, 10_000) == [list(range(len(lens)))]  # scalings are exact when mixed: one pack
+    inside = [s for s in _seqs(lens, seed=8) if len(s) <= TRAINED]
+    mixed = remap.logits(_seqs(lens, seed=8))
+    alone = _load(folder, "none").logits(inside)
+    assert all(torch.equal(a, b) for a, b in zip([x for x, n in zip(mixed, lens) if n <= TRAINED], alone))
+
+
+def test_seeded_sampling_over_a_split_batch(folder):
+    lm = _load(folder, "self_extend:group=4,window=8,beyond=true")
+    short, long = _seqs([TRAINED - 4, TRAINED + 9], seed=9)
+    both = lm.generate_ids([short, long], max_new_tokens=8, temperature=1.0, seed=5)
+    assert both[0] == lm.generate_ids([short], max_new_tokens=8, temperature=1.0, seed=5)[0]
+    assert both[1] == lm.generate_ids([long], max_new_tokens=8, temperature=1.0, seed=6)[0]  # its own seed
+
+
+def test_a_gated_rotation_needs_the_forward_meta():
+    rot = lw.positions.Rotary(parse("yarn:factor=4,beyond=true"), 16, 10000.0, TRAINED)
+    with pytest.raises(lw.LengthwiseError, match="needs the forward's AttnMeta"):
+        rot(torch.arange(5))
+
+
 def test_spec_round_trips_and_keeps_the_first_option_first():
     for spec in GATED:
         gated = parse(spec + ",beyond=true")
@@ -130,6 +157,7 @@ def test_spec_round_trips_and_keeps_the_first_option_first():
     ("lambda:n_global=3,window=10,cap=10,beyond=true", "does not apply to an attention pattern"),
     ("none:beyond=true", "none is no method"),
     ("yarn:factor=4,beyond=maybe", "beyond='maybe' is not true or false"),
+    ("yarn:facter=4", r"options: factor, .*, beyond\); write e.g. yarn:factor=4"),
 ])
 def test_bad_gates_fail_with_one_line(folder, spec, match):
     with pytest.raises(lw.LengthwiseError, match=match):

@@ -46,7 +46,8 @@ def parse(spec: "str | RoPE | None") -> RoPE:
     if cls is None:
         raise LengthwiseError(f"unknown position scheme {name!r}: choose one of {', '.join(SCHEMES)}")
     hints = typing.get_type_hints(cls)
-    known = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    fs = sorted(dataclasses.fields(cls), key=lambda f: f.kw_only)  # the scheme's own options first, then beyond
+    known = {f.name: hints[f.name] for f in fs}
     kw = {}
     for part in (p.strip() for p in args.split(",") if p.strip()):
         key, eq, value = part.partition("=")

@@ -204,6 +204,9 @@ class Rotary:
         forward does (host-side, so the plain path runs with no sync and stays capturable); None: no gate."""
         if not self.scheme.beyond:
             return None
+        if meta is None:
+            raise LengthwiseError(f"{self.scheme.spec()}: a length-gated scheme needs the forward's AttnMeta "
+                                  "(each sequence's length) to pick its side")
         if meta.prompt_len is None:  # no cache: a sequence's prompt is all of it
             lens, longest = (meta.used_k if meta.used_k is not None else meta.cu_k.diff()), meta.max_k
         else:
