@@ -93,14 +93,10 @@ def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eo
     Eager decode drops finished sequences from the batch; with a CUDA graph (the default on a GPU
     with the varlen backend) every sequence stays and one replay runs each step.
     """
-    rot = model.rotary
-    sides = [i for i, p in enumerate(prompts) if len(p) > rot.trained]
-    if rot.scheme.beyond and rot.far_needed and 0 < len(sides) < len(prompts):
-        # a length-gated remap: prompts within the trained context run apart from the others, so they skip the
-        # far pass and run exactly as trained (packed with engaged ones they would be exact in math only)
-        inside = [i for i in range(len(prompts)) if len(prompts[i]) <= rot.trained]
+    parts = model.rotary.apart([len(p) for p in prompts])
+    if len(parts) > 1:  # a length-gated remap's two sides, each as its own batch
         out: list[list[int]] = [[] for _ in prompts]
-        for k, part in enumerate((inside, sides)):
+        for k, part in enumerate(parts):
             # the second side draws from its own seed, and reports no steps (the caller's count runs once)
             seeded = Sampling(sampling.temperature, sampling.top_p, None if sampling.seed is None else sampling.seed + k)
             got = generate_ids(model, [prompts[i] for i in part], max_new_tokens, eos_ids, seeded, backend,

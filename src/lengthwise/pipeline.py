@@ -84,16 +84,9 @@ class CausalLM(_Loaded):
         return tok(list(prompts))["input_ids"]
 
     def _groups(self, lens: list[int], budget: int) -> list[list[int]]:
-        """Token-budget groups of sequence indices; a length-gated remap's two sides never share a forward, so
-        sequences within the trained context skip the far pass and run exactly as trained."""
-        rot = self.module.rotary
-        if not (rot.scheme.beyond and rot.far_needed):
-            return token_budget(lens, budget)
-        groups = []
-        for past in (False, True):
-            idx = [i for i, n in enumerate(lens) if (n > rot.trained) == past]
-            groups += [[idx[j] for j in g] for g in token_budget([lens[i] for i in idx], budget)] if idx else []
-        return groups
+        """Token-budget groups of sequence indices, never mixing what the position scheme runs apart."""
+        return [[part[j] for j in g] for part in self.module.rotary.apart(lens)
+                for g in token_budget([lens[i] for i in part], budget)]
 
     @torch.inference_mode()
     def logits(self, seqs: Sequence[Sequence[int]], max_tokens_per_forward: int = 32768,

@@ -168,6 +168,15 @@ class Rotary:
         whose prompts all fit the trained context never runs its far pass."""
         return self.far_keys and not (self.scheme.beyond and prompt_max <= self.trained)
 
+    def apart(self, lens: list[int]) -> list[list[int]]:
+        """Indices of sequences that must run as separate batches: a length-gated remap's two sides (within the
+        trained context, past it), so the ones within skip the far pass and run exactly as trained (in one pack
+        they would be exact in math only); otherwise all together."""
+        if not (self.scheme.beyond and self.far_needed):
+            return [list(range(len(lens)))]
+        sides = ([i for i, n in enumerate(lens) if n <= self.trained], [i for i, n in enumerate(lens) if n > self.trained])
+        return [side for side in sides if side]
+
     @property
     def reach(self) -> int:
         return max(self.trained, self.scheme.reach(self.trained)) if self.claims else self.trained
