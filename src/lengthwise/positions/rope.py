@@ -204,6 +204,11 @@ class Rotary:
             return emb.cos(), emb.sin()
         return emb.cos() * factor, emb.sin() * factor
 
+    @staticmethod
+    def _lens(meta) -> torch.Tensor:
+        """[B] each sequence's length after this forward."""
+        return meta.used_k if meta.used_k is not None else meta.cu_k.diff()
+
     def _per_token(self, lens: torch.Tensor, meta, n: int) -> torch.Tensor:
         """lens [B] -> [n]: each token's sequence's value."""
         return torch.repeat_interleave(lens, meta.cu_q.diff().long(), output_size=n)
@@ -217,7 +222,7 @@ class Rotary:
             raise LengthwiseError(f"{self.scheme.spec()}: a length-gated scheme needs the forward's AttnMeta "
                                   "(each sequence's length) to pick its side")
         if meta.prompt_len is None:  # no cache: a sequence's prompt is all of it
-            lens, longest = (meta.used_k if meta.used_k is not None else meta.cu_k.diff()), meta.max_k
+            lens, longest = self._lens(meta), meta.max_k
         else:
             lens, longest = meta.prompt_len, meta.prompt_max
         if longest <= self.trained:
@@ -233,8 +238,7 @@ class Rotary:
             return Rotation(*self.cos_sin(positions, plain=True))
         inv = att = None
         if s.per_length():
-            lens = meta.used_k if meta.used_k is not None else meta.cu_k.diff()  # [B]
-            seq_len = self._per_token(lens.long(), meta, T)
+            seq_len = self._per_token(self._lens(meta).long(), meta, T)
             inv = s.inv_freq_at(seq_len, self.head_dim, self.base, self.trained)  # [T, D/2]
             att = s.attention_factor_at(seq_len, self.trained)  # [T] or None
         if gate is not None and not isinstance(s, Remap):  # a mixed forward: each token from its sequence's side
