@@ -99,6 +99,11 @@ class _Deadline(Exception):
     pass
 
 
+@functools.cache
+def _trained() -> int:
+    return L.trained_context(L.resolve(MODEL))
+
+
 def _check(deadline: float) -> None:
     if time.time() > deadline:
         raise _Deadline
@@ -112,7 +117,7 @@ def grid(store: ResultStore, runners: Runners, backend: str, spec: str, grid_kw:
             cfg = EvalConfig(model=MODEL, tasks=[task], lengths=[n], depths=grid_kw["depths"], samples=grid_kw["samples"],
                              seed=grid_kw["seed"], method=spec, backend=backend, chat=True, max_batch_tokens=131072)
             done = store.done_ids()
-            if all(c.id in done for c in cells(cfg)):
+            if all(c.id in done for c in cells(cfg, _trained())):
                 continue
             if time.time() > deadline:
                 return False

@@ -325,15 +325,12 @@ def models():
 
 def _describe(path: Path) -> tuple[str, str]:
     """(architecture, trained context) from metadata only: no weights are read."""
+    trained = L.trained_context(path)
+    context = str(trained) if trained is not None else "?"
     if path.suffix == ".gguf":
-        fields = L.open_gguf(path).fields
-        arch = str(fields["general.architecture"].contents())
-        ctx = fields.get(f"{arch}.context_length")
-        return arch, str(ctx.contents()) if ctx is not None else "?"
+        return str(L.open_gguf(path).fields["general.architecture"].contents()), context
     cfg = json.loads((path / "config.json").read_text())
     arch = (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
-    trained = cfg.get("max_position_embeddings")
-    context = str(trained) if trained is not None else "?"
     sb = path / "sentence_bert_config.json"
     if sb.exists():
         max_seq = json.loads(sb.read_text()).get("max_seq_length")
@@ -515,7 +512,7 @@ def eval_(
         raise LengthwiseError(f"cannot write {out}: it is a directory")
     if not out.parent.exists():
         raise LengthwiseError(f"cannot write {out}: directory {out.parent} does not exist")
-    ids = {c.id for c in cells(cfg)}
+    ids = {c.id for c in cells(cfg, L.trained_context(L.resolve(model)))}
     total = len(ids)
     todo = total - len(store.done_ids() & ids)
     if todo == 0:

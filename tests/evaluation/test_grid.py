@@ -85,6 +85,30 @@ def test_records_carry_the_required_fields(tiny_lm, tmp_path):
     assert run(cfg, store, make_runner(cfg)) == 0  # same config: nothing to do
 
 
+def test_cells_at_the_trained_context_stay_inside_it_on_both_backends(tiny_lm, tmp_path):
+    """The tiny model is trained to 4096 tokens: a 4096-token cell's prompt plus answer fit in 4096 (RULER's
+    rule), built identically for lengthwise and hf, and keyed apart from a store built before that rule."""
+    from lengthwise.evaluation.grid import cell_id, cells
+    from lengthwise.tasks import get_task
+    kw = dict(model=str(tiny_lm), tasks=["passkey", "niah_multikey"], lengths=[2048, 4096], depths=[0.0, 100.0],
+              samples=2, device="cpu")
+    built = {}
+    for backend in ("lengthwise", "hf"):
+        cfg = EvalConfig(**kw, backend=backend)
+        store = ResultStore(tmp_path / f"{backend}.jsonl")
+        assert run(cfg, store, make_runner(cfg)) == 16
+        for r in _records(store.path):
+            built.setdefault((r["task"], r["length"], r["depth"], r["sample"]), set()).add(r["prompt_tokens"])
+            budget = get_task(r["task"]).max_new_tokens
+            if r["length"] == 4096:
+                assert 0.98 * 4096 <= r["prompt_tokens"] <= 4096 - budget, r
+            assert r["id"] == cell_id(cfg, r["task"], r["length"], r["depth"], r["sample"], 4096)
+            moved = r["id"] != cell_id(cfg, r["task"], r["length"], r["depth"], r["sample"])
+            assert moved == (r["length"] == 4096)
+        assert {c.id for c in cells(cfg, 4096)} == {r["id"] for r in _records(store.path)}
+    assert all(len(v) == 1 for v in built.values())  # identical prompts on both backends
+
+
 @pytest.mark.slow
 def test_passkey_at_1k_on_cpu(tmp_path):
     """The embedded SmolLM2-135M finds the pass key at its native 1k, every depth (CPU, few samples)."""

@@ -109,3 +109,36 @@ def test_same_bytes_in_another_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout
     assert out == here
+
+
+@pytest.mark.parametrize("name", ["passkey", "niah_single", "niah_multiquery", "variable_tracking", "common_words"])
+def test_a_cell_at_the_trained_context_keeps_its_answer_inside_it(name, chat_render):
+    """RULER's rule: on a model trained to 8192 tokens, an 8k cell's prompt plus its answer fit in 8192."""
+    task = get_task(name)
+    budget = task.max_new_tokens
+    free = [task.make(chat_render, 8192, d, seed=s) for d in (0, 50, 100) for s in range(3)]
+    kept = [task.make(chat_render, 8192, d, seed=s, context=8192) for d in (0, 50, 100) for s in range(3)]
+    for a, b in zip(free, kept):
+        check_sample(b, chat_render, 8192)
+        assert b.n_tokens + budget <= 8192, (name, b.n_tokens)
+        if a.n_tokens + budget <= 8192:  # the free fit already fitted: the very same prompt
+            assert a == b
+        else:  # cut to the most filler that fits: one unit more would not
+            assert b.meta["units"] < a.meta["units"] and b.n_tokens + budget > 8192 - 0.01 * 8192
+    assert any(a.n_tokens + budget > 8192 for a in free), "no case exercised the cut"
+
+
+def test_the_context_leaves_other_lengths_alone(render):
+    task = get_task("niah_single")
+    for n in (4096, 8000, 16384):  # below the 2% window, or past the context (the beyond-context check's concern)
+        assert task.ceiling(n, 8192) is None
+        assert task.make(render, n, 30, seed=2, context=8192) == task.make(render, n, 30, seed=2)
+    assert task.ceiling(8192, 8192) == 8192 - task.max_new_tokens
+    assert task.ceiling(8192, None) is None
+
+
+def test_no_room_for_the_answer_is_one_line(render):
+    from lengthwise import LengthwiseError
+    with pytest.raises(LengthwiseError, match=r"common_words: a 1024-token prompt and its 120-token answer do not "
+                                              r"fit the 1024-token context: use a length of at most 922$"):
+        get_task("common_words").make(render, 1024, 50, seed=0, context=1024)

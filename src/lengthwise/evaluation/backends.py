@@ -74,6 +74,7 @@ class LengthwiseRunner:
         self.render = make_render(self.tok, chat)
         cfg = self.lm.config
         self.context_length = self.lm.context_length  # the position scheme's reach, or the trained context
+        self.trained_context = self.lm.module.rotary.trained
         self.n_layers, self.width = cfg.n_layers, cfg.n_heads * cfg.head_dim
         self.n_params = sum(p.numel() for p in self.lm.module.parameters())
         self.on_cpu = self.lm.device.type == "cpu"
@@ -104,6 +105,7 @@ class HFRunner:
         cfg = AutoConfig.from_pretrained(str(folder), **kw)
         self.model = AutoModelForCausalLM.from_pretrained(str(folder), config=cfg, dtype=dt, **kw).to(self.device).eval()
         self._rope0 = dict(cfg.rope_parameters)  # as trained
+        self.trained_context = cfg.max_position_embeddings
         self.set_rope(hf_rope or to_hf(parse(positions), cfg.max_position_embeddings))
         self.tok = load_tokenizer(path)
         self.render = make_render(self.tok, chat)

@@ -70,14 +70,19 @@ class Cell:
     id: str = field(compare=False)
 
 
-def cell_id(cfg: EvalConfig, task: str, length: int, depth: float, sample: int) -> str:
+def cell_id(cfg: EvalConfig, task: str, length: int, depth: float, sample: int, context: int | None = None) -> str:
+    """context: the model's trained context. A cell whose prompt it cuts (Task.ceiling) names it in its key, so a
+    store from before that rule, whose prompt there ran past the context, is not taken for this cell."""
     key = {"model": cfg.model, "method": cfg.method, "backend": cfg.backend, "chat": cfg.chat, "hf_rope": cfg.hf_rope,
            "seed": cfg.seed, "task": task, "length": length, "depth": depth, "sample": sample}
+    if get_task(task).ceiling(length, context) is not None:
+        key["within"] = context
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cells(cfg: EvalConfig) -> list[Cell]:
-    return [Cell(t, n, d, s, cell_id(cfg, t, n, d, s))
+def cells(cfg: EvalConfig, context: int | None) -> list[Cell]:
+    """Every cell of the grid, for a model trained to `context` tokens (L.trained_context)."""
+    return [Cell(t, n, d, s, cell_id(cfg, t, n, d, s, context))
             for t in cfg.tasks for n in cfg.lengths for d in cfg.depths for s in range(cfg.samples)]
 
 
@@ -98,7 +103,7 @@ def run(cfg: EvalConfig, store: ResultStore, runner, yes: bool = False, allow_be
         progress: Callable[[int, int], None] | None = None, warn: Callable[[str], None] = print) -> int:
     """Run every cell the store lacks; returns how many ran. `runner` is a loaded backend (backends.py)."""
     finished = store.done_ids()
-    todo = [c for c in cells(cfg) if c.id not in finished]
+    todo = [c for c in cells(cfg, runner.trained_context) if c.id not in finished]
     if not todo:
         return 0
     longest = max(c.length for c in todo)
@@ -116,7 +121,8 @@ def run(cfg: EvalConfig, store: ResultStore, runner, yes: bool = False, allow_be
     done = 0
     for batch in _batches(todo, cfg.max_batch_tokens):
         task = get_task(batch[0].task)  # a batch holds one task and one length
-        samples = [task.make(runner.render, c.length, c.depth, sample_seed(cfg, c.sample)) for c in batch]
+        samples = [task.make(runner.render, c.length, c.depth, sample_seed(cfg, c.sample), runner.trained_context)
+                   for c in batch]
         outputs, timing = runner.generate(samples)
         for c, s, out in zip(batch, samples, outputs):
             store.append({

@@ -178,6 +178,22 @@ def _read_gguf(path: Path) -> Checkpoint:
     return Checkpoint(family, arch, cfg, state, path, "gguf")
 
 
+def trained_context(path: Path) -> int | None:
+    """The context a checkpoint was trained to, from its metadata alone (no weights are read)."""
+    if path.suffix == ".gguf":
+        fields = open_gguf(path).fields
+        ctx = fields.get(f"{fields['general.architecture'].contents()}.context_length")
+        return None if ctx is None else int(ctx.contents())
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        return None  # not a model folder: loading it says why
+    try:
+        trained = json.loads(cfg_file.read_text()).get("max_position_embeddings")
+    except (OSError, json.JSONDecodeError) as e:
+        raise LengthwiseError(f"cannot read {cfg_file}: {e}") from None
+    return None if trained is None else int(trained)
+
+
 def build_module(ck: Checkpoint, dtype: torch.dtype, device: torch.device, **kw) -> torch.nn.Module:
     with torch.device("meta"):
         model = FAMILIES[ck.family].model(ck.config, **kw)

@@ -3,11 +3,15 @@
 A task draws its content from a string-seeded `random.Random` and writes its text around n filler units
 (words, noise sentences, list entries). `fit` finds the n whose render is within 2% of the target length,
 measured in the evaluated model's own tokens through `render(prompt, answer_prefix)`.
+
+A cell within the model's trained context stays within it, answer included, as RULER sizes its inputs: where
+the 2% window would let prompt plus answer pass the context, the prompt is cut to fit (`Task.ceiling`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
@@ -76,11 +80,21 @@ class Task:
         """The fewest filler units with which the task is well posed."""
         return 0
 
+    def ceiling(self, length: int, context: int | None) -> int | None:
+        """The most prompt tokens a cell of this length may take on a model trained to `context` tokens: a cell
+        within the context keeps its prompt and answer inside it. None where the 2% window cannot pass it."""
+        if context is None or length > context:
+            return None
+        top = context - self.max_new_tokens
+        return top if length * (1 + TOLERANCE) > top else None
+
     def build(self, rng: random.Random, n: int, length: int, depth: float) -> Draft:
         """The task's text around n filler units; draws from rng in an order that does not depend on n."""
         raise NotImplementedError
 
-    def make(self, render: Render, length: int, depth: float, seed: int) -> Sample:
+    def make(self, render: Render, length: int, depth: float, seed: int, context: int | None = None) -> Sample:
+        """One seeded input of `length` tokens (±2%) with its key at `depth`; context: the model's trained
+        context, which a cell within it never passes, answer included (see ceiling)."""
         if not 0 <= depth <= 100:
             raise LengthwiseError(f"task {self.name}: depth must be within 0..100, got {depth}")
         if int(length) != length or length < 1:
@@ -94,9 +108,14 @@ class Task:
             drafts[n] = d, len(render(d.prompt, d.answer_prefix))
             return drafts[n][1]
 
-        n = fit(measure, length, self.min_units(length), self.unit_tokens(length), self.name)
+        top = self.ceiling(length, context)
+        if top is not None and top < (1 - TOLERANCE) * length:
+            raise LengthwiseError(f"task {self.name}: a {length}-token prompt and its {self.max_new_tokens}-token answer "
+                                  f"do not fit the {context}-token context: use a length of at most "
+                                  f"{int(top / (1 - TOLERANCE))}")
+        n = fit(measure, length, self.min_units(length), self.unit_tokens(length), self.name, top)
         d, n_tokens = drafts[n]
-        if abs(n_tokens - length) > TOLERANCE * length:  # fit() guarantees it; kept as the contract's check
+        if abs(n_tokens - length) > TOLERANCE * length or (top is not None and n_tokens > top):  # fit() guarantees it
             raise LengthwiseError(f"task {self.name}: built {n_tokens} tokens for a target of {length}")
         return Sample(self.name, self.options(), d.prompt, d.answer_prefix, tuple(d.answers), length, depth, seed,
                       self.max_new_tokens, n_tokens, {"units": n, "renders": len(drafts), **d.meta})
@@ -106,12 +125,14 @@ class Task:
         return recall(output, sample.answers)
 
 
-def fit(measure: Callable[[int], int], length: int, lo: int, unit_tokens: float, task: str) -> int:
-    """The number of units n >= lo whose measure(n) (growing with n) is closest to length, within TOLERANCE.
+def fit(measure: Callable[[int], int], length: int, lo: int, unit_tokens: float, task: str,
+        top: int | None = None) -> int:
+    """The number of units n >= lo whose measure(n) (growing with n) is closest to length, within TOLERANCE;
+    with top, no more than top tokens (the most units that fit, when the closest does not).
 
     Secant steps on the measured tokens per unit, kept inside a bracket, with bisection as the fallback.
     It aims at a quarter of the tolerance, and settles for the tolerance after GOOD_ENOUGH renders:
-    typically 3-4 renders in all.
+    typically 3-4 renders in all. A cut to top takes one or two more.
     """
     tol = TOLERANCE * length
     seen: dict[int, int] = {}
@@ -121,8 +142,8 @@ def fit(measure: Callable[[int], int], length: int, lo: int, unit_tokens: float,
             seen[n] = measure(n)
         return seen[n]
 
-    t_lo = m(lo)
-    if t_lo > length + tol:
+    first, t_lo = lo, m(lo)
+    if t_lo > (length + tol if top is None else min(top, length + tol)):
         raise LengthwiseError(f"task {task}: length {length} is too small; its fixed parts already take {t_lo} tokens")
     if abs(t_lo - length) <= tol / 4:
         return lo
@@ -143,7 +164,23 @@ def fit(measure: Callable[[int], int], length: int, lo: int, unit_tokens: float,
             nxt = (lo + hi) // 2
         n = nxt
     best = min(seen, key=lambda k: abs(seen[k] - length))
+    if top is not None and seen[best] > top:
+        best = _cut(m, seen, best, first, top)
     if abs(seen[best] - length) > tol:
         raise LengthwiseError(f"task {task}: no filler amount gives {length} tokens ±2% "
                               f"(closest: {seen[best]} tokens with {best} units, after {len(seen)} renders)")
     return best
+
+
+def _cut(m: Callable[[int], int], seen: dict[int, int], n: int, lo: int, top: int) -> int:
+    """The most units n' < n with m(n') <= top: one step on the measured tokens per unit, then unit by unit."""
+    per = (seen[n] - seen[lo]) / (n - lo) if n > lo else 1.0
+    k = max(lo, n - math.ceil((seen[n] - top) / max(per, 1e-3)))
+    for _ in range(4 * MAX_RENDERS):  # bounded even if measure were not monotone
+        if k > lo and m(k) > top:
+            k -= 1
+        elif k + 1 < n and m(k + 1) <= top:
+            k += 1
+        else:
+            break
+    return k
