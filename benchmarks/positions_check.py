@@ -9,7 +9,9 @@
 3. greedy generation with a remap: CUDA-graph varlen decode against reference-backend decode;
 4. length gates (beyond=true) on the extension study's picks, varlen bf16: prompts within the trained
    context give `none`'s logits and greedy tokens exactly (an 8,100-token prompt decoding past 8,192
-   included), prompts past it give the ungated scheme's logits exactly.
+   included), prompts past it give the ungated scheme's logits exactly;
+5. plain ranges: the attention-pattern picks on sequences within the trained length give `none`'s logits and
+   greedy tokens exactly (Remap.plain_up_to: no key is far, so the plain model's own path runs).
 Writes $OUT/positions_check.json and exits non-zero if a bound fails.
 """
 from __future__ import annotations
@@ -139,10 +141,36 @@ def gate_checks():
         del ungated
 
 
+PATTERNS = ["lambda:n_global=10", "sinks:sinks=4"]  # the study's ungated picks whose plain range is the trained length
+
+
+def plain_range_checks():
+    """A remap whose sequences all stay within its plain range (Remap.plain_up_to) runs the plain model's path:
+    the attention patterns at their default windows, logits and greedy tokens against none's, exactly."""
+    def load(spec):
+        return lw.load("smollm2-135m", device="cuda", dtype="bfloat16", backend="varlen", positions=spec)
+
+    g = torch.Generator().manual_seed(2)
+    plain = load("none")
+    V = plain.config.vocab_size
+    within = [torch.randint(0, V, (n,), generator=g).tolist() for n in (1, 64, 3000, 8192)]
+    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (8000, 3000)]  # + 120 new: within 8,192
+    want_logits, want_tokens = plain.logits(within), generate_ids(plain.module, prompts, 120, set(), backend="varlen")
+    del plain
+    for spec in PATTERNS:
+        lm = load(spec)
+        record(f"plain range {spec}: prompts 1-8192 tokens, logits vs none (exact)",
+               max((a.float() - b.float()).abs().max().item() for a, b in zip(lm.logits(within), want_logits)), 0.0)
+        got = generate_ids(lm.module, prompts, 120, set(), backend="varlen")
+        record(f"plain range {spec}: 8000- and 3000-token prompts, 120 greedy tokens vs none, tokens differing",
+               sum(x != y for p, q in zip(got, want_tokens) for x, y in zip(p, q)), 0)
+        del lm
+
+
 def main():
     import argparse
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="kernels,models,gates")
+    ap.add_argument("--parts", default="kernels,models,gates,plain")
     parts = ap.parse_args().parts.split(",")
     import functools
     from lengthwise.models import load as L
@@ -155,6 +183,8 @@ def main():
         model_checks()
     if "gates" in parts:
         gate_checks()
+    if "plain" in parts:
+        plain_range_checks()
     finish("positions_check.json")
 
 

@@ -107,8 +107,10 @@ def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eo
     dev = model.tok_embeddings.weight.device
     cfg = model.cfg
     batch = RaggedBatch.from_lists(prompts, dev)
+    longest = max(map(len, prompts))
     cache = RaggedKVCache(cfg.n_layers, [len(p) + max_new_tokens for p in prompts], cfg.n_kv_heads, cfg.head_dim,
-                          model.tok_embeddings.weight.dtype, dev, far_keys=model.rotary.far_keys_for(max(map(len, prompts))),
+                          model.tok_embeddings.weight.dtype, dev,
+                          far_keys=model.rotary.far_keys_for(longest, longest + max_new_tokens),
                           prompts=[len(p) for p in prompts])
     pick = sampling.sampler(dev)
     active = torch.arange(len(prompts), device=dev)

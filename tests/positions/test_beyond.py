@@ -68,7 +68,7 @@ def _teacher_forced(lm, prompts, conts):
     of each sequence, as a decode loop sees them (the cache tells the gate each prompt's length)."""
     model = lm.module
     cache = RaggedKVCache(model.cfg.n_layers, [len(p) + len(c) for p, c in zip(prompts, conts)], model.cfg.n_kv_heads,
-                          model.cfg.head_dim, torch.float64, "cpu", far_keys=model.rotary.far_keys_for(max(map(len, prompts))),
+                          model.cfg.head_dim, torch.float64, "cpu", far_keys=model.rotary.far_keys_for(max(map(len, prompts)), max(len(p) + len(c) for p, c in zip(prompts, conts))),
                           prompts=[len(p) for p in prompts])
     b = RaggedBatch.from_lists(prompts)
     slots, pos, meta = cache.plan(torch.arange(len(prompts)), b.cu_seqlens.diff().long())
@@ -112,8 +112,8 @@ def test_generation_tells_the_cache_each_prompt(folder, monkeypatch):
 
 def test_a_gated_remap_needs_its_far_key_pool_only_past_the_trained_context(folder):
     rot = _load(folder, "self_extend:group=4,window=8,beyond=true").module.rotary
-    assert (rot.far_keys_for(TRAINED), rot.far_keys_for(TRAINED + 1)) == (False, True)
-    assert _load(folder, "self_extend:group=4,window=8").module.rotary.far_keys_for(TRAINED)
+    assert (rot.far_keys_for(TRAINED, TRAINED + 6), rot.far_keys_for(TRAINED + 1, TRAINED + 7)) == (False, True)
+    assert _load(folder, "self_extend:group=4,window=8").module.rotary.far_keys_for(TRAINED, TRAINED + 6)
 
 
 def test_a_gated_remap_never_packs_the_two_sides_together(folder):

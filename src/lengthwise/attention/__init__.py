@@ -32,6 +32,8 @@ class AttnMeta:
     # length [B], and the longest over the cache as a host int (None without a cache: the sequence lengths)
     prompt_len: torch.Tensor | None = None
     prompt_max: int | None = None
+    # the cache's largest region (host int): no sequence of it ever grows longer (None without a cache)
+    max_capacity: int | None = None
 
     @classmethod
     def packed(cls, cu_seqlens: torch.Tensor, max_seqlen: int) -> "AttnMeta":

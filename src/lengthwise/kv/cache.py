@@ -64,7 +64,7 @@ class RaggedKVCache:
         slots = self.start + positions  # [B]
         cu_q = torch.arange(B + 1, dtype=torch.int32, device=self.length.device)
         meta = AttnMeta(cu_q, 1, self.cu_k_all, self.max_capacity, (positions + 1).to(torch.int32),
-                        self.prompt_len, self.prompt_max)
+                        self.prompt_len, self.prompt_max, self.max_capacity)
         self.length += 1
         return slots, positions, meta
 
@@ -86,6 +86,6 @@ class RaggedKVCache:
         start = self.start[seqs]
         cu_k = torch.cat([start, (start[-1] + self.capacity[seqs[-1]]).view(1)]).to(torch.int32)
         meta = AttnMeta(cu_q, int(n_new.max()), cu_k, int(new_len.max()), new_len.to(torch.int32),
-                        self.prompt_len[seqs], self.prompt_max)  # the cache's longest: no sync for a subset's
+                        self.prompt_len[seqs], self.prompt_max, self.max_capacity)  # the cache's: no sync for a subset's
         self.length[seqs] = new_len
         return slots, positions, meta

@@ -111,6 +111,10 @@ class Remap(RoPE):
         """Far keys are only the first n_sinks of each sequence (attention patterns), or all (None)."""
         return None
 
+    def plain_up_to(self, trained: int) -> int:
+        """The longest sequence that sees every key as the plain model does: below the near window no key is far."""
+        return self.near_window(trained)
+
 
 @dataclass
 class Far:
@@ -163,10 +167,12 @@ class Rotary:
             self.far_keys = self.far_needed and scheme.far_k(torch.zeros(1, dtype=torch.int64), trained) is not None
         self._inv: dict[str, torch.Tensor] = {}
 
-    def far_keys_for(self, prompt_max: int) -> bool:
-        """Whether a KV cache whose longest prompt is prompt_max needs the far-key pool: a length-gated remap
-        whose prompts all fit the trained context never runs its far pass."""
-        return self.far_keys and not (self.scheme.beyond and prompt_max <= self.trained)
+    def far_keys_for(self, prompt_max: int, capacity_max: int) -> bool:
+        """Whether a KV cache (longest prompt prompt_max, largest region capacity_max) needs the far-key pool: a
+        length-gated remap whose prompts all fit the trained context never runs its far pass, nor does a remap
+        whose sequences all stay within its plain range."""
+        return (self.far_keys and not (self.scheme.beyond and prompt_max <= self.trained)
+                and capacity_max > self.scheme.plain_up_to(self.trained))
 
     def apart(self, lens: list[int]) -> list[list[int]]:
         """Indices of sequences that must run as separate batches: a length-gated remap's two sides (within the
@@ -229,10 +235,20 @@ class Rotary:
             return False
         return self._per_token(lens > self.trained, meta, positions.shape[0])
 
+    def _within_plain_range(self, meta) -> bool:
+        """A remap none of whose sequences can pass its plain range: this forward's, or for a cache every one it
+        will ever hold (host-side, so one decode graph serves a whole generation)."""
+        if not isinstance(self.scheme, Remap) or meta is None:
+            return False
+        longest = meta.max_k if meta.max_capacity is None else meta.max_capacity
+        return longest <= self.scheme.plain_up_to(self.trained)
+
     def __call__(self, positions: torch.Tensor, meta=None) -> Rotation:
         """positions [T]; meta (AttnMeta) tells dynamic schemes each sequence's length after this forward, and
         length-gated ones (beyond=true) each sequence's prompt length."""
         s, T = self.scheme, positions.shape[0]
+        if self._within_plain_range(meta):  # no key is far: the plain model's own path, no second pass
+            return Rotation(*self.cos_sin(positions, plain=True))
         gate = self._gate(positions, meta)
         if gate is False:  # every sequence within the trained length: the checkpoint as trained, bit for bit
             return Rotation(*self.cos_sin(positions, plain=True))

@@ -40,6 +40,10 @@ class Sinks(Remap):
     def n_sinks(self):
         return self.sinks
 
+    def plain_up_to(self, trained):
+        # below sinks + window the far queries keep their positions and the sinks theirs: plain attention
+        return self.sinks + self._window(trained)
+
     def far_q(self, pos, trained):
         return torch.clamp(pos, max=self.sinks + self._window(trained) - 1)
 
