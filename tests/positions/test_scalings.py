@@ -108,6 +108,13 @@ def test_dynamic_ntk_matches_hf_at_each_length(seq_len):
     assert torch.allclose(ours, inv, rtol=1e-6, atol=0)
 
 
+def test_dynamic_ntk_within_the_trained_length_is_plain_rope_bit_for_bit():
+    plain = NTK(1.0).inv_freq(HEAD_DIM, BASE, TRAINED)
+    got = DynamicNTK(4.0).inv_freq_at(torch.tensor([1, 100, TRAINED, TRAINED + 1]), HEAD_DIM, BASE, TRAINED)
+    assert all(torch.equal(g, plain) for g in got[:3])
+    assert not torch.allclose(got[3], plain, rtol=1e-9, atol=0)  # one token past it, the base grows
+
+
 def test_static_ntk_is_dynamic_ntk_frozen_at_one_length():
     # dynamic NTK at length L uses alpha = s L / L0 - (s - 1); static NTK with that alpha is the same base
     cfg = _hf({"rope_type": "dynamic", "factor": 2.0})

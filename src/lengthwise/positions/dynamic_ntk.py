@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from .rope import UNBOUNDED, RoPE, at_least_one, default_inv_freq
+from .rope import UNBOUNDED, RoPE, at_least_one, default_inv_freq, plain_table
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,13 @@ class DynamicNTK(RoPE):
         return default_inv_freq(head_dim, base)
 
     def inv_freq_at(self, seq_len, head_dim, base, trained):
-        """seq_len [N] -> [N, D/2]."""
+        """seq_len [N] -> [N, D/2]; within the trained length plain RoPE's own table, bit for bit (as HF, which
+        recomputes only past it: the formula at scale 1 rounds differently)."""
         L = torch.clamp(seq_len, min=trained).double()
         b = base * ((self.factor * L / trained) - (self.factor - 1)) ** (head_dim / (head_dim - 2))  # [N]
         expo = torch.arange(0, head_dim, 2, dtype=torch.int64, device=seq_len.device).float() / head_dim
-        return 1.0 / (b.float()[:, None] ** expo[None, :])
+        plain = plain_table(head_dim, float(base), str(seq_len.device))[None, :]
+        return torch.where((seq_len > trained)[:, None], 1.0 / (b.float()[:, None] ** expo[None, :]), plain)
 
     def reach(self, trained):
         return UNBOUNDED  # the base grows with each sequence's length

@@ -6,6 +6,7 @@ A scheme changes the frequencies (scalings), the positions (remaps) or which key
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
@@ -74,6 +75,13 @@ def _fmt(v) -> str:
 
 def default_inv_freq(head_dim: int, base: float) -> torch.Tensor:
     return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+
+
+@functools.lru_cache(maxsize=None)  # never evicted: a captured CUDA graph reads it by address
+def plain_table(head_dim: int, base: float, device: str) -> torch.Tensor:
+    """default_inv_freq built on the CPU, once per device: a GPU's pow rounds differently, and no copy per step."""
+    with torch.device("cpu"):
+        return default_inv_freq(head_dim, base).to(device)
 
 
 def positive(name: str, value: float, scheme: str) -> None:
