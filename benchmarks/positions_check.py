@@ -109,16 +109,29 @@ GATED = ["linear:factor=16", "ntk:factor=8", "dynamic_ntk:factor=4", "yarn:facto
          "self_extend:group=24,window=1024", "distance_cap:cap=2048", "string:shift=4096,local=512"]
 
 
-def gate_checks():
-    def load(spec):
-        return lw.load("smollm2-135m", device="cuda", dtype="bfloat16", backend="varlen", positions=spec)
+def _load(spec):
+    return lw.load("smollm2-135m", device="cuda", dtype="bfloat16", backend="varlen", positions=spec)
 
+
+def _draw(g, V, lens):
+    return [torch.randint(0, V, (n,), generator=g).tolist() for n in lens]
+
+
+def _max_diff(a, b):
+    return max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b))
+
+
+def _tokens_differing(got, want):
+    return sum(x != y for p, q in zip(got, want) for x, y in zip(p, q)) + sum(abs(len(p) - len(q)) for p, q in zip(got, want))
+
+
+def gate_checks():
     g = torch.Generator().manual_seed(1)
-    plain = load("none")
+    plain = _load("none")
     V = plain.config.vocab_size
-    within = [torch.randint(0, V, (n,), generator=g).tolist() for n in (1, 64, 3000, 8192)]
-    past = [torch.randint(0, V, (n,), generator=g).tolist() for n in (8193, 9000)]
-    crossing = [torch.randint(0, V, (8100,), generator=g).tolist(), within[2]]  # decodes past 8,192 tokens
+    within = _draw(g, V, (1, 64, 3000, 8192))
+    past = _draw(g, V, (8193, 9000))
+    crossing = [_draw(g, V, (8100,))[0], within[2]]  # decodes past 8,192 tokens
     want_within = plain.logits(within)
 
     def greedy(lm):  # the engine itself: the pipeline would refuse `none` a prompt + answer past 8,192
@@ -127,17 +140,14 @@ def gate_checks():
     want_tokens = greedy(plain)
     del plain
     for spec in GATED:
-        gated = load(spec + ",beyond=true")
-        record(f"gate {spec}: prompts 1-8192 tokens, logits vs none (exact)",
-               max((a.float() - b.float()).abs().max().item() for a, b in zip(gated.logits(within), want_within)), 0.0)
-        got = greedy(gated)
+        gated = _load(spec + ",beyond=true")
+        record(f"gate {spec}: prompts 1-8192 tokens, logits vs none (exact)", _max_diff(gated.logits(within), want_within), 0.0)
         record(f"gate {spec}: 8100- and 3000-token prompts, 120 greedy tokens vs none, tokens differing",
-               sum(x != y for p, q in zip(got, want_tokens) for x, y in zip(p, q)) + abs(len(got[0]) - len(want_tokens[0])), 0)
+               _tokens_differing(greedy(gated), want_tokens), 0)
         lg = gated.logits(past)
         del gated
-        ungated = load(spec)
-        record(f"gate {spec}: prompts 8193-9000 tokens, logits vs ungated (exact)",
-               max((a.float() - b.float()).abs().max().item() for a, b in zip(lg, ungated.logits(past))), 0.0)
+        ungated = _load(spec)
+        record(f"gate {spec}: prompts 8193-9000 tokens, logits vs ungated (exact)", _max_diff(lg, ungated.logits(past)), 0.0)
         del ungated
 
 
@@ -147,23 +157,18 @@ PATTERNS = ["lambda:n_global=10", "sinks:sinks=4"]  # the study's ungated picks 
 def plain_range_checks():
     """A remap whose sequences all stay within its plain range (Remap.plain_up_to) runs the plain model's path:
     the attention patterns at their default windows, logits and greedy tokens against none's, exactly."""
-    def load(spec):
-        return lw.load("smollm2-135m", device="cuda", dtype="bfloat16", backend="varlen", positions=spec)
-
     g = torch.Generator().manual_seed(2)
-    plain = load("none")
+    plain = _load("none")
     V = plain.config.vocab_size
-    within = [torch.randint(0, V, (n,), generator=g).tolist() for n in (1, 64, 3000, 8192)]
-    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (8000, 3000)]  # + 120 new: within 8,192
+    within = _draw(g, V, (1, 64, 3000, 8192))
+    prompts = _draw(g, V, (8000, 3000))  # + 120 new: within 8,192
     want_logits, want_tokens = plain.logits(within), generate_ids(plain.module, prompts, 120, set(), backend="varlen")
     del plain
     for spec in PATTERNS:
-        lm = load(spec)
-        record(f"plain range {spec}: prompts 1-8192 tokens, logits vs none (exact)",
-               max((a.float() - b.float()).abs().max().item() for a, b in zip(lm.logits(within), want_logits)), 0.0)
-        got = generate_ids(lm.module, prompts, 120, set(), backend="varlen")
+        lm = _load(spec)
+        record(f"plain range {spec}: prompts 1-8192 tokens, logits vs none (exact)", _max_diff(lm.logits(within), want_logits), 0.0)
         record(f"plain range {spec}: 8000- and 3000-token prompts, 120 greedy tokens vs none, tokens differing",
-               sum(x != y for p, q in zip(got, want_tokens) for x, y in zip(p, q)), 0)
+               _tokens_differing(generate_ids(lm.module, prompts, 120, set(), backend="varlen"), want_tokens), 0)
         del lm
 
 
