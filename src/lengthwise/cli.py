@@ -481,7 +481,7 @@ def eval_(
     out: Annotated[Path, typer.Option("--out", "-o", metavar="RESULTS.jsonl", help="The results store (JSONL); created or resumed.")],
     model: Annotated[str, ModelOpt] = "smollm2-135m",
     tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated task names, with options after a colon.")] = "passkey",
-    lengths: Annotated[str, typer.Option("--lengths", help="Prompt lengths in the model's tokens; k = 1024 (e.g. 1k,2k,4k).")] = "1k,2k,4k",
+    lengths: Annotated[str, typer.Option("--lengths", help="Prompt lengths in the model's tokens, ±2%; k = 1024 (e.g. 1k,2k,4k). A length within the trained context keeps prompt plus answer inside it.")] = "1k,2k,4k",
     depths: Annotated[str, typer.Option("--depths", help="A count of depths spread over 0-100 (e.g. 5), or percentages (e.g. 10,50,90).")] = "5",
     samples: Annotated[int, typer.Option("--samples", min=1, help="Samples per task x length x depth cell.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generated prompts: same seed, same prompts.")] = 0,
