@@ -253,16 +253,21 @@ def _progress(description: str, total: int, unit: str) -> Iterator:
                         TextColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                         console=Console(stderr=True))
     task = progress.add_task(description, total=total)
-    progress.start()
+    live = progress.console.is_terminal  # elsewhere (a log, a pipe) rich draws only the last state, at stop
+    if live:
+        progress.start()
     ok = False
     try:
         yield lambda done: progress.update(task, completed=done)
         progress.update(task, completed=total)  # generation may stop early at EOS
         ok = True
     finally:
-        if not ok:
-            progress.live.transient = True  # on failure, leave only the error line
-        progress.stop()
+        if live:
+            progress.live.transient = not ok  # on failure, leave only the error line
+            progress.stop()
+        elif ok:  # the bar's last state, once; on failure nothing, not even a blank line
+            progress.start()
+            progress.stop()
 
 
 # ---------------------------------------------------------------- shared options
