@@ -184,3 +184,18 @@ def test_no_heatmap_for_a_task_without_a_key(tmp_path):
     assert any(n.startswith("heatmap") and "mystery_task" in n for n in names)
     assert "curve_common_words.png" in names
     assert {r["task"] for r in out["table"]} == {"common_words", "mystery_task"}
+
+
+def test_a_cell_rebuilt_under_a_new_id_counts_once(tmp_path):
+    """A store resumed across the within-context rule holds a cell's old record and its new one (another id):
+    the report keeps the later, says so, and leaves chat and plain runs of a cell apart."""
+    recs = [dict(r, config={"chat": True}) for r in make_records()]
+    rebuilt = dict(recs[0], id="new-id", score=0.0, prompt_tokens=recs[0]["prompt_tokens"] - 20)
+    plain = dict(recs[1], id="plain-id", config={"chat": False})  # the same cell without the chat template
+    got, warnings = R.read_results(write(tmp_path / "res.jsonl", recs + [rebuilt, plain]))
+    assert len(got) == len(recs) + 1
+    assert [g["id"] for g in got if g["id"] in (recs[0]["id"], "new-id")] == ["new-id"]
+    assert len(warnings) == 1 and warnings[0].startswith("1 record repeat an earlier cell under another id")
+    r = row(R.accuracy_table([g for g in got if g["config"]["chat"]]), recs[0]["method"], recs[0]["backend"],
+            recs[0]["task"], recs[0]["length"])
+    assert r["n"] == 6

@@ -66,20 +66,40 @@ def read_results(path: str | Path) -> tuple[list[dict], list[str]]:
         why = "it is empty" if not warnings else f"all {len(warnings)} non-blank lines were skipped ({warnings[0]})"
         raise LengthwiseError(f"results file {path} has no valid records: {why}")
 
-    last = {str(rec["id"]): j for j, rec in enumerate(records) if "id" in rec}  # id -> index of its last record
-    stale = [j for j, rec in enumerate(records) if "id" in rec and last[str(rec["id"])] != j]
-    if stale:
-        ids = sorted({str(records[j]["id"]) for j in stale})
-        warnings.append(f"{len(stale)} record{_s(len(stale))} repeat an earlier id ({len(ids)} id{_s(len(ids))}, "
-                        f"e.g. {ids[0]!r}); kept the last of each")
-        drop = set(stale)
-        records = [rec for j, rec in enumerate(records) if j not in drop]
+    records = _keep_last(records, lambda r: str(r["id"]) if "id" in r else None, "an earlier id", warnings)
+    # the same cell under another id: a store resumed across a change of the cell key (a cell within the
+    # trained context was re-keyed when its prompt and answer were first kept inside it)
+    records = _keep_last(records, _cell, "an earlier cell under another id (built before a change of the cell's "
+                         "key, e.g. the within-context rule)", warnings)
 
     n_nan = sum(1 for rec in records if math.isnan(rec["score"]))
     if n_nan:
         warnings.append(f"{n_nan} of {len(records)} record{_s(len(records))} have no score (NaN); "
                         "left out of the means")
     return records, warnings
+
+
+def _cell(rec: dict) -> str | None:
+    """What a grid cell is, apart from its id; None for records that do not say (no sample or seed)."""
+    if "sample" not in rec or "seed" not in rec:
+        return None
+    cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
+    return json.dumps([rec[k] for k in ("model", "method", "backend", "task", "length", "depth")]
+                      + [rec["sample"], rec["seed"], cfg.get("chat"), cfg.get("hf_rope")], sort_keys=True, default=str)
+
+
+def _keep_last(records: list[dict], key, what: str, warnings: list[str]) -> list[dict]:
+    """The records whose key(rec) (None: always kept) does not come again later; one warning for the rest."""
+    last = {k: j for j, rec in enumerate(records) if (k := key(rec)) is not None}
+    stale = [j for j, rec in enumerate(records) if (k := key(rec)) is not None and last[k] != j]
+    if not stale:
+        return records
+    keys = {key(records[j]) for j in stale}
+    eg = f", e.g. {str(records[stale[0]]['id'])!r}" if "id" in records[stale[0]] else ""
+    warnings.append(f"{len(stale)} record{_s(len(stale))} repeat {what} ({len(keys)} cell{_s(len(keys))}{eg}); "
+                    "kept the last of each")
+    drop = set(stale)
+    return [rec for j, rec in enumerate(records) if j not in drop]
 
 
 def _parse(line: str) -> tuple[dict | None, str | None]:

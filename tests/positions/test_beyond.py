@@ -67,8 +67,9 @@ def _teacher_forced(lm, prompts, conts):
     """Prefill the prompts into one ragged cache, then feed conts one token per step: [prompt + cont] logits
     of each sequence, as a decode loop sees them (the cache tells the gate each prompt's length)."""
     model = lm.module
-    cache = RaggedKVCache(model.cfg.n_layers, [len(p) + len(c) for p, c in zip(prompts, conts)], model.cfg.n_kv_heads,
-                          model.cfg.head_dim, torch.float64, "cpu", far_keys=model.rotary.far_keys_for(max(map(len, prompts)), max(len(p) + len(c) for p, c in zip(prompts, conts))),
+    caps = [len(p) + len(c) for p, c in zip(prompts, conts)]
+    cache = RaggedKVCache(model.cfg.n_layers, caps, model.cfg.n_kv_heads, model.cfg.head_dim, torch.float64, "cpu",
+                          far_keys=model.rotary.far_keys_for(max(map(len, prompts)), max(caps)),
                           prompts=[len(p) for p in prompts])
     b = RaggedBatch.from_lists(prompts)
     slots, pos, meta = cache.plan(torch.arange(len(prompts)), b.cu_seqlens.diff().long())

@@ -6,6 +6,7 @@ import torch
 
 import lengthwise as lw
 import lengthwise.generate as gen
+import lengthwise.models.llama as llama
 from lengthwise.kv import RaggedKVCache
 from lengthwise.positions import parse
 from lengthwise.positions.rope import Rotary
@@ -54,14 +55,24 @@ def test_the_range_is_plain_attention_on_the_two_region_path(folder, plain, spec
 
 
 @pytest.mark.parametrize("spec", REMAPS)
-def test_within_the_range_the_plain_path_runs_bit_for_bit(folder, plain, spec):
+def _count_two_region(monkeypatch) -> list:
+    calls = []
+    real = llama.attend_two_region
+    monkeypatch.setattr(llama, "attend_two_region", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    return calls
+
+
+@pytest.mark.parametrize("spec", REMAPS)
+def test_within_the_range_the_plain_path_runs_bit_for_bit(folder, plain, spec, monkeypatch):
     n = _edge(spec)
     seqs = _seqs([n, 5, n - 2], seed=2)
-    for p, r in zip(plain.logits(seqs), _load(folder, spec).logits(seqs)):
+    lm, two = _load(folder, spec), _count_two_region(monkeypatch)
+    for p, r in zip(plain.logits(seqs), lm.logits(seqs)):
         assert torch.equal(r, p)
+    assert not two  # no second pass ran (float64 on CPU would hide one: its far region is empty there)
     past = _seqs([n + 2, 5], seed=2)  # one sequence past the range: the pack takes two passes, exact in math
-    got, want = _load(folder, spec).logits(past), plain.logits(past)
-    assert rel_err(got[0][-1:], want[0][-1:]) > 1e-6 and rel_err(got[1], want[1]) <= 1e-10
+    got, want = lm.logits(past), plain.logits(past)
+    assert two and rel_err(got[0][-1:], want[0][-1:]) > 1e-6 and rel_err(got[1], want[1]) <= 1e-10
 
 
 @pytest.mark.parametrize("spec", ["lambda:n_global=3", "sinks:sinks=4", "distance_cap:cap=12"])
@@ -73,8 +84,9 @@ def test_generation_keys_on_the_cache_capacity(folder, plain, spec, monkeypatch)
     n = _edge(spec)
     lm = _load(folder, spec)
     prompts = _seqs([n - 6, 4], seed=3)
-    assert lm.generate_ids(prompts, max_new_tokens=6) == plain.generate_ids(prompts, max_new_tokens=6)
-    assert made[0]["far_keys"] is False
-    made.clear()
-    lm.generate_ids(prompts, max_new_tokens=7)
-    assert made[0]["far_keys"] is lm.module.rotary.far_keys  # lambda moves its far keys; the others do not
+    want = plain.generate_ids(prompts, max_new_tokens=6)
+    two = _count_two_region(monkeypatch)
+    assert lm.generate_ids(prompts, max_new_tokens=6) == want
+    assert made[-1]["far_keys"] is False and not two
+    lm.generate_ids(prompts, max_new_tokens=7)  # may outgrow the range: two passes from the prompt's forward on
+    assert made[-1]["far_keys"] is lm.module.rotary.far_keys and len(two) > lm.module.cfg.n_layers

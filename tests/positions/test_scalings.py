@@ -108,11 +108,18 @@ def test_dynamic_ntk_matches_hf_at_each_length(seq_len):
     assert torch.allclose(ours, inv, rtol=1e-6, atol=0)
 
 
-def test_dynamic_ntk_within_the_trained_length_is_plain_rope_bit_for_bit():
+def test_dynamic_ntk_within_the_trained_length_is_plain_ropes_own_table(monkeypatch):
+    """Within the trained length the frequencies are the plain table itself (built on the CPU), not the formula at
+    scale 1, which a GPU can round differently; a sentinel table shows which one is read."""
+    import lengthwise.positions.dynamic_ntk as dn
     plain = NTK(1.0).inv_freq(HEAD_DIM, BASE, TRAINED)
-    got = DynamicNTK(4.0).inv_freq_at(torch.tensor([1, 100, TRAINED, TRAINED + 1]), HEAD_DIM, BASE, TRAINED)
+    lens = torch.tensor([1, 100, TRAINED, TRAINED + 1])
+    got = DynamicNTK(4.0).inv_freq_at(lens, HEAD_DIM, BASE, TRAINED)
     assert all(torch.equal(g, plain) for g in got[:3])
     assert not torch.allclose(got[3], plain, rtol=1e-9, atol=0)  # one token past it, the base grows
+    monkeypatch.setattr(dn, "plain_table", lambda *a: torch.full((HEAD_DIM // 2,), 7.0))
+    got = DynamicNTK(4.0).inv_freq_at(lens, HEAD_DIM, BASE, TRAINED)
+    assert (got[:3] == 7.0).all() and not (got[3] == 7.0).any()
 
 
 def test_static_ntk_is_dynamic_ntk_frozen_at_one_length():

@@ -123,7 +123,7 @@ def test_a_cell_at_the_trained_context_keeps_its_answer_inside_it(name, chat_ren
         assert b.n_tokens + budget <= 8192, (name, b.n_tokens)
         if a.n_tokens + budget <= 8192:  # the free fit already fitted: the very same prompt
             assert a == b
-        else:  # cut to the most filler that fits: one unit more would not
+        else:  # cut to less filler, close under the ceiling (the edge itself: test_the_cut_is_...)
             assert b.meta["units"] < a.meta["units"] and b.n_tokens + budget > 8192 - 0.01 * 8192
     assert any(a.n_tokens + budget > 8192 for a in free), "no case exercised the cut"
 
@@ -137,8 +137,33 @@ def test_the_context_leaves_other_lengths_alone(render):
     assert task.ceiling(8192, None) is None
 
 
-def test_no_room_for_the_answer_is_one_line(render):
+def test_an_answer_longer_than_the_tolerance_sizes_the_prompt_as_ruler_does(render):
+    """Trained to exactly the length, with a 120-token answer (over 2% of 1024): the prompt takes what is left."""
+    s = get_task("common_words").make(render, 1024, 50, seed=0, context=1024)
+    assert 0.98 * (1024 - 120) <= s.n_tokens <= 1024 - 120 and s.length == 1024
+    assert s.n_tokens == len(render(s.prompt, s.answer_prefix))
+
+
+def test_no_room_for_the_fixed_parts_is_one_line(render):
     from lengthwise import LengthwiseError
-    with pytest.raises(LengthwiseError, match=r"common_words: a 1024-token prompt and its 120-token answer do not "
-                                              r"fit the 1024-token context: use a length of at most 922$"):
-        get_task("common_words").make(render, 1024, 50, seed=0, context=1024)
+    with pytest.raises(LengthwiseError, match=r"^task common_words: length 600 \(with its answer, at most 480 within "
+                                              r"the trained context\) is too small; its fixed parts already take \d+ tokens$"):
+        get_task("common_words").make(render, 600, 50, seed=0, context=600)
+
+
+def test_the_cut_is_a_measured_count_that_fits_in_few_renders():
+    """Tokens per unit that change sharply inside the bracket: the cut still returns a measured count at the edge,
+    in O(log) renders (secant steps, bisection when one fails to halve the bracket)."""
+    import math
+    from lengthwise.tasks.base import _cut, fit
+
+    def measure(n):
+        return 4 * n if n <= 2000 else 8000 + (n - 2000) // 4
+
+    calls = []
+    seen = {0: 0, 6000: measure(6000)}
+    n = _cut(lambda k: calls.append(k) or seen.setdefault(k, measure(k)), seen, 8160)
+    assert measure(n) <= 8160 < measure(n + 1) and n in calls
+    assert len(calls) <= 2 * math.ceil(math.log2(6000)), len(calls)
+    n = fit(measure, 8192, 0, 1.4, "x", top=8160)  # through fit too
+    assert measure(n) <= 8160 < measure(n + 1)

@@ -248,6 +248,8 @@ class Rotary:
         will ever hold (host-side, so one decode graph serves a whole generation)."""
         if not isinstance(self.scheme, Remap) or meta is None:
             return False
+        if meta.used_k is not None and meta.max_capacity is None:
+            return False  # a cache that does not say its bound: its far keys may be needed later, so write them
         longest = meta.max_k if meta.max_capacity is None else meta.max_capacity
         return longest <= self.scheme.plain_up_to(self.trained)
 

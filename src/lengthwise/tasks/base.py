@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
@@ -94,7 +93,8 @@ class Task:
 
     def make(self, render: Render, length: int, depth: float, seed: int, context: int | None = None) -> Sample:
         """One seeded input of `length` tokens (±2%) with its key at `depth`; context: the model's trained
-        context, which a cell within it never passes, answer included (see ceiling)."""
+        context, which a cell within it never passes, answer included (see ceiling). A cut prompt is within 2%
+        below context - max_new_tokens, RULER's input size, where that is shorter than the length."""
         if not 0 <= depth <= 100:
             raise LengthwiseError(f"task {self.name}: depth must be within 0..100, got {depth}")
         if int(length) != length or length < 1:
@@ -109,14 +109,11 @@ class Task:
             return drafts[n][1]
 
         top = self.ceiling(length, context)
-        if top is not None and top < (1 - TOLERANCE) * length:
-            raise LengthwiseError(f"task {self.name}: a {length}-token prompt and its {self.max_new_tokens}-token answer "
-                                  f"do not fit the {context}-token context: use a length of at most "
-                                  f"{int(top / (1 - TOLERANCE))}")
         n = fit(measure, length, self.min_units(length), self.unit_tokens(length), self.name, top)
         d, n_tokens = drafts[n]
-        if abs(n_tokens - length) > TOLERANCE * length or (top is not None and n_tokens > top):  # fit() guarantees it
-            raise LengthwiseError(f"task {self.name}: built {n_tokens} tokens for a target of {length}")
+        goal = length if top is None else min(length, top)
+        if abs(n_tokens - goal) > TOLERANCE * goal or (top is not None and n_tokens > top):  # fit() guarantees it
+            raise LengthwiseError(f"task {self.name}: built {n_tokens} tokens for a target of {goal}")
         return Sample(self.name, self.options(), d.prompt, d.answer_prefix, tuple(d.answers), length, depth, seed,
                       self.max_new_tokens, n_tokens, {"units": n, "renders": len(drafts), **d.meta})
 
@@ -128,11 +125,12 @@ class Task:
 def fit(measure: Callable[[int], int], length: int, lo: int, unit_tokens: float, task: str,
         top: int | None = None) -> int:
     """The number of units n >= lo whose measure(n) (growing with n) is closest to length, within TOLERANCE;
-    with top, no more than top tokens (the most units that fit, when the closest does not).
+    with top, no more than top tokens: the most units that fit when the closest does not, within TOLERANCE of
+    min(length, top).
 
     Secant steps on the measured tokens per unit, kept inside a bracket, with bisection as the fallback.
     It aims at a quarter of the tolerance, and settles for the tolerance after GOOD_ENOUGH renders:
-    typically 3-4 renders in all. A cut to top takes one or two more.
+    typically 3-4 renders in all. A cut to top takes a few more (_cut).
     """
     tol = TOLERANCE * length
     seen: dict[int, int] = {}
@@ -142,9 +140,10 @@ def fit(measure: Callable[[int], int], length: int, lo: int, unit_tokens: float,
             seen[n] = measure(n)
         return seen[n]
 
-    first, t_lo = lo, m(lo)
+    t_lo = m(lo)
     if t_lo > (length + tol if top is None else min(top, length + tol)):
-        raise LengthwiseError(f"task {task}: length {length} is too small; its fixed parts already take {t_lo} tokens")
+        room = "" if top is None else f" (with its answer, at most {top} within the trained context)"
+        raise LengthwiseError(f"task {task}: length {length}{room} is too small; its fixed parts already take {t_lo} tokens")
     if abs(t_lo - length) <= tol / 4:
         return lo
     base, hi, n = lo, None, lo + max(1, round((length - t_lo) / unit_tokens))
@@ -165,22 +164,29 @@ def fit(measure: Callable[[int], int], length: int, lo: int, unit_tokens: float,
         n = nxt
     best = min(seen, key=lambda k: abs(seen[k] - length))
     if top is not None and seen[best] > top:
-        best = _cut(m, seen, best, first, top)
-    if abs(seen[best] - length) > tol:
-        raise LengthwiseError(f"task {task}: no filler amount gives {length} tokens ±2% "
+        best = _cut(m, seen, top)
+    goal = length if top is None else min(length, top)
+    if abs(seen[best] - goal) > TOLERANCE * goal:
+        what = f"{length} tokens ±2%" if goal == length else f"a prompt within 2% below {goal} tokens (the trained context less the answer)"
+        raise LengthwiseError(f"task {task}: no filler amount gives {what} "
                               f"(closest: {seen[best]} tokens with {best} units, after {len(seen)} renders)")
     return best
 
 
-def _cut(m: Callable[[int], int], seen: dict[int, int], n: int, lo: int, top: int) -> int:
-    """The most units n' < n with m(n') <= top: one step on the measured tokens per unit, then unit by unit."""
-    per = (seen[n] - seen[lo]) / (n - lo) if n > lo else 1.0
-    k = max(lo, n - math.ceil((seen[n] - top) / max(per, 1e-3)))
-    for _ in range(4 * MAX_RENDERS):  # bounded even if measure were not monotone
-        if k > lo and m(k) > top:
-            k -= 1
-        elif k + 1 < n and m(k + 1) <= top:
-            k += 1
+def _cut(m: Callable[[int], int], seen: dict[int, int], top: int) -> int:
+    """The most units whose measure fits in top tokens, between the most measured units that fit (the fewest units
+    always do: fit checked) and the fewest measured above them that do not. Secant steps inside that bracket, and
+    bisection whenever a step fails to halve it: a measured count that fits, in O(log) renders."""
+    good = max(k for k, t in seen.items() if t <= top)
+    bad = min(k for k, t in seen.items() if k > good)  # seen[bad] > top, by the choice of good
+    halve = False
+    while bad - good > 1:
+        width = bad - good
+        guess = good + int((top - seen[good]) * width / max(seen[bad] - seen[good], 1))
+        k = (good + bad) // 2 if halve or not good < guess < bad else guess
+        if m(k) <= top:
+            good = k
         else:
-            break
-    return k
+            bad = k
+        halve = bad - good > width / 2
+    return good
