@@ -130,7 +130,7 @@ def fit(measure: Callable[[int], int], length: int, lo: int, unit_tokens: float,
 
     Secant steps on the measured tokens per unit, kept inside a bracket, with bisection as the fallback.
     It aims at a quarter of the tolerance, and settles for the tolerance after GOOD_ENOUGH renders:
-    typically 3-4 renders in all. A cut to top takes a few more (_cut).
+    typically 3-4 renders in all. A cut to top takes 1-9 more, 3 for most (_cut).
     """
     tol = TOLERANCE * length
     seen: dict[int, int] = {}
