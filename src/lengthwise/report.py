@@ -90,14 +90,14 @@ def _cell(rec: dict) -> str | None:
 
 def _keep_last(records: list[dict], key, what: str, warnings: list[str]) -> list[dict]:
     """The records whose key(rec) (None: always kept) does not come again later; one warning for the rest."""
-    last = {k: j for j, rec in enumerate(records) if (k := key(rec)) is not None}
-    stale = [j for j, rec in enumerate(records) if (k := key(rec)) is not None and last[k] != j]
+    keys = [key(rec) for rec in records]
+    last = {k: j for j, k in enumerate(keys) if k is not None}
+    stale = [j for j, k in enumerate(keys) if k is not None and last[k] != j]
     if not stale:
         return records
-    keys = {key(records[j]) for j in stale}
+    n = len({keys[j] for j in stale})
     eg = f", e.g. {str(records[stale[0]]['id'])!r}" if "id" in records[stale[0]] else ""
-    warnings.append(f"{len(stale)} record{_s(len(stale))} repeat {what} ({len(keys)} cell{_s(len(keys))}{eg}); "
-                    "kept the last of each")
+    warnings.append(f"{len(stale)} record{_s(len(stale))} repeat {what} ({n} cell{_s(n)}{eg}); kept the last of each")
     drop = set(stale)
     return [rec for j, rec in enumerate(records) if j not in drop]
 
