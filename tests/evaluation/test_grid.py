@@ -199,3 +199,32 @@ def test_done_ids_follow_the_file_and_parse_it_only_when_it_changed(tmp_path, mo
     with open(path, "a") as f:
         f.write('{"id": "partial')  # a killed writer's half line is not a finished cell
     assert a.done_ids() == {"x", "y"}
+
+
+def test_a_gated_remaps_two_sides_are_timed_apart(tiny_lm, monkeypatch):
+    """A batch with prompts on both sides of a length gate runs as two generations; each one's time to its first
+    token is prefill, so the second side's prefill is not counted as decoding (a fake clock: 1 s to the first
+    token, 10 s more to the last)."""
+    import lengthwise.evaluation.backends as B
+    import lengthwise.generate as G
+    from lengthwise.tasks import get_task
+    clock = [0.0]
+    monkeypatch.setattr(B.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def fake(model, prompts, n, eos, sampling, backend, on_step=None, **kw):
+        calls.append([len(p) for p in prompts])
+        clock[0] += 1.0
+        on_step(1)
+        clock[0] += 10.0
+        on_step(2)
+        return [[0, 0] for _ in prompts]
+
+    monkeypatch.setattr(G, "generate_ids", fake)
+    runner = make_runner(EvalConfig(model=str(tiny_lm), tasks=["passkey"], lengths=[300], depths=[50.0], device="cpu",
+                                    method="self_extend:group=4,window=256,beyond=true"))
+    task = get_task("passkey")
+    samples = [task.make(runner.render, n, 50.0, 0) for n in (600, 4400, 700)]  # trained to 4096: both sides
+    outputs, timing = runner.generate(samples)
+    assert len(calls) == 2 and len(outputs) == 3
+    assert timing["prefill_s"] == 2.0 and timing["decode_s"] == 20.0

@@ -80,12 +80,23 @@ class LengthwiseRunner:
         self.on_cpu = self.lm.device.type == "cpu"
 
     def generate(self, samples) -> tuple[list[str], dict]:
+        """One packed generation, or one per side of a length-gated remap (Rotary.apart), each timed on its own:
+        prefill_s and decode_s sum over them, so a second side's prefill never counts as decoding."""
         from ..generate import Sampling, generate_ids
         ids = [self.render(s.prompt, s.answer_prefix) for s in samples]
-        timer = _Timer(self.lm.device)
-        new = generate_ids(self.lm.module, ids, max(s.max_new_tokens for s in samples), self.lm.eos_ids,
-                           Sampling(), self.lm.backend, on_step=timer.step)
-        timing = timer.result()
+        new: list = [None] * len(ids)
+        timing = {"prefill_s": 0.0, "decode_s": 0.0, "peak_mem_gib": None}
+        for part in self.lm.module.rotary.apart([len(x) for x in ids]):
+            timer = _Timer(self.lm.device)
+            got = generate_ids(self.lm.module, [ids[i] for i in part], max(s.max_new_tokens for s in samples),
+                               self.lm.eos_ids, Sampling(), self.lm.backend, on_step=timer.step)
+            t = timer.result()
+            timing["prefill_s"] += t["prefill_s"]
+            timing["decode_s"] += t["decode_s"]
+            if t["peak_mem_gib"] is not None:
+                timing["peak_mem_gib"] = max(timing["peak_mem_gib"] or 0.0, t["peak_mem_gib"])
+            for i, x in zip(part, got):
+                new[i] = x
         return [self.tok.decode(x, skip_special_tokens=True) for x in new], timing
 
 
