@@ -12,6 +12,7 @@ from collections import OrderedDict
 import torch
 
 from ..errors import LengthwiseError
+from ..models.load import trained_context
 
 
 def make_render(tok, chat: bool):
@@ -74,7 +75,7 @@ class LengthwiseRunner:
         self.render = make_render(self.tok, chat)
         cfg = self.lm.config
         self.context_length = self.lm.context_length  # the position scheme's reach, or the trained context
-        self.trained_context = self.lm.module.rotary.trained
+        self.trained_context = trained_context(self.lm.path)  # what the CLI keys cells on before loading
         self.n_layers, self.width = cfg.n_layers, cfg.n_heads * cfg.head_dim
         self.n_params = sum(p.numel() for p in self.lm.module.parameters())
         self.on_cpu = self.lm.device.type == "cpu"
@@ -116,7 +117,7 @@ class HFRunner:
         cfg = AutoConfig.from_pretrained(str(folder), **kw)
         self.model = AutoModelForCausalLM.from_pretrained(str(folder), config=cfg, dtype=dt, **kw).to(self.device).eval()
         self._rope0 = dict(cfg.rope_parameters)  # as trained
-        self.trained_context = cfg.max_position_embeddings
+        self.trained_context = trained_context(path)
         self.set_rope(hf_rope or to_hf(parse(positions), cfg.max_position_embeddings))
         self.tok = load_tokenizer(path)
         self.render = make_render(self.tok, chat)
