@@ -167,7 +167,8 @@ def fit(measure: Callable[[int], int], length: int, lo: int, unit_tokens: float,
         best = _cut(m, seen, top)
     goal = length if top is None else min(length, top)
     if abs(seen[best] - goal) > TOLERANCE * goal:
-        what = f"{length} tokens ±2%" if goal == length else f"a prompt within 2% below {goal} tokens (the trained context less the answer)"
+        what = (f"{length} tokens ±2%" if goal == length
+                else f"a prompt within 2% below {goal} tokens (the trained context less the answer)")
         raise LengthwiseError(f"task {task}: no filler amount gives {what} "
                               f"(closest: {seen[best]} tokens with {best} units, after {len(seen)} renders)")
     return best
