@@ -330,10 +330,12 @@ def models():
 
 def _describe(path: Path) -> tuple[str, str]:
     """(architecture, trained context) from metadata only: no weights are read."""
+    if path.suffix == ".gguf":
+        reader = L.open_gguf(path)  # opened once: it maps the file and touches its last tensor
+        trained = L.gguf_context(reader)
+        return str(reader.fields["general.architecture"].contents()), str(trained) if trained is not None else "?"
     trained = L.trained_context(path)
     context = str(trained) if trained is not None else "?"
-    if path.suffix == ".gguf":
-        return str(L.open_gguf(path).fields["general.architecture"].contents()), context
     cfg = json.loads((path / "config.json").read_text())
     arch = (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
     sb = path / "sentence_bert_config.json"

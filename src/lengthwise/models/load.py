@@ -178,12 +178,16 @@ def _read_gguf(path: Path) -> Checkpoint:
     return Checkpoint(family, arch, cfg, state, path, "gguf")
 
 
+def gguf_context(reader) -> int | None:
+    """The trained context an open GGUF file's metadata names, or None."""
+    ctx = reader.fields.get(f"{reader.fields['general.architecture'].contents()}.context_length")
+    return None if ctx is None else int(ctx.contents())
+
+
 def trained_context(path: Path) -> int | None:
     """The context a checkpoint was trained to, from its metadata alone (no weights are read)."""
     if path.suffix == ".gguf":
-        fields = open_gguf(path).fields
-        ctx = fields.get(f"{fields['general.architecture'].contents()}.context_length")
-        return None if ctx is None else int(ctx.contents())
+        return gguf_context(open_gguf(path))
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         return None  # not a model folder: loading it says why
