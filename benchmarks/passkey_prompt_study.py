@@ -86,7 +86,8 @@ def main():
         for name in VARIANTS:
             _CURRENT[0] = name
             task = Variant()
-            ss = [task.make(runner.render, n, d, sample_seed(argparse.Namespace(seed=args.seed), s))
+            ss = [task.make(runner.render, n, d, sample_seed(argparse.Namespace(seed=args.seed), s),
+                            runner.trained_context)  # the grid's sizing: a cell within the context stays in it
                   for d in depths for s in range(samples)]
             outs = []
             per = max(1, 131072 // n)
@@ -103,7 +104,12 @@ def main():
                   + " ".join(f"{d:g}:{sum(v) / len(v):.0%}" for d, v in by_depth.items()), flush=True)
         del runner
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"seed": args.seed, "seconds": time.time() - t0, "rows": rows}, indent=1))
+    import torch
+    import transformers
+    where = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+             "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d", time.gmtime()),
+             "sizing": "within-context rule (Task.make with the trained context)"}
+    Path(args.out).write_text(json.dumps({"seed": args.seed, **where, "seconds": time.time() - t0, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
