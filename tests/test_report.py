@@ -199,3 +199,44 @@ def test_a_cell_rebuilt_under_a_new_id_counts_once(tmp_path):
     r = row(R.accuracy_table([g for g in got if g["config"]["chat"]]), recs[0]["method"], recs[0]["backend"],
             recs[0]["task"], recs[0]["length"])
     assert r["n"] == 6
+
+
+# ---------------------------------------------------------------- effective length (RULER's rule)
+
+
+def test_effective_length_on_hand_made_curves():
+    eff = R.effective_length
+    assert eff({1024: 1.0, 2048: 0.9, 4096: 0.5}) == (2048, False)
+    # not monotone: a later recovery does not count, the first miss ends it
+    assert eff({1024: 1.0, 2048: 0.5, 4096: 1.0}) == (1024, False)
+    assert eff({1024: 0.8, 2048: 1.0}) == (None, True)
+    assert eff({}) == (None, False)
+    assert eff({1024: 1.0, 2048: math.nan}) == (1024, False)  # no scored cell is no evidence of reach
+    # 19 of 20 meets a 95% bar however the float mean rounds; 18.99 of 20 does not
+    assert eff({4096: sum([1.0] * 19 + [0.0]) / 20}, 0.95) == (4096, False)
+    assert eff({4096: 0.9499}, 0.95) == (None, True)
+    assert eff({1024: 0.856, 8192: 0.8559}) == (1024, False)  # RULER's default bar, 85.6%
+    assert eff({8192: 1.0, 1024: 1.0, 4096: 0.0}) == (1024, False)  # lengths are taken in order
+
+
+def _effective_column(text: str, title: str) -> dict[str, str]:
+    block = next(b for b in text.split("\n\n") if b.startswith(title + "  "))
+    rows = block.splitlines()[3:]
+    return {r.split()[0]: r.split()[-1] for r in rows}
+
+
+def test_tables_carry_each_rows_effective_length(tmp_path):
+    table = R.accuracy_table(make_records())
+    # worked out from score(): none is right to 1k, yarn to 2k; copy scores 0.75 (lengthwise) and 0.5 (hf);
+    # the mean of none/lengthwise at 1k is (1 + 1 + 0.75) / 3 = 0.917, at 2k (0.5 + 1/6 + 0.75) / 3 = 0.47
+    got = _effective_column(R.format_table(table), "smollm2-135m / none / lengthwise")
+    assert got == {"passkey": "1k", "niah_single:haystack=noise": "1k", "copy": "<1k", "mean": "1k"}
+    got = _effective_column(R.format_table(table), "smollm2-135m / yarn:factor=4 / hf")
+    assert got == {"passkey": "2k", "niah_single:haystack=noise": "2k", "copy": "<1k", "mean": "<1k"}
+    # a lower bar: copy's flat 75% now reaches the longest length
+    got = _effective_column(R.format_table(table, 0.75), "smollm2-135m / none / lengthwise")
+    assert got["copy"] == "4k" and got["passkey"] == "1k"
+    assert "effective" not in R.format_table(table, None)
+    md = R.markdown(make_records(), [], 0.95)
+    assert "| task | 1k | 2k | 4k | effective (≥95%) |" in md and "at least 95%" in md
+    assert "| copy | 75.0 | 75.0 | 75.0 | <1k |" in md

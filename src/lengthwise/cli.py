@@ -534,8 +534,9 @@ def eval_(
 
 
 @app.command(help="""\
-Summarize an eval results file: accuracy by task x length, depth x length heatmaps and
-accuracy-against-length curves (PNG), and optionally a markdown summary.
+Summarize an eval results file: accuracy by task x length with each row's effective length
+(RULER's: the longest tested length up to which every tested length meets --threshold), depth x
+length heatmaps and accuracy-against-length curves (PNG), and optionally a markdown summary.
 
 Unreadable lines are reported by number and skipped; the rest is kept.
 """)
@@ -543,10 +544,13 @@ def report(
     results: Annotated[list[Path], typer.Argument(metavar="RESULTS.jsonl...", help="Results stores written by lengthwise eval (several are reported together).", show_default=False)],
     out_dir: Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="Where the PNGs go. [default: RESULTS_report/ beside the file]")] = None,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", metavar="FILE.md", help="Also write a markdown summary.")] = None,
+    threshold: Annotated[float, typer.Option("--threshold", metavar="PERCENT", help="The bar for each row's effective length: the longest tested length up to which every tested length scores at least this (RULER's bar, Llama-2-7B at 4k, by default).")] = 85.6,
 ):
     from .report import format_table, report as make_report
-    r = make_report(results, out_dir, markdown)
-    typer.echo(format_table(r["table"]))
+    if not 0 <= threshold <= 100:
+        raise LengthwiseError(f"--threshold {threshold:g} is outside 0-100: it is an accuracy in percent, e.g. --threshold 95")
+    r = make_report(results, out_dir, markdown, threshold / 100)
+    typer.echo(format_table(r["table"], threshold / 100))
     typer.echo(f"wrote {len(r['plots'])} plots" + (f" and {markdown}" if markdown else ""), err=True)
     bad = [w for w in r["warnings"] if w.startswith("line ") or ": line " in w]
     for w in r["warnings"]:

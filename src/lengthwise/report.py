@@ -5,6 +5,7 @@
     format_table    that table as plain text for the terminal
     plots           PNG heatmaps (depth x length) and accuracy-vs-length curves
     markdown        a summary with percentages, cell counts and the warnings
+    effective_length  RULER's effective length: the longest tested length up to which every one meets a bar
     report          all of the above from one results path
 
 A NaN (or null) score is kept as a cell but left out of the means; a group whose scores are all NaN
@@ -26,6 +27,8 @@ from .errors import LengthwiseError
 REQUIRED = ("task", "length", "depth", "method", "backend", "model", "score")
 GROUP = ("model", "method", "backend")  # one model variant: a table, a heatmap set, a curve
 MAX_WARNINGS_SHOWN = 20
+# RULER's bar for an effective length: Llama-2-7B's mean RULER score at 4k (Hsieh et al. 2024, "RULER")
+RULER_THRESHOLD = 0.856
 
 
 # ---------------------------------------------------------------- reading
@@ -181,22 +184,52 @@ def _pct(x: float) -> str:
     return "nan" if math.isnan(x) else f"{100 * x:.1f}"
 
 
-def _grid(tasks, lengths, cell, value, mean_label: str | None = None) -> list[list[str]]:
-    """Header plus one row per task; with mean_label and several tasks, a last row of the mean accuracy."""
+def effective_length(accuracy: dict[int, float], threshold: float = RULER_THRESHOLD) -> tuple[int | None, bool]:
+    """RULER's effective length: the longest tested length up to which every tested length scores at least
+    `threshold` (0..1). Returns (length, failed_first): (None, True) when the shortest tested length already
+    misses, (None, False) when nothing was tested. A NaN accuracy (no scored cell) counts as a miss."""
+    best = None
+    for n in sorted(accuracy):
+        a = accuracy[n]
+        if math.isnan(a) or a < threshold - 1e-9:  # 19 of 20 is 0.95 even when the float mean rounds below
+            return best, best is None
+        best = n
+    return best, False
+
+
+def _effective_label(accuracy: dict[int, float], threshold: float, lengths) -> str:
+    n, failed_first = effective_length(accuracy, threshold)
+    if n is not None:
+        return _len_label(n, lengths)
+    return f"<{_len_label(min(accuracy), lengths)}" if failed_first else "-"
+
+
+def _grid(tasks, lengths, cell, value, mean_label: str | None = None,
+          threshold: float | None = None) -> list[list[str]]:
+    """Header plus one row per task; with mean_label and several tasks, a last row of the mean accuracy;
+    with threshold, a last column of each row's effective length (effective_length)."""
     rows = [["task"] + [_len_label(n, lengths) for n in lengths]]
+    accs = []
     for t in tasks:
         rows.append([t] + [value(cell[(t, n)]) if (t, n) in cell else "-" for n in lengths])
+        accs.append({n: cell[(t, n)]["accuracy"] for n in lengths if (t, n) in cell})
     if mean_label and len(tasks) > 1:
-        rows.append([mean_label] + [_pct(_mean(cell[(t, n)]["accuracy"] for t in tasks if (t, n) in cell))
-                                    for n in lengths])
+        mean = {n: _mean(cell[(t, n)]["accuracy"] for t in tasks if (t, n) in cell) for n in lengths}
+        rows.append([mean_label] + [_pct(mean[n]) for n in lengths])
+        accs.append(mean)
+    if threshold is not None:
+        rows[0].append(f"effective (≥{100 * threshold:g}%)")
+        for row, acc in zip(rows[1:], accs):
+            row.append(_effective_label(acc, threshold, lengths))
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """Plain text: per model/method/backend, accuracy in percent, tasks down, lengths across."""
+def format_table(rows: list[dict], threshold: float | None = RULER_THRESHOLD) -> str:
+    """Plain text: per model/method/backend, accuracy in percent, tasks down, lengths across, and each
+    row's effective length at `threshold` (0..1; None leaves that column out)."""
     blocks = []
     for g, tasks, lengths, cell in _pivot(rows):
-        grid = _grid(tasks, lengths, cell, lambda r: _pct(r["accuracy"]), "mean")
+        grid = _grid(tasks, lengths, cell, lambda r: _pct(r["accuracy"]), "mean", threshold)
         widths = [max(len(row[c]) for row in grid) for c in range(len(grid[0]))]
         lines = ["  ".join([row[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(row[1:], widths[1:])])
                  for row in grid]
@@ -205,17 +238,20 @@ def format_table(rows: list[dict]) -> str:
     return "\n\n".join(blocks)
 
 
-def markdown(records: list[dict], warnings: list[str]) -> str:
-    """A Markdown summary: per model/method/backend, accuracy (%) and cell counts by task x length."""
+def markdown(records: list[dict], warnings: list[str], threshold: float = RULER_THRESHOLD) -> str:
+    """A Markdown summary: per model/method/backend, accuracy (%) with each row's effective length at
+    `threshold` (0..1), and cell counts, by task x length."""
     def table(grid):
         esc = [[v.replace("|", "\\|") for v in row] for row in grid]
         return "\n".join(["| " + " | ".join(esc[0]) + " |",
                           "|" + "---|" + "---:|" * (len(esc[0]) - 1)]
                          + ["| " + " | ".join(row) + " |" for row in esc[1:]])
 
-    out = ["# Results", "", f"{len(records)} cell{_s(len(records))}."]
+    out = ["# Results", "", f"{len(records)} cell{_s(len(records))}. Effective length (RULER's): the longest "
+           f"tested length up to which every tested length scores at least {100 * threshold:g}%; "
+           "`<` and the shortest tested length: even that one misses."]
     for g, tasks, lengths, cell in _pivot(accuracy_table(records)):
-        acc = _grid(tasks, lengths, cell, lambda r: _pct(r["accuracy"]), "**mean**")
+        acc = _grid(tasks, lengths, cell, lambda r: _pct(r["accuracy"]), "**mean**", threshold)
         out += ["", f"## {' · '.join(f'`{v}`' for v in g)}", "", "Accuracy (%):", "", table(acc),
                 "", "Cells:", "", table(_grid(tasks, lengths, cell, lambda r: str(r["n"])))]
     if warnings:
@@ -393,9 +429,10 @@ def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tupl
 # ---------------------------------------------------------------- entry point
 
 
-def report(path: str | Path | list, out_dir: str | Path | None = None, markdown_path: str | Path | None = None) -> dict:
+def report(path: str | Path | list, out_dir: str | Path | None = None, markdown_path: str | Path | None = None,
+           threshold: float = RULER_THRESHOLD) -> dict:
     """Read one results JSONL or several (together); write plots (default `<stem>_report/` beside the
-    first) and, if asked, the Markdown.
+    first) and, if asked, the Markdown; threshold (0..1) is the bar for the effective lengths.
 
     Returns {"table": accuracy_table rows, "plots": [Path], "warnings": [str], "markdown": str}.
     """
@@ -408,7 +445,7 @@ def report(path: str | Path | list, out_dir: str | Path | None = None, markdown_
     path = paths[0]
     out_dir = Path(out_dir) if out_dir is not None else path.with_name(f"{path.stem}_report")
     written = plots(records, out_dir)
-    md = markdown(records, warnings)
+    md = markdown(records, warnings, threshold)
     if markdown_path is not None:
         markdown_path = Path(markdown_path)
         markdown_path.parent.mkdir(parents=True, exist_ok=True)

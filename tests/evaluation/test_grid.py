@@ -180,6 +180,23 @@ def test_report_on_a_corrupted_store(tiny_lm, tmp_path):
     assert (tmp_path / "summary.md").exists() and list((tmp_path / "plots").glob("*.png"))
 
 
+def test_report_threshold_sets_the_effective_length_and_a_bad_one_writes_nothing(tmp_path):
+    recs = [dict(id=f"c{n}{i}", task="passkey", length=n, depth=0.0, sample=i, method="none", backend="lengthwise",
+                 model="m", score=float(i < k)) for n, k in ((1024, 20), (2048, 19), (4096, 18)) for i in range(20)]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    for pct, want in (("95", "2k"), ("90", "4k"), ("100", "1k")):  # 100%, 95%, 90% at 1k, 2k, 4k
+        r = CliRunner().invoke(cli.app, ["report", str(path), "--out-dir", str(tmp_path / "p"), "--threshold", pct])
+        assert r.exit_code == 0, r.output
+        assert r.stdout.splitlines()[-1].split()[-1] == want and f"effective (≥{pct}%)" in r.stdout
+    r = CliRunner().invoke(cli.app, ["report", str(path), "--out-dir", str(tmp_path / "q"), "--threshold", "120",
+                                     "--markdown", str(tmp_path / "s.md")])
+    assert r.exit_code == 2 and r.stdout == ""
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "--threshold 120 is outside 0-100" in err[0]
+    assert not (tmp_path / "q").exists() and not (tmp_path / "s.md").exists()
+
+
 def test_done_ids_follow_the_file_and_parse_it_only_when_it_changed(tmp_path, monkeypatch):
     path = tmp_path / "r.jsonl"
     a, b = ResultStore(path), ResultStore(path)  # b: another process appending to the same store
