@@ -361,9 +361,13 @@ def test_generate_jsonl(tmp_path):
 
 
 def test_models_lists_both(monkeypatch):
+    from lengthwise.models import load
     monkeypatch.setenv("COLUMNS", "200")
+    opened, real = [], load.open_gguf
+    monkeypatch.setattr(load, "open_gguf", lambda p: opened.append(p) or real(p))
     r = run("models")
     assert r.exit_code == 0, r.output
+    assert opened == [GGUF]  # metadata once: opening maps the file and touches its last tensor
     for name in EMBEDDED:
         assert name in r.stdout
     if GGUF is not None:

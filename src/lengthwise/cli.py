@@ -547,8 +547,8 @@ def report(
     threshold: Annotated[float, typer.Option("--threshold", metavar="PERCENT", help="The bar for each row's effective length: the longest tested length up to which every tested length scores at least this (RULER's bar, Llama-2-7B at 4k, by default).")] = 85.6,
 ):
     from .report import format_table, report as make_report
-    if not 0 <= threshold <= 100:
-        raise LengthwiseError(f"--threshold {threshold:g} is outside 0-100: it is an accuracy in percent, e.g. --threshold 95")
+    if not 0 <= threshold <= 100:  # NaN fails too
+        raise LengthwiseError(f"--threshold {threshold:.10g} is outside 0-100: it is an accuracy in percent, e.g. --threshold 95")
     r = make_report(results, out_dir, markdown, threshold / 100)
     typer.echo(format_table(r["table"], threshold / 100))
     typer.echo(f"wrote {len(r['plots'])} plots" + (f" and {markdown}" if markdown else ""), err=True)

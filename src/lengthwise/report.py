@@ -188,13 +188,20 @@ def effective_length(accuracy: dict[int, float], threshold: float = RULER_THRESH
     """RULER's effective length: the longest tested length up to which every tested length scores at least
     `threshold` (0..1). Returns (length, failed_first): (None, True) when the shortest tested length already
     misses, (None, False) when nothing was tested. A NaN accuracy (no scored cell) counts as a miss."""
+    _check_threshold(threshold)
     best = None
     for n in sorted(accuracy):
         a = accuracy[n]
-        if math.isnan(a) or a < threshold - 1e-9:  # 19 of 20 is 0.95 even when the float mean rounds below
+        if math.isnan(a) or a < threshold - 1e-9:  # three cells of 0.95 average to 0.9499999999999998
             return best, best is None
         best = n
     return best, False
+
+
+def _check_threshold(threshold: float | None) -> None:
+    if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too: every length would pass it
+        raise LengthwiseError(f"effective-length threshold {threshold!r} is outside 0-1: it is a fraction, "
+                              "e.g. 0.95 (the CLI's --threshold takes percent)")
 
 
 def _effective_label(accuracy: dict[int, float], threshold: float, lengths) -> str:
@@ -216,9 +223,13 @@ def _grid(tasks, lengths, cell, value, mean_label: str | None = None,
     if mean_label and len(tasks) > 1:
         mean = {n: _mean(cell[(t, n)]["accuracy"] for t in tasks if (t, n) in cell) for n in lengths}
         rows.append([mean_label] + [_pct(mean[n]) for n in lengths])
-        accs.append(mean)
+        # RULER averages every task at each length: where a task is untested or unscored, the mean shown
+        # covers the others only, so it is no evidence of reach (NaN, a miss)
+        whole = {n: all((t, n) in cell and not math.isnan(cell[(t, n)]["accuracy"]) for t in tasks) for n in lengths}
+        accs.append({n: mean[n] if whole[n] else math.nan for n in lengths})
     if threshold is not None:
-        rows[0].append(f"effective (≥{100 * threshold:g}%)")
+        _check_threshold(threshold)
+        rows[0].append(f"effective (≥{100 * threshold + 0.0:g}%)")
         for row, acc in zip(rows[1:], accs):
             row.append(_effective_label(acc, threshold, lengths))
     return rows
@@ -238,18 +249,21 @@ def format_table(rows: list[dict], threshold: float | None = RULER_THRESHOLD) ->
     return "\n\n".join(blocks)
 
 
-def markdown(records: list[dict], warnings: list[str], threshold: float = RULER_THRESHOLD) -> str:
+def markdown(records: list[dict], warnings: list[str], threshold: float | None = RULER_THRESHOLD) -> str:
     """A Markdown summary: per model/method/backend, accuracy (%) with each row's effective length at
-    `threshold` (0..1), and cell counts, by task x length."""
+    `threshold` (0..1; None leaves it out), and cell counts, by task x length."""
     def table(grid):
         esc = [[v.replace("|", "\\|") for v in row] for row in grid]
         return "\n".join(["| " + " | ".join(esc[0]) + " |",
                           "|" + "---|" + "---:|" * (len(esc[0]) - 1)]
                          + ["| " + " | ".join(row) + " |" for row in esc[1:]])
 
-    out = ["# Results", "", f"{len(records)} cell{_s(len(records))}. Effective length (RULER's): the longest "
-           f"tested length up to which every tested length scores at least {100 * threshold:g}%; "
-           "`<` and the shortest tested length: even that one misses."]
+    _check_threshold(threshold)
+    out = ["# Results", "", f"{len(records)} cell{_s(len(records))}."]
+    if threshold is not None:
+        out[-1] += (f" Effective length (RULER's): the longest tested length up to which every tested length "
+                    f"scores at least {100 * threshold + 0.0:g}% (the mean row: every task scored there); `<` and "
+                    "the shortest tested length: even that one misses.")
     for g, tasks, lengths, cell in _pivot(accuracy_table(records)):
         acc = _grid(tasks, lengths, cell, lambda r: _pct(r["accuracy"]), "**mean**", threshold)
         out += ["", f"## {' · '.join(f'`{v}`' for v in g)}", "", "Accuracy (%):", "", table(acc),
@@ -430,12 +444,14 @@ def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tupl
 
 
 def report(path: str | Path | list, out_dir: str | Path | None = None, markdown_path: str | Path | None = None,
-           threshold: float = RULER_THRESHOLD) -> dict:
+           threshold: float | None = RULER_THRESHOLD) -> dict:
     """Read one results JSONL or several (together); write plots (default `<stem>_report/` beside the
-    first) and, if asked, the Markdown; threshold (0..1) is the bar for the effective lengths.
+    first) and, if asked, the Markdown; threshold (0..1, or None for none) is the bar for the effective
+    lengths. A bad threshold fails before anything is read or written.
 
     Returns {"table": accuracy_table rows, "plots": [Path], "warnings": [str], "markdown": str}.
     """
+    _check_threshold(threshold)
     paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
     records, warnings = [], []
     for p in paths:
