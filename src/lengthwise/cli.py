@@ -333,9 +333,9 @@ def _describe(path: Path) -> tuple[str, str]:
     if path.suffix == ".gguf":
         reader = L.open_gguf(path)  # opened once: it maps the file and touches its last tensor
         trained = L.gguf_context(reader)
-        return str(reader.fields["general.architecture"].contents()), str(trained) if trained is not None else "?"
+        return str(reader.fields["general.architecture"].contents()), "?" if trained is None else str(trained)
     trained = L.trained_context(path)
-    context = str(trained) if trained is not None else "?"
+    context = "?" if trained is None else str(trained)
     cfg = json.loads((path / "config.json").read_text())
     arch = (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
     sb = path / "sentence_bert_config.json"
