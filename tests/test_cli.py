@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 import lengthwise
 import lengthwise.cli as cli
 from lengthwise import LengthwiseError
+from lengthwise.models import load as L
 from lengthwise.models.load import EMBEDDED, locate_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,7 +234,7 @@ def test_generate_with_an_encoder_is_refused():
 
 @pytest.mark.parametrize("spec,needles", [
     ("warp", ("unknown position scheme 'warp'", "yarn")),
-    ("yarn:factor=0", ("factor must be > 0",)),
+    ("yarn:factor=0", ("factor must be a finite number > 0",)),
     ("yarn:scale=2", ("cannot read option 'scale=2'", "factor")),
     ("self_extend:group=4,window=9000", ("window=9000", "8192-token trained context")),
 ])
@@ -279,6 +280,71 @@ def test_unwritable_output_fails_before_loading(tmp_path, monkeypatch):
     one_error(run("generate", PROMPTS, "-o", "/nonexistent_dir/out.jsonl"), "cannot write")
     one_error(run("embed", TEXTS, "-o", tmp_path), "cannot write", "directory")
     one_error(run("embed", TEXTS, "-o", tmp_path / "e.csv"), "cannot write", ".npy", ".jsonl")
+
+
+def test_output_over_its_own_input_is_refused_before_loading(tmp_path, monkeypatch):
+    monkeypatch.setattr(lengthwise, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a"}\n')
+    one_error(run("embed", src, "-o", src), "it is the input file")
+    one_error(run("generate", src, "-o", tmp_path / "." / "in.jsonl"), "it is the input file")
+    assert src.read_text() == '{"text": "a"}\n'
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--seed", str(10**24), "--temperature", "0.7"], ("seed must be an integer from 0",)),
+    (["--temperature", "inf"], ("temperature must be a finite number",)),
+    (["--top-p", "nan"], ("--top-p",)),
+])
+def test_bad_sampling_fails_before_loading(monkeypatch, args, needles):
+    monkeypatch.setattr(lengthwise, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    one_error(run("generate", PROMPTS, *args), *needles)
+
+
+def test_usage_errors_are_one_line_naming_the_help():
+    one_error(run("eval", "-o", "x.jsonl", "--samples", "0"), "'--samples'", "eval --help)")
+    one_error(run("report", "r.jsonl", "--threshold", "abc"), "'--threshold'")
+    one_error(run("embed"), "Missing argument 'INPUT'")
+    one_error(run("--nosuch"), "No such option: --nosuch")
+
+
+@pytest.mark.parametrize("content,suffix,needles", [
+    ("my notes\nfinal paragraph", ".jsonl", ("not an eval results store",)),
+    ('{"id": "a", "score": 1}\n', ".txt", ("unknown output type .txt", ".jsonl")),
+])
+def test_eval_never_appends_to_a_file_that_is_not_its_store(tmp_path, monkeypatch, content, suffix, needles):
+    monkeypatch.setattr(lengthwise, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    out = tmp_path / f"notes{suffix}"
+    out.write_text(content)
+    one_error(run("eval", "--lengths", "256", "--depths", "1", "--samples", "1", "-o", out), *needles)
+    assert out.read_text() == content
+
+
+def test_eval_with_no_task_or_an_unreadable_length(tmp_path):
+    one_error(run("eval", "--tasks", ",", "-o", tmp_path / "r.jsonl"), "no task given")
+    one_error(run("eval", "--lengths", "infk", "-o", tmp_path / "r.jsonl"), "cannot read length 'infk'")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_report_outputs_are_checked_before_anything_is_written(tmp_path):
+    store = tmp_path / "r.jsonl"
+    store.write_text(json.dumps({"id": "a", "task": "passkey", "length": 1024, "depth": 0.0, "sample": 0,
+                                 "method": "none", "backend": "lengthwise", "model": "m", "score": 1.0}) + "\n")
+    (tmp_path / "md_dir").mkdir()
+    one_error(run("report", store, "-o", tmp_path / "plots", "--markdown", tmp_path / "md_dir"), "it is a directory")
+    assert not (tmp_path / "plots").exists()  # no plot was written before the failure
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    one_error(run("report", store, "-o", notes), "it is a file, not a directory")
+    one_error(run("report", store, "-o", notes / "sub"), "is a file, not a directory")
+    assert notes.read_text() == "keep me"
+
+
+def test_a_model_dir_that_is_not_a_directory_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENGTHWISE_MODEL_DIR", str(tmp_path / "missing"))
+    one_error(run("models"), "LENGTHWISE_MODEL_DIR=", "is not a directory")
+    with pytest.raises(LengthwiseError, match="is not a directory"):
+        L.resolve("minilm-l6")
 
 
 def test_failed_run_keeps_earlier_result(tmp_path):

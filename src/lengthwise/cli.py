@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Literal, Optional
@@ -22,13 +20,14 @@ import lengthwise as lw
 from .attention import BACKENDS
 from .errors import LengthwiseError
 from .models import load as L
+from .outputs import atomic_write, check_output
 from .errors import InputTooLong
 from .pipeline import DTYPES, resolve_device
 
 try:  # typer >= 0.2x vendors click; older typer uses click itself
-    from typer._click.exceptions import ClickException
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 EXIT_USER_ERROR = 2  # a LengthwiseError: bad input, files or options
 EXIT_CRASH = 1  # anything else
@@ -46,6 +45,24 @@ def _warn(msg: str) -> None:
 
 class _Group(TyperGroup):
     """Turns exceptions into one-line errors, unless --debug was given."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        """Usage errors (a bad option or value) print as one line too, not typer's boxed panel."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except ClickException as e:
+            hint = f" (see {e.ctx.command_path} --help)" if isinstance(e, UsageError) and e.ctx else ""
+            _error(e.format_message().rstrip(".") + hint)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx):
         try:
@@ -167,59 +184,12 @@ def _read_inputs(path: Path, field: str, skip_empty: bool) -> tuple[list[int], l
 # ---------------------------------------------------------------- outputs
 
 
-def _check_output(out: Path, suffixes: tuple[str, ...], hint: str) -> None:
-    """Fail before any model is loaded if OUT cannot be written."""
-    if out.is_dir():
-        raise LengthwiseError(f"cannot write {out}: it is a directory")
-    if out.suffix.lower() not in suffixes:
-        raise LengthwiseError(f"cannot write {out}: unknown output type {out.suffix or '(no extension)'}; {hint}")
-    parent = out.parent
-    if not parent.exists():
-        raise LengthwiseError(f"cannot write {out}: directory {parent} does not exist")
-    if not parent.is_dir():
-        raise LengthwiseError(f"cannot write {out}: {parent} is not a directory")
-    if out.exists() and not os.access(out, os.W_OK):
-        raise LengthwiseError(f"cannot write {out}: the existing file is read-only")
-    try:  # the real test: can a file be created next to OUT (permissions, read-only file systems)?
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise LengthwiseError(f"cannot write {out}: {e.strerror or e}") from None
-
-
-@contextmanager
-def _atomic_write(out: Path, mode: str) -> Iterator:
-    """Write to a temp file beside OUT, then rename it over OUT: never a half-written OUT."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        if out.exists():
-            os.chmod(tmp, out.stat().st_mode & 0o7777)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
-        os.replace(tmp, out)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):  # disk full, quota, ...: OUT keeps its earlier content
-            raise LengthwiseError(f"cannot write {out}: {e.strerror or e}") from e
-        raise
-
-
 def _emit_lines(out: Path | None, lines: list[str]) -> None:
     if out is None:
         sys.stdout.write("".join(lines))
         sys.stdout.flush()
         return
-    with _atomic_write(out, "w") as f:
+    with atomic_write(out, "w") as f:
         f.writelines(lines)
 
 
@@ -378,8 +348,8 @@ def embed(
     residual: Annotated[Optional[str], typer.Option("--residual", help="The encoder's stream between layers: float32 (the default) or model (the weights' dtype, as HF runs it; faster in bf16).", show_default=False)] = None,
 ):
     if output is not None:
-        _check_output(output, (".npy", ".jsonl"),
-                      "name it .npy (a float32 array) or .jsonl (one JSON line per text)")
+        check_output(output, (".npy", ".jsonl"),
+                      "name it .npy (a float32 array) or .jsonl (one JSON line per text)", source=input)
     linenos, texts = _read_inputs(input, "text", skip_empty)
     resolve_device(device)  # a bad --device fails before the model loads
     enc = _load(ctx, model, device, dtype, backend, positions, residual)
@@ -389,7 +359,7 @@ def embed(
         emb = enc.embed(texts, truncate=truncate, max_tokens_per_forward=max_tokens_per_forward, progress=done)
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     if output is not None and output.suffix.lower() == ".npy":
-        with _atomic_write(output, "wb") as f:
+        with atomic_write(output, "wb") as f:
             np.save(f, emb)
     else:
         _emit_lines(output, [_embedding_line(n, row) for n, row in zip(linenos, emb)])
@@ -440,8 +410,10 @@ def generate(
 ):
     if top_p <= 0:
         raise typer.BadParameter("must be greater than 0", param_hint="'--top-p'")
+    from .generate import Sampling
+    Sampling(temperature, top_p, seed)  # a NaN, infinite or out-of-range value fails before the model loads
     if output is not None:
-        _check_output(output, (".jsonl",), "generate writes JSON lines: name it .jsonl")
+        check_output(output, (".jsonl",), "generate writes JSON lines: name it .jsonl", source=input)
     linenos, prompts = _read_inputs(input, "prompt", skip_empty)
     resolve_device(device)  # a bad --device fails before the model loads
     lm = _load(ctx, model, device, dtype, backend, positions)
@@ -514,11 +486,9 @@ def eval_(
                      samples=samples, seed=seed, method=positions or "none", backend=backend, chat=chat, hf_rope=rope,
                      device=device, dtype=dtype,
                      max_batch_tokens=max_batch_tokens)
+    check_output(out, (".jsonl",), "the results store is JSON lines: name it .jsonl")
     store = ResultStore(out)
-    if out.is_dir():
-        raise LengthwiseError(f"cannot write {out}: it is a directory")
-    if not out.parent.exists():
-        raise LengthwiseError(f"cannot write {out}: directory {out.parent} does not exist")
+    store.check()
     ids = {c.id for c in cells(cfg, L.trained_context(L.resolve(model)))}
     total = len(ids)
     todo = total - len(store.done_ids() & ids)
@@ -542,7 +512,7 @@ Unreadable lines are reported by number and skipped; the rest is kept.
 """)
 def report(
     results: Annotated[list[Path], typer.Argument(metavar="RESULTS.jsonl...", help="Results stores written by lengthwise eval (several are reported together).", show_default=False)],
-    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="Where the PNGs go. [default: RESULTS_report/ beside the file]")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="Where the PNGs go. \\[default: RESULTS_report/ beside the first file]")] = None,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", metavar="FILE.md", help="Also write a markdown summary.")] = None,
     threshold: Annotated[float, typer.Option("--threshold", metavar="PERCENT", help="The bar for each row's effective length: the longest tested length up to which every tested length scores at least this (RULER's bar, Llama-2-7B at 4k, by default).")] = 85.6,
 ):

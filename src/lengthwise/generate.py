@@ -19,10 +19,12 @@ class Sampling:
 
     def __post_init__(self):
         from .errors import LengthwiseError
-        if self.temperature < 0:
-            raise LengthwiseError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):  # NaN fails too
+            raise LengthwiseError(f"temperature must be a finite number >= 0 (0 is greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise LengthwiseError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise LengthwiseError(f"top_p must be a number in (0, 1], got {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:  # what torch.Generator.manual_seed takes, and more
+            raise LengthwiseError(f"seed must be an integer from 0 to 2**63-1, got {self.seed}")
 
     def sampler(self, device) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.temperature == 0:

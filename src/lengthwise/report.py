@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import LengthwiseError
+from .outputs import atomic_write, check_folder
 
 REQUIRED = ("task", "length", "depth", "method", "backend", "model", "score")
 GROUP = ("model", "method", "backend")  # one model variant: a table, a heatmap set, a curve
@@ -324,7 +325,8 @@ def plots(records: list[dict], out_dir: str | Path) -> list[Path]:
         k = 2
         while p in written:  # two names that differ only in unsafe characters
             p, k = out_dir / f"{stem}-{k}.png", k + 1
-        fig.savefig(p)
+        with atomic_write(p, "wb") as f:  # an earlier plot of that name stays whole until this one is
+            fig.savefig(f, format="png")
         written.append(p)
 
     by_cell: dict[tuple, dict[tuple[float, int], list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -453,17 +455,23 @@ def report(path: str | Path | list, out_dir: str | Path | None = None, markdown_
     """
     _check_threshold(threshold)
     paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+    out_dir = Path(out_dir) if out_dir is not None else paths[0].with_name(f"{paths[0].stem}_report")
+    check_folder(out_dir)  # both outputs fail before anything is read or written
+    if markdown_path is not None:
+        markdown_path = Path(markdown_path)
+        if markdown_path.is_dir():
+            raise LengthwiseError(f"cannot write the summary to {markdown_path}: it is a directory; give a file name "
+                                  "like summary.md")
+        check_folder(markdown_path.parent)
     records, warnings = [], []
     for p in paths:
         r, w = read_results(p)
         records += r
         warnings += [f"{p.name}: {x}" if len(paths) > 1 else x for x in w]
-    path = paths[0]
-    out_dir = Path(out_dir) if out_dir is not None else path.with_name(f"{path.stem}_report")
     written = plots(records, out_dir)
     md = markdown(records, warnings, threshold)
     if markdown_path is not None:
-        markdown_path = Path(markdown_path)
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
-        markdown_path.write_text(md, encoding="utf-8")
+        with atomic_write(markdown_path, "w") as f:
+            f.write(md)
     return {"table": accuracy_table(records), "plots": written, "warnings": warnings, "markdown": md}

@@ -206,8 +206,8 @@ def test_generation_packed_equals_one_at_a_time(folder):
 
 @pytest.mark.parametrize("spec,match", [
     ("warp:factor=2", "unknown position scheme 'warp'"),
-    ("yarn:factor=0", "factor must be > 0"),
-    ("linear:factor=-2", "factor must be > 0"),
+    ("yarn:factor=0", "factor must be a finite number > 0"),
+    ("linear:factor=-2", "factor must be a finite number > 0"),
     ("ntk:factor=0.5", "factor must be >= 1"),
     ("yarn:facter=2", "cannot read option 'facter=2'"),
     ("yarn:factor=big", "factor='big' is not a number"),
@@ -217,7 +217,7 @@ def test_generation_packed_equals_one_at_a_time(folder):
     ("longrope:factors=1/2", "2 factors given, the model's head_dim 16 needs 8"),
     ("longrope:factors=@/nonexistent.json", "not numbers"),
     ("longrope:factors=1/2/3/4/5/6/7/nan", "finite number > 0"),
-    ("linear:factor=inf", "factor must be > 0"),
+    ("linear:factor=inf", "factor must be a finite number > 0"),
     ("sinks:sinks=32", "leaves no window"),
     ("sinks:sinks=40", "leaves no window"),
 ])

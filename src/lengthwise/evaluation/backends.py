@@ -68,7 +68,7 @@ class LengthwiseRunner:
 
     def __init__(self, model: str, chat: bool = False, device=None, dtype=None, positions: str | None = None):
         from ..pipeline import CausalLM, load
-        self.lm = load(model, device=device, dtype=dtype, positions=positions)
+        self.lm = load(model, device=device, dtype=dtype, positions=None if positions in (None, "none") else positions)
         if not isinstance(self.lm, CausalLM):
             raise LengthwiseError(f"{model} is an encoder: eval needs a causal language model")
         self.tok = self.lm.tokenizer

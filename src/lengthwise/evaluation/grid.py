@@ -45,6 +45,13 @@ class EvalConfig:
             raise LengthwiseError(f"samples must be at least 1, got {self.samples}")
         if not self.lengths or min(self.lengths) < 1:
             raise LengthwiseError("give at least one positive length")
+        if not self.tasks:
+            raise LengthwiseError("no task given: name at least one, e.g. --tasks passkey")
+        for what, items in (("task", self.tasks), ("length", self.lengths), ("depth", self.depths)):
+            twice = next((x for i, x in enumerate(items) if x in items[:i]), None)
+            if twice is not None:
+                shown = repr(twice) if what == "task" else f"{twice:g}"
+                raise LengthwiseError(f"{what} {shown} is given twice: list each {what} once")
         for t in self.tasks:
             get_task(t)  # unknown names and options fail here, before any model loads
         if self.hf_rope and self.backend != "hf":
@@ -156,7 +163,7 @@ def parse_lengths(text: str) -> list[int]:
     for part in (p.strip().lower() for p in text.split(",") if p.strip()):
         try:
             out.append(int(float(part[:-1]) * 1024) if part.endswith("k") else int(part))
-        except ValueError:
+        except (ValueError, OverflowError):  # "abc", "nan", "infk"
             raise LengthwiseError(f"cannot read length {part!r}: use tokens like 4096 or 4k") from None
     if not out or min(out) < 1:
         raise LengthwiseError(f"lengths {text!r}: give positive lengths like 1k,2k,4k")
@@ -171,6 +178,9 @@ def parse_depths(text: str) -> list[float]:
         if n < 1:
             raise LengthwiseError("--depths 0 is a count of zero depths: give a count of at least 1, or "
                                   "percentages like 0% (depth 0 alone) or 0,50,100")
+        if n > 101:
+            raise LengthwiseError(f"--depths {n} is a count of depths spread over 0-100 and at most 101 fit (1% "
+                                  f"steps); for one depth give a percentage like 50%, and depths stay within 0-100")
         return [50.0] if n == 1 else [round(100 * i / (n - 1), 2) for i in range(n)]
     try:
         return [float(p.rstrip("%")) for p in parts]

@@ -2,7 +2,9 @@
 
 Crash safety: every record is one write of a whole line, flushed and fsynced. A process killed
 mid-write can leave at most one partial last line; `ResultStore` drops it before appending again,
-so a rerun loses at most the cells that were in flight and the file always parses.
+so a rerun loses at most the cells that were in flight and the file always parses. Only a line that
+starts as a record does and never ended counts as partial: a file that is not a results store is
+refused whole, never cut.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import os
 from pathlib import Path
 
 from ..errors import LengthwiseError
+
+_RECORD_START = b'{"id": "'  # how every record line begins (json.dumps keeps the dict's order, id first)
 
 
 class ResultStore:
@@ -23,8 +27,13 @@ class ResultStore:
         if not self.path.exists():
             return [], []
         out, warnings = [], []
-        with open(self.path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with open(self.path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    warnings.append(f"line {n}: not UTF-8 text; skipped")
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -50,8 +59,26 @@ class ResultStore:
             self._done = stamp, {r["id"] for r in self.records()[0]}
         return set(self._done[1])
 
+    def check(self) -> None:
+        """Refuse, before any work, a file that is not a results store: appending would bury its content, and
+        cutting an unfinished-looking last line would lose it."""
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        tail = data[cut:]
+        records, warnings = self.records()
+        if not records and warnings and not (len(warnings) == 1 and tail.startswith(_RECORD_START)):
+            raise LengthwiseError(f"{self.path} is not an eval results store (no line of it is a result record): "
+                                  "write the results to a new file")
+        if tail.strip() and not tail.startswith(_RECORD_START):
+            raise LengthwiseError(f"{self.path} ends in a line that is not a result record: remove that line, "
+                                  "or write the results to a new file")
+
     def open_for_append(self) -> None:
-        """Check the store can be written, and cut a partial last line left by a killed run."""
+        """Check the store can be written, and end it cleanly: a partial last line left by a killed run is cut,
+        a whole record that lost its newline keeps it."""
+        self.check()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self.path.touch()
@@ -59,7 +86,12 @@ class ResultStore:
         with open(self.path, "rb+") as f:
             data = f.read()
             if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+                cut = data.rfind(b"\n") + 1
+                try:
+                    json.loads(data[cut:])
+                    f.write(b"\n")  # a whole record (the file pointer is at the end)
+                except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+                    f.truncate(cut)
 
     def append(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"

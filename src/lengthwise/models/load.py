@@ -57,6 +57,8 @@ FAMILIES = {"llama": Family(llama.LlamaConfig, llama.Llama, llama.convert_checkp
 
 def locate_embedded(e: Embedded) -> Path | None:
     env = os.environ.get("LENGTHWISE_MODEL_DIR")
+    if env and not Path(env).is_dir():
+        raise LengthwiseError(f"LENGTHWISE_MODEL_DIR={env} is not a directory: point it at the staged models, or unset it")
     if env and (Path(env) / e.staged).exists():
         return Path(env) / e.staged
     spec = importlib.util.find_spec(e.package)  # finds the folder without importing the package

@@ -56,6 +56,8 @@ def parse(spec: "str | RoPE | None") -> RoPE:
             opts = ", ".join(known) or "none"
             raise LengthwiseError(f"{name}: cannot read option {part!r} (options: {opts}); write e.g. {name}:"
                                   f"{next(iter(known), 'factor')}=4")
+        if key in kw:
+            raise LengthwiseError(f"{name}: option {key!r} is given twice: give each option once")
         kw[key] = _value(name, key, value.strip(), known[key])
         if key == "factors" and value.strip().startswith("@") and "source" in known:
             kw["source"] = value.strip()[1:]
@@ -89,10 +91,13 @@ def from_hf(rope: dict | None, head_dim: int, max_pos: int | None = None, origin
     if not isinstance(rope, dict):
         raise LengthwiseError(f"RoPE scaling must be a JSON object like {{\"rope_type\": \"yarn\", \"factor\": 4.0}}, got {rope!r}")
     try:
-        return _from_hf(rope, head_dim, max_pos, original)
+        scheme = _from_hf(rope, head_dim, max_pos, original)
     except (KeyError, TypeError, ValueError) as e:
         raise LengthwiseError(f"cannot read RoPE scaling {json.dumps(rope)[:200]}: {type(e).__name__} {e} "
                               "(HF's fields: rope_type, factor, and the type's own parameters)") from None
+    if scheme is not None:
+        scheme.check(max_pos or 0)  # a factor of -1 is as wrong in a config or --hf-rope as in --positions
+    return scheme
 
 
 def _from_hf(rope: dict, head_dim: int, max_pos: int | None, original: int | None) -> RoPE | None:
@@ -115,7 +120,7 @@ def _from_hf(rope: dict, head_dim: int, max_pos: int | None, original: int | Non
                         float(rope.get("attention_factor") or 0), orig)
     if kind == "llama3":
         return Llama3(float(f), float(rope["low_freq_factor"]), float(rope["high_freq_factor"]), orig)
-    raise LengthwiseError(f"this checkpoint uses RoPE scaling {kind!r}, which lengthwise does not implement yet "
+    raise LengthwiseError(f"RoPE scaling type {kind!r} is not one lengthwise implements "
                           f"(supported: linear, dynamic, yarn, longrope, llama3)")
 
 

@@ -86,7 +86,7 @@ def plain_table(head_dim: int, base: float, device: str) -> torch.Tensor:
 
 def positive(name: str, value: float, scheme: str) -> None:
     if not (value > 0 and value != float("inf")):
-        raise LengthwiseError(f"{scheme}: {name} must be > 0, got {value:g}")
+        raise LengthwiseError(f"{scheme}: {name} must be a finite number > 0, got {value:g}")
 
 
 def at_least_one(name: str, value: float, scheme: str) -> None:
