@@ -19,6 +19,12 @@ class Sampling:
 
     def __post_init__(self):
         from .errors import LengthwiseError
+        for name in ("temperature", "top_p"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise LengthwiseError(f"{name} must be a number, got {v!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise LengthwiseError(f"seed must be an integer or None, got {self.seed!r}")
         if not 0 <= self.temperature < float("inf"):  # NaN fails too
             raise LengthwiseError(f"temperature must be a finite number >= 0 (0 is greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:

@@ -37,10 +37,12 @@ class _Loaded:
         return self.tokenizer
 
     def _fit(self, ids: Sequence[Sequence[int]], limit: int, truncate: bool, keep: str, what: str) -> list:
-        """Check each sequence against the context limit; cut it only when truncate is asked for. Sequences
-        that fit are passed on as given, not copied: on a GPU this loop runs before the first forward."""
-        out = list(ids)
+        """Check each sequence's ids and its length against the context limit; cut it only when truncate is
+        asked for. Sequences that fit are passed on as given, not copied: on a GPU this loop runs before the
+        first forward."""
+        out = _batch(ids, "token-id lists, e.g. [[1, 2, 3]]")
         for i, s in enumerate(out):
+            _check_ids(s, i, self.config.vocab_size)
             n = len(s)
             if n == 0:
                 raise LengthwiseError(f"input {i} is empty: every input needs at least one token")
@@ -52,6 +54,45 @@ class _Loaded:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.name!r}, arch={self.arch}, device={self.device}, dtype={self.dtype}, backend={self.backend})"
+
+
+def _batch(inputs, what: str) -> list:
+    """The inputs as a list; one string, or anything that is not a sequence, is a mistake worth naming."""
+    if isinstance(inputs, (str, bytes)) or not hasattr(inputs, "__len__") or getattr(inputs, "ndim", 2) != 2 \
+            and isinstance(inputs, (torch.Tensor, np.ndarray)):
+        raise LengthwiseError(f"pass a list of {what}, not {type(inputs).__name__}"
+                              + (" (one string is not a list of them: wrap it in [...])" if isinstance(inputs, str) else ""))
+    return list(inputs)
+
+
+def _check_ids(s, i: int, vocab: int) -> None:
+    """Sequence i must be integer token ids in 0..vocab-1 (floats would be cut silently, and an id past the
+    vocabulary fails deep inside the embedding)."""
+    if isinstance(s, torch.Tensor):
+        ok = s.dim() == 1 and not s.dtype.is_floating_point and not s.dtype.is_complex and s.dtype != torch.bool
+        lo_hi = (int(s.min()), int(s.max())) if ok and s.numel() else None
+    else:
+        try:
+            a = np.asarray(s)
+        except (ValueError, TypeError, OverflowError):
+            a = np.asarray([], dtype=object)
+        ok = a.ndim == 1 and a.dtype.kind in "iu" and not isinstance(s, (str, bytes))
+        lo_hi = (int(a.min()), int(a.max())) if ok and a.size else None
+    if not ok:
+        raise LengthwiseError(f"input {i} is not a sequence of integer token ids (got {type(s).__name__}"
+                              f"{'' if isinstance(s, (str, bytes)) else ' ' + repr(s)[:40]}): pass lists of int ids, "
+                              "or text to generate/embed")
+    if lo_hi is not None and (lo_hi[0] < 0 or lo_hi[1] >= vocab):
+        bad = lo_hi[0] if lo_hi[0] < 0 else lo_hi[1]
+        raise LengthwiseError(f"input {i} has token id {bad}, outside this model's vocabulary 0..{vocab - 1}")
+
+
+def _texts(texts, what: str) -> list[str]:
+    out = _batch(texts, what)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise LengthwiseError(f"input {i} is {type(t).__name__}, not text: pass a list of strings")
+    return out
 
 
 class CausalLM(_Loaded):
@@ -76,12 +117,13 @@ class CausalLM(_Loaded):
 
     def tokenize(self, prompts: Sequence[str], chat: bool = False) -> list[list[int]]:
         tok = self._need_tokenizer()
+        prompts = _texts(prompts, "prompts (strings)")
         if chat:
             if not tok.chat_template:
                 raise LengthwiseError(f"{self.name} has no chat template: drop --chat")
             return [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                             tokenize=True, return_dict=True)["input_ids"] for p in prompts]
-        return tok(list(prompts))["input_ids"]
+        return tok(prompts)["input_ids"] if prompts else []
 
     def _groups(self, lens: list[int], budget: int) -> list[list[int]]:
         """Token-budget groups of sequence indices, never mixing what the position scheme runs apart."""
@@ -128,16 +170,22 @@ class CausalLM(_Loaded):
     def generate_ids(self, prompts, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
                      seed: int | None = None, chat: bool = False, truncate: bool = False,
                      progress: Progress = None) -> list[list[int]]:
-        if max_new_tokens < 1:
-            raise LengthwiseError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise LengthwiseError(f"max_new_tokens must be an integer of at least 1, got {max_new_tokens!r}")
+        prompts = _batch(prompts, "prompts: strings, or token-id lists")
         if len(prompts) == 0:
             return []
-        ids = self.tokenize(prompts, chat) if isinstance(prompts[0], str) else [list(p) for p in prompts]
+        texts = [isinstance(p, str) for p in prompts]
+        if any(texts) and not all(texts):
+            raise LengthwiseError(f"prompt {texts.index(not texts[0])} is {'token ids' if texts[0] else 'text'} while "
+                                  f"prompt 0 is {'text' if texts[0] else 'token ids'}: give one kind per call")
+        ids = self.tokenize(prompts, chat) if texts[0] else prompts
         room = self.context_length - max_new_tokens
         if room < 1:
             raise LengthwiseError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
                                   f"{self.context_length}-token context")
         ids = self._fit(ids, room, truncate, "tail", f"fit the context with {max_new_tokens} new tokens")
+        ids = [s.tolist() if hasattr(s, "tolist") else list(s) for s in ids]  # arrays and tensors: plain int lists
         return generate_ids(self.module, ids, max_new_tokens, self.eos_ids, Sampling(temperature, top_p, seed),
                             self.backend, progress)
 
@@ -157,16 +205,18 @@ class Encoder(_Loaded):
         return self.config.dim
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return self._need_tokenizer()(list(texts))["input_ids"]
+        tok, texts = self._need_tokenizer(), _texts(texts, "texts (strings)")
+        return tok(texts)["input_ids"] if texts else []
 
     @torch.inference_mode()
     def embed_ids(self, seqs: Sequence[Sequence[int]], max_tokens_per_forward: int = 16384,
                   truncate: bool = False, progress: Progress = None) -> np.ndarray:
+        cut = [len(s) > self.max_seq_length for s in _batch(seqs, "token-id lists, e.g. [[101, 7592, 102]]")]
         seqs = self._fit(seqs, self.max_seq_length, truncate, "head", "this encoder takes")
-        if truncate and self.tokenizer is not None and self.tokenizer.sep_token_id is not None:
-            # a cut BERT input still ends with [SEP], as sentence-transformers does
+        if any(cut) and self.tokenizer is not None and self.tokenizer.sep_token_id is not None:
+            # a cut BERT input still ends with [SEP], as sentence-transformers does; one that fits is left as given
             sep = self.tokenizer.sep_token_id
-            seqs = [s if s[-1] == sep else list(s[:-1]) + [sep] for s in seqs]
+            seqs = [list(s[:-1]) + [sep] if c and s[-1] != sep else s for s, c in zip(seqs, cut)]
         out = torch.empty(len(seqs), self.dim, dtype=torch.float32, device=self.device)
         done = 0
         for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
@@ -226,6 +276,8 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
         if dtype not in DTYPES:
             raise LengthwiseError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
+    if dtype is not None and dtype not in DTYPES.values():
+        raise LengthwiseError(f"dtype {dtype!r} is not one lengthwise runs in: choose one of {', '.join(DTYPES)}")
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     chosen = pick_backend(backend, dev, dtype)
     scheme = parse_positions(positions) if positions is not None else None

@@ -123,10 +123,12 @@ def _parse(line: str) -> tuple[dict | None, str | None]:
     length, depth, score = obj["length"], obj["depth"], obj["score"]
     if not _is_number(length) or not math.isfinite(length) or length != int(length) or length <= 0:
         return None, f"length is not a positive integer ({length!r})"
-    if not _is_number(depth) or not math.isfinite(depth):
-        return None, f"depth is not a number ({depth!r})"
+    if not _is_number(depth) or not 0 <= depth <= 100:  # NaN and infinity fail too
+        return None, f"depth is not a percentage in 0-100 ({depth!r})"
     if score is not None and not _is_number(score):
         return None, f"score is not a number ({score!r})"
+    if score is not None and not math.isnan(score) and not 0 <= score <= 1:
+        return None, f"score is outside 0-1 ({score!r})"
     rec["length"], rec["depth"] = int(length), float(depth)
     rec["score"] = math.nan if score is None else float(score)
     return rec, None
@@ -455,6 +457,8 @@ def report(path: str | Path | list, out_dir: str | Path | None = None, markdown_
     """
     _check_threshold(threshold)
     paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+    if not paths:
+        raise LengthwiseError("no results file given: pass at least one JSONL written by lengthwise eval")
     out_dir = Path(out_dir) if out_dir is not None else paths[0].with_name(f"{paths[0].stem}_report")
     check_folder(out_dir)  # both outputs fail before anything is read or written
     if markdown_path is not None:

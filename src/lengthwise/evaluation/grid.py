@@ -7,6 +7,7 @@ one prompt at a time (hf backend), and each finished cell is appended to the sto
 from __future__ import annotations
 
 import datetime
+import math
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,17 @@ class EvalConfig:
     max_batch_tokens: int = 65536
 
     def __post_init__(self):
+        if isinstance(self.tasks, str) or not all(isinstance(t, str) for t in self.tasks):
+            raise LengthwiseError(f"tasks must be a list of task names, e.g. ['passkey'], got {self.tasks!r}")
+        if isinstance(self.lengths, (str, int)) or not all(isinstance(n, int) and not isinstance(n, bool)
+                                                           for n in self.lengths):
+            raise LengthwiseError(f"lengths must be a list of whole token counts, e.g. [1024, 4096] "
+                                  f"(parse_lengths reads '1k,4k'), got {self.lengths!r}")
+        if isinstance(self.depths, (str, int, float)) or not self.depths or not all(
+                isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) for d in self.depths):
+            raise LengthwiseError(f"depths must be a non-empty list of percentages, e.g. [0, 50, 100], got {self.depths!r}")
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool):
+            raise LengthwiseError(f"samples must be a whole number, got {self.samples!r}")
         if self.backend not in BACKENDS:
             raise LengthwiseError(f"unknown eval backend {self.backend!r}: choose {' or '.join(BACKENDS)}")
         bad = [d for d in self.depths if not 0 <= d <= 100]

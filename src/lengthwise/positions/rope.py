@@ -7,6 +7,8 @@ A scheme changes the frequencies (scalings), the positions (remaps) or which key
 from __future__ import annotations
 
 import functools
+import math
+import typing
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
@@ -84,6 +86,24 @@ def plain_table(head_dim: int, base: float, device: str) -> torch.Tensor:
         return default_inv_freq(head_dim, base).to(device)
 
 
+def check_fields(scheme: "RoPE") -> None:
+    """Each option has its declared type, as the string parser enforces: a scheme built in Python (say
+    YaRN(beyond="false"), truthy) would otherwise run as something other than what its spec() says."""
+    hints = typing.get_type_hints(type(scheme))
+    for f in fields(scheme):
+        v, want = getattr(scheme, f.name), hints.get(f.name)
+        if want is bool:
+            ok, what = isinstance(v, bool), "true or false"
+        elif want is int:
+            ok, what = isinstance(v, int) and not isinstance(v, bool), "an integer"
+        elif want is float:
+            ok, what = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a finite number"
+        else:
+            continue  # lists and names: the scheme's own check()
+        if not ok:
+            raise LengthwiseError(f"{scheme.name}: {f.name} must be {what}, got {v!r}")
+
+
 def positive(name: str, value: float, scheme: str) -> None:
     if not (value > 0 and value != float("inf")):
         raise LengthwiseError(f"{scheme}: {name} must be a finite number > 0, got {value:g}")
@@ -154,6 +174,7 @@ class Rotary:
         if family not in scheme.families:
             raise LengthwiseError(f"position scheme {scheme.name!r} does not apply to {family} models "
                                   f"(it works on {', '.join(scheme.families)} models)")
+        check_fields(scheme)
         scheme.check(trained)
         plain = native or RoPE()  # the checkpoint as trained
         if scheme.beyond:

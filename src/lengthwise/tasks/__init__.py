@@ -36,6 +36,8 @@ def _value(text: str) -> int | float | str:
 
 def get_task(spec: str) -> Task:
     """A task from "name" or "name:option=value,option=value"; values are read as int, float or str."""
+    if not isinstance(spec, str):
+        raise LengthwiseError(f"a task is named by a string like 'passkey' or 'niah_single:haystack=noise', got {spec!r}")
     name, _, opts = spec.strip().partition(":")
     if name not in TASKS:
         raise LengthwiseError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
@@ -48,6 +50,8 @@ def get_task(spec: str) -> Task:
             raise LengthwiseError(f"task {name} has no option {key!r}; valid options: {', '.join(valid) or 'none'}")
         if not eq:
             raise LengthwiseError(f"task {name}: option {key!r} needs a value, as in {key}=...")
+        if key in kwargs:
+            raise LengthwiseError(f"task {name}: option {key!r} is given twice: give each option once")
         kwargs[key] = _value(value)
     return cls(**kwargs)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
@@ -95,10 +96,11 @@ class Task:
         """One seeded input of `length` tokens (±2%) with its key at `depth`; context: the model's trained
         context, which a cell within it never passes, answer included (see ceiling). A cut prompt is within 2%
         below context - max_new_tokens, RULER's input size, where that is shorter than the length."""
-        if not 0 <= depth <= 100:
-            raise LengthwiseError(f"task {self.name}: depth must be within 0..100, got {depth}")
-        if int(length) != length or length < 1:
-            raise LengthwiseError(f"task {self.name}: length must be a positive integer, got {length}")
+        if not isinstance(depth, (int, float)) or isinstance(depth, bool) or not 0 <= depth <= 100:
+            raise LengthwiseError(f"task {self.name}: depth must be a number within 0..100, got {depth!r}")
+        if not isinstance(length, (int, float)) or isinstance(length, bool) or not math.isfinite(length) \
+                or int(length) != length or length < 1:
+            raise LengthwiseError(f"task {self.name}: length must be a positive integer, got {length!r}")
         length, depth = int(length), float(depth)
         key = f"{self.name}-{length}-{depth}-{seed}-{json.dumps(self.options(), sort_keys=True)}"
         drafts: dict[int, tuple[Draft, int]] = {}

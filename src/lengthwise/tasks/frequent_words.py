@@ -24,8 +24,10 @@ class FrequentWords(Task):
     word_length: int = 6
 
     def check(self):
-        if self.alpha <= 1 or self.word_length < 4:  # 26^4 coded words suffice for any length
-            raise LengthwiseError(f"task {self.name}: alpha must be > 1 and word_length >= 4")
+        # alpha > 1 for a Zipf law; up to 5, where ranks 1-5 need ~1k words to differ (it grows ~4^alpha)
+        if not 1 < self.alpha <= 5 or self.word_length < 4:  # 26^4 coded words suffice for any length
+            raise LengthwiseError(f"task {self.name}: alpha must be in (1, 5] and word_length >= 4, "
+                                  f"got alpha={self.alpha:g}, word_length={self.word_length}")
 
     def unit_tokens(self, length: int) -> float:
         return 0.7 * self.word_length  # a coded word splits into short pieces
