@@ -114,7 +114,7 @@ def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eo
         return out
     dev = model.tok_embeddings.weight.device
     cfg = model.cfg
-    batch = RaggedBatch.from_lists(prompts, dev)
+    batch = RaggedBatch.from_lists(prompts, dev, cfg.vocab_size)
     longest = max(map(len, prompts))
     cache = RaggedKVCache(cfg.n_layers, [len(p) + max_new_tokens for p in prompts], cfg.n_kv_heads, cfg.head_dim,
                           model.tok_embeddings.weight.dtype, dev,

@@ -19,15 +19,24 @@ class RaggedBatch:
     max_seqlen: int
 
     @classmethod
-    def from_lists(cls, seqs: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> "RaggedBatch":
+    def from_lists(cls, seqs: Sequence[Sequence[int]], device: torch.device | str = "cpu",
+                   vocab: int | None = None) -> "RaggedBatch":
+        """vocab: check every id is in 0..vocab-1 (one pass over the packed ids, before they reach a device,
+        where an id past the embedding is a device-side assert rather than an error)."""
         if len(seqs) == 0:
             raise LengthwiseError("empty batch: give at least one sequence")
         lens = [len(s) for s in seqs]
         if min(lens) == 0:
             raise LengthwiseError(f"sequence {lens.index(0)} is empty: every sequence needs at least one token")
         lens_t = torch.tensor(lens, dtype=torch.int64)
-        tokens = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=sum(lens)))
-        return cls.from_lens(tokens, lens_t, device)
+        try:
+            flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=sum(lens))
+        except (OverflowError, TypeError, ValueError) as e:  # an id past 64 bits, a None or a string inside
+            raise LengthwiseError(f"token ids must be integers that fit in 64 bits ({e})") from None
+        if vocab is not None and (flat.min() < 0 or flat.max() >= vocab):
+            bad = int(flat[(flat < 0) | (flat >= vocab)][0])
+            raise LengthwiseError(f"token id {bad} is outside this model's vocabulary 0..{vocab - 1}")
+        return cls.from_lens(torch.from_numpy(flat), lens_t, device)
 
     @classmethod
     def from_lens(cls, tokens: torch.Tensor, lens: torch.Tensor, device: torch.device | str = "cpu") -> "RaggedBatch":
