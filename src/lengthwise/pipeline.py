@@ -58,8 +58,8 @@ class _Loaded:
 
 def _batch(inputs, what: str) -> list:
     """The inputs as a list; one string, or anything that is not a sequence, is a mistake worth naming."""
-    if isinstance(inputs, (str, bytes)) or not hasattr(inputs, "__len__") or getattr(inputs, "ndim", 2) != 2 \
-            and isinstance(inputs, (torch.Tensor, np.ndarray)):
+    not_rows = isinstance(inputs, (torch.Tensor, np.ndarray)) and inputs.ndim != 2  # an array holds rows of ids
+    if isinstance(inputs, (str, bytes)) or not hasattr(inputs, "__len__") or not_rows:
         raise LengthwiseError(f"pass a list of {what}, not {type(inputs).__name__}"
                               + (" (one string is not a list of them: wrap it in [...])" if isinstance(inputs, str) else ""))
     return list(inputs)
