@@ -55,7 +55,8 @@ def test_good_ids_of_any_integer_kind_give_hf_logits(tiny):
     ids = [3, 17, 210, 0, 42]
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0]
-    for form in (ids, np.array(ids, dtype=np.int32), torch.tensor(ids), torch.tensor(ids, dtype=torch.int16)):
+    for form in (ids, np.array(ids, dtype=np.int32), torch.tensor(ids), torch.tensor(ids, dtype=torch.int16),
+                 list(torch.tensor(ids))):
         got = lm.logits([form, [7]])[0]
         assert torch.allclose(got, ref, atol=1e-5), form
 

@@ -74,11 +74,18 @@ def _check_ids(s, i: int) -> None:
                               else not (s.dtype.is_floating_point or s.dtype.is_complex or s.dtype == torch.bool))
     else:
         ok = not isinstance(s, (str, bytes)) and hasattr(s, "__len__") and hasattr(s, "__getitem__") and (
-            len(s) == 0 or all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in (s[0], s[-1])))
+            len(s) == 0 or all(_integer(x) for x in (s[0], s[-1])))
     if not ok:
         raise LengthwiseError(f"input {i} is not a sequence of integer token ids (got {type(s).__name__}"
                               f"{'' if isinstance(s, (str, bytes)) else ' ' + repr(s)[:40]}): pass lists of int ids, "
                               "or text to generate/embed")
+
+
+def _integer(x) -> bool:
+    """A Python or numpy integer, or a 0-d integer tensor (what list(tensor) yields); never a bool."""
+    if isinstance(x, torch.Tensor):
+        return x.ndim == 0 and not (x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool)
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def _texts(texts, what: str) -> list[str]:

@@ -7,9 +7,9 @@ one prompt at a time (hf backend), and each finished cell is appended to the sto
 from __future__ import annotations
 
 import datetime
-import math
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
