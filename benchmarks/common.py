@@ -123,6 +123,13 @@ def device_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def provenance() -> dict:
+    """Where and with what a result was measured: device, torch, transformers and the UTC date."""
+    import transformers
+    return {"device": device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
 def save(name: str, rows: list[dict], extra: dict, plot) -> Path:
     """Write benchmarks/results/<name>.json and .png (or under $OUT when set, on the GPU machine)."""
     out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results")

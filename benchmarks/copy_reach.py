@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import lengthwise as lw  # noqa: E402
+from common import provenance  # noqa: E402  (benchmarks/common.py: this script's folder is on sys.path)
 from lengthwise.tasks.filler import SOURCE, essay_sentences  # noqa: E402
 from lengthwise.tasks.words import ADJECTIVES, NOUNS  # noqa: E402
 
@@ -94,10 +95,8 @@ def main():
     if args.replot:
         return plot(json.loads(Path(args.out).read_text()), Path(args.png))
     distances = [int(d) for d in args.distances.split(",")]
-    import transformers
     head = {"window": WINDOW, "pairs": PAIRS, "skip": SKIP, "filler": SOURCE["essay"], "seeds": args.seeds,
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
-            "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d", time.gmtime())}
+            **provenance()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
     def write(rows: list[dict]) -> dict:  # after each scheme, so a run cut short keeps what finished

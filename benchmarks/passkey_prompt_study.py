@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from common import provenance  # noqa: E402  (benchmarks/common.py: this script's folder is on sys.path)
 from lengthwise.evaluation.backends import LengthwiseRunner  # noqa: E402
 from lengthwise.evaluation.grid import sample_seed  # noqa: E402
 from lengthwise.tasks import words  # noqa: E402
@@ -104,11 +105,7 @@ def main():
                   + " ".join(f"{d:g}:{sum(v) / len(v):.0%}" for d, v in by_depth.items()), flush=True)
         del runner
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    import torch
-    import transformers
-    where = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
-             "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d", time.gmtime()),
-             "sizing": "within-context rule (Task.make with the trained context)"}
+    where = {**provenance(), "sizing": "within-context rule (Task.make with the trained context)"}
     Path(args.out).write_text(json.dumps({"seed": args.seed, **where, "seconds": time.time() - t0, "rows": rows}, indent=1))
 
 

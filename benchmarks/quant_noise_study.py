@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from common import provenance  # noqa: E402  (benchmarks/common.py: this script's folder is on sys.path)
 from lengthwise.evaluation.backends import LengthwiseRunner  # noqa: E402
 from lengthwise.evaluation.grid import sample_seed  # noqa: E402
 from lengthwise.tasks.passkey import Passkey  # noqa: E402
@@ -80,10 +81,7 @@ def main():
     task = Passkey()
     cells = {n: [task.make(runner.render, n, float(d), sample_seed(argparse.Namespace(seed=2), s), runner.trained_context)
                  for d in ds for s in range(samples)] for n, ds in grid.items()}
-    import transformers
-    head = {"seed": 2, "samples": samples, "noise_seed": 1234, "rel_rounding_rms": rel_rounding_rms,
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
-            "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    head = {"seed": 2, "samples": samples, "noise_seed": 1234, "rel_rounding_rms": rel_rounding_rms, **provenance()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     rows, t0 = [], time.time()
     for alpha in alphas:

@@ -70,8 +70,7 @@ def _check_ids(s, i: int) -> None:
     RaggedBatch.from_lists): the container's dtype, or a plain sequence's first and last items. Floats would
     otherwise be cut to ints without a word."""
     if isinstance(s, (torch.Tensor, np.ndarray)):
-        ok = s.ndim == 1 and (s.dtype.kind in "iu" if isinstance(s, np.ndarray)
-                              else not (s.dtype.is_floating_point or s.dtype.is_complex or s.dtype == torch.bool))
+        ok = s.ndim == 1 and _integer_dtype(s.dtype)
     else:
         ok = not isinstance(s, (str, bytes)) and hasattr(s, "__len__") and hasattr(s, "__getitem__") and (
             len(s) == 0 or all(_integer(x) for x in (s[0], s[-1])))
@@ -81,10 +80,16 @@ def _check_ids(s, i: int) -> None:
                               "or text to generate/embed")
 
 
+def _integer_dtype(dtype) -> bool:
+    if isinstance(dtype, torch.dtype):
+        return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+    return dtype.kind in "iu"  # numpy: signed or unsigned integers, not bool
+
+
 def _integer(x) -> bool:
     """A Python or numpy integer, or a 0-d integer tensor (what list(tensor) yields); never a bool."""
     if isinstance(x, torch.Tensor):
-        return x.ndim == 0 and not (x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool)
+        return x.ndim == 0 and _integer_dtype(x.dtype)
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
@@ -212,7 +217,8 @@ class Encoder(_Loaded):
     @torch.inference_mode()
     def embed_ids(self, seqs: Sequence[Sequence[int]], max_tokens_per_forward: int = 16384,
                   truncate: bool = False, progress: Progress = None) -> np.ndarray:
-        cut = [len(s) > self.max_seq_length for s in _batch(seqs, "token-id lists, e.g. [[101, 7592, 102]]")]
+        seqs = _batch(seqs, "token-id lists, e.g. [[101, 7592, 102]]")
+        cut = [len(s) > self.max_seq_length for s in seqs]
         seqs = self._fit(seqs, self.max_seq_length, truncate, "head", "this encoder takes")
         if any(cut) and self.tokenizer is not None and self.tokenizer.sep_token_id is not None:
             # a cut BERT input still ends with [SEP], as sentence-transformers does; one that fits is left as given

@@ -26,25 +26,29 @@ class ResultStore:
         """(valid records in file order, one warning per unreadable line)."""
         if not self.path.exists():
             return [], []
+        return self._parse(self.path.read_bytes())
+
+    @staticmethod
+    def _parse(data: bytes) -> tuple[list[dict], list[str]]:
+        """records() of the store's bytes, read once by whoever needs them."""
         out, warnings = [], []
-        with open(self.path, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    warnings.append(f"line {n}: not UTF-8 text; skipped")
-                    continue
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    warnings.append(f"line {n}: not valid JSON ({e.msg}); skipped")
-                    continue
-                if not isinstance(rec, dict) or "id" not in rec:
-                    warnings.append(f"line {n}: not a result record; skipped")
-                    continue
-                out.append(rec)
+        for n, raw in enumerate(data.split(b"\n"), 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                warnings.append(f"line {n}: not UTF-8 text; skipped")
+                continue
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                warnings.append(f"line {n}: not valid JSON ({e.msg}); skipped")
+                continue
+            if not isinstance(rec, dict) or "id" not in rec:
+                warnings.append(f"line {n}: not a result record; skipped")
+                continue
+            out.append(rec)
         return out, warnings
 
     def done_ids(self) -> set[str]:
@@ -65,9 +69,8 @@ class ResultStore:
         if not self.path.is_file():
             return
         data = self.path.read_bytes()
-        cut = data.rfind(b"\n") + 1
-        tail = data[cut:]
-        records, warnings = self.records()
+        tail = data[data.rfind(b"\n") + 1:]
+        records, warnings = self._parse(data)
         if not records and warnings and not (len(warnings) == 1 and tail.startswith(_RECORD_START)):
             raise LengthwiseError(f"{self.path} is not an eval results store (no line of it is a result record): "
                                   "write the results to a new file")
