@@ -113,13 +113,14 @@ def test_cpu_flash_matches_float64(mask, lens_q, lens_k):
 
 def test_cpu_flash_bfloat16_and_backend_choice():
     from lengthwise import LengthwiseError
-    from lengthwise.attention import pick_backend
+    from lengthwise.attention import Backend
+    pick_backend = Backend.resolve
     q, k, v, meta, where = _case([7, 33], [7, 33], seed=3)
     out = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), meta, MaskPattern(causal=True), "cpu_flash")
     ref = dense_reference(q, k, v, *where, MaskPattern(causal=True))
     assert out.dtype == torch.bfloat16 and (out.double() - ref).abs().max() < 3e-2
-    assert pick_backend("auto", torch.device("cpu"), torch.float32) == "cpu_flash"
-    assert pick_backend(None, torch.device("cpu"), torch.float64) == "reference"  # float64: the exact twin
+    assert pick_backend("auto", torch.device("cpu"), torch.float32).kernel == "cpu_flash"
+    assert pick_backend(None, torch.device("cpu"), torch.float64).kernel == "reference"  # float64: the exact twin
     with pytest.raises(LengthwiseError, match="cpu_flash backend needs the CPU"):
         pick_backend("cpu_flash", torch.device("cpu"), torch.float64)
 
@@ -149,24 +150,24 @@ def test_split_kv_decode_equals_one_pass(backend, splits):
     assert (lse1.double()[fin] - lse2.double()[fin]).abs().max() < tol
 
 
-def test_split_kv_policy(monkeypatch):
+def test_split_kv_policy():
     from lengthwise import LengthwiseError
     from lengthwise.attention import split_kv
     q1, q64 = torch.zeros(1, 9, 64), torch.zeros(64, 9, 64)
     one = lambda max_k: AttnMeta(torch.arange(2, dtype=torch.int32), 1, torch.tensor([0, max_k]), max_k)
-    monkeypatch.setattr(split_kv, "AUTO", False)  # LENGTHWISE_SPLIT_KV=0
-    assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True), "varlen") == 1
-    monkeypatch.setattr(split_kv, "AUTO", True)
-    assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True), "varlen") == 16  # 9 blocks -> 144
-    assert split_kv.auto_splits(q1, one(4096), MaskPattern(causal=True), "varlen") == 2  # chunks >= 2048 keys
-    assert split_kv.auto_splits(q1, one(1024), MaskPattern(causal=True), "varlen") == 1
-    assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True, window=64), "varlen") == 1
+    from lengthwise.attention import Backend
+    off, on = Backend("varlen", split_kv=False), Backend("varlen", split_kv=True)  # LENGTHWISE_SPLIT_KV=0 / 1
+    assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True), off) == 1
+    assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True), on) == 16  # 9 blocks -> 144
+    assert split_kv.auto_splits(q1, one(4096), MaskPattern(causal=True), on) == 2  # chunks >= 2048 keys
+    assert split_kv.auto_splits(q1, one(1024), MaskPattern(causal=True), on) == 1
+    assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True, window=64), on) == 1
     assert split_kv.auto_splits(q1, one(131072), MaskPattern(causal=True), "reference") == 1
     # a step where one of two sequences gets no new token: max_q is 1 but it is no decode step (no split)
     skip = AttnMeta(torch.tensor([0, 1, 1], dtype=torch.int32), 1, torch.tensor([0, 131072, 262144]), 131072)
-    assert split_kv.auto_splits(q1, skip, MaskPattern(causal=True), "varlen") == 1
+    assert split_kv.auto_splits(q1, skip, MaskPattern(causal=True), on) == 1
     meta64 = AttnMeta(torch.arange(65, dtype=torch.int32), 1, torch.arange(65) * 8192, 8192)
-    assert split_kv.auto_splits(q64, meta64, MaskPattern(causal=True), "varlen") == 1  # 576 blocks already
+    assert split_kv.auto_splits(q64, meta64, MaskPattern(causal=True), on) == 1  # 576 blocks already
     prefill = AttnMeta(torch.tensor([0, 5], dtype=torch.int32), 5, torch.tensor([0, 5]), 5)
     with pytest.raises(LengthwiseError, match="decode steps only"):
         attend(torch.zeros(5, 4, 8), torch.zeros(5, 2, 8), torch.zeros(5, 2, 8), prefill, MaskPattern(), splits=2)

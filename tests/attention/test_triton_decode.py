@@ -62,24 +62,24 @@ def test_decode_odd_head_dim_and_strided_q():
 
 def test_triton_decode_routing(monkeypatch):
     from lengthwise import attention
+    from lengthwise.attention import Backend, backend as B
     app = attention._triton_decode_applies
     q = torch.zeros(4, 9, 64)
     decode = AttnMeta(torch.arange(5, dtype=torch.int32), 1, torch.arange(5, dtype=torch.int32) * 8, 8)
     causal = MaskPattern(causal=True)
-    monkeypatch.setattr(attention, "TRITON_DECODE", False)  # LENGTHWISE_TRITON_DECODE=0
-    assert not app(q, decode, causal, "varlen")
-    monkeypatch.setattr(attention, "TRITON_DECODE", True)
-    assert app(q, decode, causal, "varlen")
-    monkeypatch.setattr(attention, "_HAVE_TRITON", False)  # triton not installed: FlashAttention
-    assert not app(q, decode, causal, "varlen")
-    monkeypatch.setattr(attention, "_HAVE_TRITON", True)
-    assert app(q, decode, MaskPattern(causal=True, window=16), "varlen")
-    assert not app(q, decode, causal, "reference") and not app(q, decode, causal, "cpu_flash")
-    assert not app(q, decode, MaskPattern(causal=False), "varlen")
+    on, off = Backend("varlen", triton_decode=True), Backend("varlen", triton_decode=False)
+    assert not app(q, decode, causal, off)  # LENGTHWISE_TRITON_DECODE=0
+    assert app(q, decode, causal, on)
+    monkeypatch.setattr(B, "have_triton", lambda: False)  # triton not installed: FlashAttention
+    assert not app(q, decode, causal, on)
+    monkeypatch.setattr(B, "have_triton", lambda: True)
+    assert app(q, decode, MaskPattern(causal=True, window=16), on)
+    assert not app(q, decode, causal, Backend("reference")) and not app(q, decode, causal, Backend("cpu_flash"))
+    assert not app(q, decode, MaskPattern(causal=False), on)
     prefill = AttnMeta(torch.tensor([0, 3, 4], dtype=torch.int32), 3, torch.tensor([0, 3, 4], dtype=torch.int32), 3)
-    assert not app(q, prefill, causal, "varlen")
+    assert not app(q, prefill, causal, on)
     one_per_seq_of_two = AttnMeta(torch.tensor([0, 2, 4], dtype=torch.int32), 1, decode.cu_k[:3], 8)
-    assert not app(q, one_per_seq_of_two, causal, "varlen")  # 4 queries but 2 sequences
+    assert not app(q, one_per_seq_of_two, causal, on)  # 4 queries but 2 sequences
 
 
 def test_attend_routes_to_the_kernel(monkeypatch):
@@ -92,9 +92,8 @@ def test_attend_routes_to_the_kernel(monkeypatch):
     k, v, meta = ragged_cache(used, 1, 64, gap=0, g=g)
     meta.used_k = None
     q = torch.randn(3, 3, 64, generator=g)
-    monkeypatch.setattr(attention, "TRITON_DECODE", True)
-    monkeypatch.setattr(split_kv, "AUTO", True)
-    out, lse = attend(q, k, v, meta, MaskPattern(causal=True), "varlen", return_lse=True)
+    on = attention.Backend("varlen", triton_decode=True, split_kv=True)
+    out, lse = attend(q, k, v, meta, MaskPattern(causal=True), on, return_lse=True)
     ref, ref_lse = attend(q.double(), k.double(), v.double(), meta, MaskPattern(causal=True), "reference",
                           return_lse=True)
     assert (out.double() - ref).abs().max() < 1e-5 and lse[1].isneginf().all()
@@ -128,12 +127,11 @@ def test_split_kv_keeps_the_decode_steps_it_splits(monkeypatch):
     g = torch.Generator().manual_seed(4)
     k, v, meta = ragged_cache([5, 0, 70], 1, 64, gap=0, g=g)
     q = torch.randn(3, 3, 64, generator=g)
-    monkeypatch.setattr(attention, "TRITON_DECODE", True)
-    monkeypatch.setattr(split_kv, "AUTO", True)
     monkeypatch.setattr(split_kv, "MIN_CHUNK", 16)  # 70 keys now make 4 chunks
     seen = []
     monkeypatch.setattr(attention, "attend_split", lambda *a, **kw: seen.append(a[-2]) or "split")
-    assert attend(q, k, v, meta, MaskPattern(causal=True), "varlen") == "split" and seen == [4]
+    on = attention.Backend("varlen", triton_decode=True, split_kv=True)
+    assert attend(q, k, v, meta, MaskPattern(causal=True), on) == "split" and seen == [4]
 
 
 def _rope_tables(B, D, dtype, g):

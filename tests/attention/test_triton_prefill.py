@@ -50,25 +50,24 @@ def test_block_table_covers_every_query_once_heaviest_first():
     assert start[:n].tolist() == sorted(start[:n].tolist(), reverse=True)
 
 
-def test_attend_routes_packed_causal_prefill_only(monkeypatch):
+def test_attend_routes_packed_causal_prefill_only():
     from lengthwise import attention
+    from lengthwise.attention import Backend
     g = torch.Generator().manual_seed(3)
     q, k, v, meta = packed([3, 140], 2, 1, 32, g)
-    monkeypatch.setattr(attention, "TRITON_PREFILL", True)
     app = attention._triton_prefill_applies
-    monkeypatch.setattr(attention, "TRITON_PREFILL_MIN", 141)  # the longest sequence here has 140 tokens
-    assert not app(q, k, meta, MaskPattern(causal=True), "varlen", False)
-    monkeypatch.setattr(attention, "TRITON_PREFILL_MIN", 140)
-    assert app(q, k, meta, MaskPattern(causal=True), "varlen", False)
-    assert not app(q, k, meta, MaskPattern(causal=False), "varlen", False)  # bidirectional: FlashAttention
-    assert not app(q, k, meta, MaskPattern(causal=True), "varlen", True)  # the LSE is FlashAttention's
+    at = lambda n: Backend("varlen", triton_prefill=True, triton_prefill_min=n)
+    assert not app(q, k, meta, MaskPattern(causal=True), at(141), False)  # the longest sequence here has 140 tokens
+    on = at(140)
+    assert app(q, k, meta, MaskPattern(causal=True), on, False)
+    assert not app(q, k, meta, MaskPattern(causal=False), on, False)  # bidirectional: FlashAttention
+    assert not app(q, k, meta, MaskPattern(causal=True), on, True)  # the LSE is FlashAttention's
     assert not app(q, k, meta, MaskPattern(causal=True), "reference", False)
     cached = AttnMeta(meta.cu_q, meta.max_q, meta.cu_q.clone(), meta.max_k)  # keys in a cache region
-    assert not app(q, k, cached, MaskPattern(causal=True), "varlen", False)
-    routed = attend(q, k, v, meta, MaskPattern(causal=True), "varlen")  # on the CPU only the kernel can serve it
+    assert not app(q, k, cached, MaskPattern(causal=True), on, False)
+    routed = attend(q, k, v, meta, MaskPattern(causal=True), on)  # on the CPU only the kernel can serve it
     assert torch.equal(routed, prefill_attention(q, k, v, meta.cu_q, 32 ** -0.5))
-    monkeypatch.setattr(attention, "TRITON_PREFILL", False)
-    assert not app(q, k, meta, MaskPattern(causal=True), "varlen", False)
+    assert not app(q, k, meta, MaskPattern(causal=True), Backend("varlen", triton_prefill=False, triton_prefill_min=140), False)
 
 
 def test_prefill_odd_head_dim_gqa_window_and_strided_views():

@@ -7,23 +7,22 @@ merged exactly: out = sum_s o_s e^(lse_s - m) / sum_s e^(lse_s - m). Every op ta
 Python ints and the batch's shape, so a step stays capturable in a CUDA graph (no host sync).
 
 Auto mode (`auto_splits`) is on for the varlen backend (measured on an H100: 6.1x faster decode of one
-sequence at 128k, docs/benchmarks.md); LENGTHWISE_SPLIT_KV=0 turns it off. Any backend runs it when
+sequence at 128k, docs/benchmarks.md); Backend(split_kv=False) turns it off. Any backend runs it when
 `attend(..., splits=S)` asks.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-AUTO = os.environ.get("LENGTHWISE_SPLIT_KV", "1") == "1"
 SMS = 132  # an H100's streaming multiprocessors: the blocks a step should offer at least
 MIN_CHUNK = 2048  # keys per chunk below which splitting costs more than it gives
 
 
-def auto_splits(q: torch.Tensor, meta, mask, backend: str) -> int:
+def auto_splits(q: torch.Tensor, meta, mask, backend) -> int:
     """How many chunks a decode step's keys go in: 1 (no split) unless it is a long, narrow decode step."""
-    if not AUTO or backend != "varlen" or meta.max_q != 1 or mask.window is not None or not mask.causal:
+    from .backend import Backend
+    backend = Backend.of(backend)
+    if not backend.split_kv or backend.kernel != "varlen" or meta.max_q != 1 or mask.window is not None or not mask.causal:
         return 1
     if meta.cu_q.shape[0] != q.shape[0] + 1:  # a step where some sequence has no new query: not a decode step
         return 1

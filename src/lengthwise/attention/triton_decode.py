@@ -13,18 +13,17 @@ keys (and writes the cache) in one pass. On an H100 the decode step of 64 SmolLM
 
 Triton is imported on first call, not with lengthwise; TRITON_INTERPRET=1 runs the kernel on CPU tensors
 (float32/float16: the interpreter's tl.dot is wrong in bfloat16, which benchmarks/gpu_check.py checks).
-On by default where triton is installed (attention.decode_kernel_applies); LENGTHWISE_TRITON_DECODE=0
+On by default where triton is installed (attention.decode_kernel_applies); Backend(triton_decode=False)
 turns the kernel and the fused decode step off.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 
 import torch
 
 from ..errors import LengthwiseError
+from .backend import on_device, triton_interpreting
 
 _KERNEL = None
 BLOCK_N = 64  # keys per loop step
@@ -49,18 +48,10 @@ def _interpreter_index_fix():
 
 def _build():
     import triton
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if triton_interpreting():
         _interpreter_index_fix()
     from ._kernels import decode_attn, rope_qk
     return triton, decode_attn, rope_qk
-
-
-def on_device(t: torch.Tensor):
-    """Triton launches on the current CUDA device: make it t's for the launch (on cuda:N with N not current);
-    a no-op on the current device and on the CPU (the interpreter)."""
-    if t.is_cuda and t.device.index is not None and t.device.index != torch.cuda.current_device():
-        return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
 
 
 def _kernel():

@@ -6,19 +6,19 @@ position. Keys below the diagonal run unmasked, the diagonal blocks masked; soft
 GQA reads each kv head for its G query heads from cache.
 
 attend() routes a varlen packed causal prefill here when its longest sequence has at least
-attention.TRITON_PREFILL_MIN tokens (1024), where it measured faster than FlashAttention-2 on an H100;
-LENGTHWISE_TRITON_PREFILL=0 turns it off. TRITON_INTERPRET=1 runs it on CPU tensors.
+Backend.triton_prefill_min tokens (1024), where it measured faster than FlashAttention-2 on an H100;
+Backend(triton_prefill=False) turns it off. TRITON_INTERPRET=1 runs it on CPU tensors.
 """
 from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 
 from ..errors import LengthwiseError
-from .triton_decode import _kernel, _last_contiguous, on_device
+from .backend import on_device, triton_interpreting
+from .triton_decode import _kernel, _last_contiguous
 
 BLOCK_M = 128  # queries per program (the block table is built for it)
 
@@ -28,7 +28,7 @@ def _build():
     """-> (triton, the kernel, its autotuned form or None under the interpreter, which would run every config)."""
     triton = _kernel()[0]  # imports triton, with the interpreter's fixes when TRITON_INTERPRET=1
     from ._kernels import prefill_attn
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if triton_interpreting():
         return triton, prefill_attn, None
     configs = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
                for bn in (64, 128) for w in (4, 8) for st in (2, 3, 4)]

@@ -11,11 +11,10 @@ _interpreter_bf16_fix() makes that cast round; with it bfloat16 matches torch on
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
-from ..attention.triton_decode import on_device
+from ..attention.backend import on_device, triton_interpreting
 from ..errors import LengthwiseError
 
 _KERNELS = None
@@ -51,7 +50,7 @@ def _interpreter_bf16_fix():
 def _build():
     import triton
     import triton.language as tl
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if triton_interpreting():
         from ..attention.triton_decode import _interpreter_index_fix
         _interpreter_index_fix()
         _interpreter_bf16_fix()
@@ -97,18 +96,12 @@ def _build():
     return triton, _add_norm, _silu_mul
 
 
-# On for the varlen backend where triton is installed (measured on an H100: docs/benchmarks.md);
-# LENGTHWISE_FUSED=0 turns it off. Read at call time, so a test or benchmark can flip it.
-FUSED = os.environ.get("LENGTHWISE_FUSED", "1") == "1"
-
-
-def fused_applies(x: torch.Tensor, backend: str, dtypes: tuple = (torch.float32,)) -> bool:
-    """The layers run on these kernels: the GPU backend (varlen), a residual stream on CUDA in one of dtypes
-    (Llama's is float32), triton installed, and not inside torch.compile (which fuses on its own). The
-    reference backend stays the plain-torch twin they are checked against."""
-    from ..attention import _have_triton
-    return (FUSED and backend == "varlen" and x.is_cuda and x.dtype in dtypes and x.shape[-1] <= MAX_DIM
-            and _have_triton() and not torch.compiler.is_compiling())
+def fused_applies(x: torch.Tensor, backend, dtypes: tuple = (torch.float32,)) -> bool:
+    """The layers run on these kernels: Backend.fused on (the default, measured on an H100:
+    docs/benchmarks.md), the varlen family with triton, a residual stream on CUDA in one of dtypes (Llama's is
+    float32), no gradient needed and not inside torch.compile (Backend.triton). The reference backend stays the
+    plain-torch twin they are checked against."""
+    return backend.fused and x.is_cuda and x.dtype in dtypes and x.shape[-1] <= MAX_DIM and backend.triton(x)
 
 
 def _kernels():

@@ -1,0 +1,128 @@
+"""Backend: the kernel family and every switch of the fast paths, resolved once at `lw.load()`.
+
+    b = Backend.resolve("auto", device, dtype)          # what lw.load does
+    b = dataclasses.replace(b, triton_decode=False)     # a benchmark flips one switch
+    lm = lw.load("smollm2-135m", backend=b)
+
+The kernel family is `reference` (pure torch, any device, the float64-checkable twin), `cpu_flash` (torch's
+fused CPU flash kernel) or `varlen` (FlashAttention varlen on CUDA, with lengthwise's Triton kernels where
+triton is installed). The switches only matter for `varlen`. Environment variables seed their defaults
+(LENGTHWISE_TRITON_DECODE, _TRITON_PREFILL, _TRITON_PREFILL_MIN, _SPLIT_KV, _FUSED, _GELU_EPILOGUE: "0"
+turns one off); this is the one module that reads them, and only when a Backend is resolved.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from dataclasses import dataclass, fields
+
+import torch
+
+from ..errors import LengthwiseError
+
+KERNELS = ("reference", "cpu_flash", "varlen")
+CPU_FLASH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_ENV = {"triton_decode": "LENGTHWISE_TRITON_DECODE", "triton_prefill": "LENGTHWISE_TRITON_PREFILL",
+        "triton_prefill_min": "LENGTHWISE_TRITON_PREFILL_MIN", "split_kv": "LENGTHWISE_SPLIT_KV",
+        "fused": "LENGTHWISE_FUSED", "gelu_epilogue": "LENGTHWISE_GELU_EPILOGUE"}
+
+
+@dataclass(frozen=True)
+class Backend:
+    kernel: str = "reference"
+    # varlen decode steps that split-KV leaves whole run on the GQA-grouped Triton decode kernel, and the model's
+    # decode-step attention (RoPE, cache writes, attention) is one fused kernel (triton_decode.py)
+    triton_decode: bool = True
+    # packed causal prefills whose longest sequence has at least triton_prefill_min tokens run on the Triton
+    # prefill kernel (triton_prefill.py); shorter packs measured faster on FlashAttention (docs/benchmarks.md)
+    triton_prefill: bool = True
+    triton_prefill_min: int = 1024
+    split_kv: bool = True  # long, narrow decode steps split their keys in chunks (split_kv.py)
+    fused: bool = True  # residual add + norm, SiLU * up and prefill RoPE + cache write in Triton (models/fused.py)
+    gelu_epilogue: bool = True  # BERT's FFN bias + GELU in cuBLASLt's epilogue (models/bert.py)
+
+    def __post_init__(self):
+        if self.kernel not in KERNELS:
+            raise LengthwiseError(f"unknown attention backend {self.kernel!r}: choose one of {', '.join(KERNELS)} or auto")
+        for f in fields(self)[1:]:
+            v = getattr(self, f.name)
+            if f.type in (bool, "bool") and not isinstance(v, bool) or f.name == "triton_prefill_min" and (
+                    not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise LengthwiseError(f"Backend: {f.name} must be {'true or false' if f.type in (bool, 'bool') else 'an integer >= 0'}, got {v!r}")
+
+    @classmethod
+    def from_env(cls, kernel: str = "reference") -> "Backend":
+        """The kernel family with each switch's default from its environment variable, if set."""
+        kw = {}
+        for name, var in _ENV.items():
+            text = os.environ.get(var)
+            if text is None:
+                continue
+            if name == "triton_prefill_min":
+                try:
+                    kw[name] = int(text)
+                except ValueError:
+                    raise LengthwiseError(f"{var}={text!r} is not an integer: set it to a token count, or unset it") from None
+            else:
+                kw[name] = text != "0"
+        return cls(kernel, **kw)
+
+    @classmethod
+    def of(cls, b: "Backend | str") -> "Backend":
+        """A Backend as given, or a kernel family's name with the defaults (no device check: internal calls)."""
+        return b if isinstance(b, Backend) else cls.from_env(b)
+
+    @classmethod
+    def resolve(cls, name: "str | Backend | None", device, dtype: torch.dtype) -> "Backend":
+        """auto: FlashAttention varlen on a GPU in fp16/bf16, torch's fused CPU kernel on a CPU, else the
+        reference (float64 always runs on the reference, the exact twin every fast backend is checked against).
+        A named family is checked against the device and dtype."""
+        device = torch.device(device)
+        if isinstance(name, Backend):
+            b = name
+        elif name in (None, "auto"):
+            if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+                return cls.from_env("varlen")
+            return cls.from_env("cpu_flash" if device.type == "cpu" and dtype in CPU_FLASH_DTYPES else "reference")
+        elif isinstance(name, str):
+            b = cls.from_env(name)
+        else:
+            raise LengthwiseError(f"backend must be a name ({', '.join(KERNELS)}, auto) or a Backend, got {name!r}")
+        if b.kernel == "varlen" and (device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16)):
+            raise LengthwiseError("the varlen backend needs a CUDA device and float16/bfloat16: use --backend reference")
+        if b.kernel == "cpu_flash" and (device.type != "cpu" or dtype not in CPU_FLASH_DTYPES):
+            raise LengthwiseError("the cpu_flash backend needs the CPU and float32/bfloat16/float16: "
+                                  "use --backend reference")
+        return b
+
+    def triton(self, t: torch.Tensor) -> bool:
+        """Our Triton kernels may run on t: the varlen family, triton installed, and neither inside
+        torch.compile (the compiler fuses on its own) nor where t needs a gradient (they have no backward)."""
+        return (self.kernel == "varlen" and have_triton() and not torch.compiler.is_compiling()
+                and not (t.requires_grad and torch.is_grad_enabled()))
+
+    def __str__(self) -> str:
+        return self.kernel
+
+
+@functools.cache
+def have_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def triton_interpreting() -> bool:
+    """TRITON_INTERPRET=1: Triton runs kernels on CPU tensors, and its interpreter needs our fixes."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it t's for the launch (on cuda:N with N not current);
+    a no-op on the current device and on the CPU (the interpreter)."""
+    if t.is_cuda and t.device.index is not None and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
