@@ -8,11 +8,9 @@ model and backend through `Rotary`; pick one with `lw.load(..., positions="yarn:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import typing
-from pathlib import Path
 
+from .. import options
 from ..errors import LengthwiseError
 from .distance_cap import DistanceCap
 from .dynamic_ntk import DynamicNTK
@@ -35,52 +33,21 @@ SCHEMES: dict[str, type[RoPE]] = {c.name: c for c in (
 def parse(spec: "str | RoPE | None") -> RoPE:
     """'yarn:factor=4' or 'self_extend:group=8,window=1024' -> the scheme; None or 'none' -> plain RoPE.
 
-    List values are written a/b/c, or @file.json for a JSON list.
+    List values are written a/b/c, or @file.json for a JSON list (lengthwise.options).
     """
     if spec is None:
         return RoPE()
     if isinstance(spec, RoPE):
         return spec
-    name, _, args = str(spec).strip().partition(":")
-    cls = SCHEMES.get(name.strip())
+    name, parts = options.split(str(spec))
+    cls = SCHEMES.get(name)
     if cls is None:
         raise LengthwiseError(f"unknown position scheme {name!r}: choose one of {', '.join(SCHEMES)}")
-    hints = typing.get_type_hints(cls)
-    fs = sorted(dataclasses.fields(cls), key=lambda f: f.kw_only)  # the scheme's own options first, then beyond
-    known = {f.name: hints[f.name] for f in fs}
-    kw = {}
-    for part in (p.strip() for p in args.split(",") if p.strip()):
-        key, eq, value = part.partition("=")
-        key = key.strip()
-        if not eq or key not in known:
-            opts = ", ".join(known) or "none"
-            raise LengthwiseError(f"{name}: cannot read option {part!r} (options: {opts}); write e.g. {name}:"
-                                  f"{next(iter(known), 'factor')}=4")
-        if key in kw:
-            raise LengthwiseError(f"{name}: option {key!r} is given twice: give each option once")
-        kw[key] = _value(name, key, value.strip(), known[key])
-        if key == "factors" and value.strip().startswith("@") and "source" in known:
-            kw["source"] = value.strip()[1:]
+    kw = options.parse_kwargs(name, parts, cls, example="4")
+    raw = dict(p.partition("=")[::2] for p in parts)
+    if "factors" in kw and raw.get("factors", "").strip().startswith("@") and "source" in options.option_types(cls):
+        kw["source"] = raw["factors"].strip()[1:]
     return cls(**kw)
-
-
-def _value(scheme: str, key: str, text: str, kind):
-    try:
-        if kind == tuple[float, ...]:
-            if text.startswith("@"):
-                return tuple(float(x) for x in json.loads(Path(text[1:]).read_text()))
-            return tuple(float(x) for x in text.split("/"))
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return text.lower() in ("true", "1")
-        if kind is int:
-            return int(text)
-        return float(text)
-    except (ValueError, OSError, TypeError, json.JSONDecodeError) as e:
-        what = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "numbers a/b/c or @file.json")
-        detail = f" ({e})" if isinstance(e, OSError) else ""
-        raise LengthwiseError(f"{scheme}: {key}={text!r} is not {what}{detail}") from None
 
 
 # HF config "rope_scaling" / "rope_parameters" -> our scheme (what the checkpoint was trained with)

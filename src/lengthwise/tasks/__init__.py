@@ -7,9 +7,7 @@ with the key at a chosen depth, plus a scorer.
 """
 from __future__ import annotations
 
-import dataclasses
-
-from ..errors import LengthwiseError
+from .. import options
 from .base import Render, Sample, Task
 from .common_words import CommonWords
 from .confusing_facts import ConfusingFacts
@@ -25,35 +23,9 @@ TASKS: dict[str, type[Task]] = {t.name: t for t in [
 ]}
 
 
-def _value(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def get_task(spec: str) -> Task:
-    """A task from "name" or "name:option=value,option=value"; values are read as int, float or str."""
-    if not isinstance(spec, str):
-        raise LengthwiseError(f"a task is named by a string like 'passkey' or 'niah_single:haystack=noise', got {spec!r}")
-    name, _, opts = spec.strip().partition(":")
-    if name not in TASKS:
-        raise LengthwiseError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
-    cls = TASKS[name]
-    valid = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for item in filter(None, (s.strip() for s in opts.split(","))):
-        key, eq, value = (s.strip() for s in item.partition("="))
-        if key not in valid:
-            raise LengthwiseError(f"task {name} has no option {key!r}; valid options: {', '.join(valid) or 'none'}")
-        if not eq:
-            raise LengthwiseError(f"task {name}: option {key!r} needs a value, as in {key}=...")
-        if key in kwargs:
-            raise LengthwiseError(f"task {name}: option {key!r} is given twice: give each option once")
-        kwargs[key] = _value(value)
-    return cls(**kwargs)
+    """A task from "name" or "name:option=value,option=value", each value read as its option's type."""
+    return options.parse(spec, TASKS, "task")
 
 
 __all__ = ["TASKS", "get_task", "Task", "Sample", "Render"]

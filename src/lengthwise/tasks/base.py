@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 from ..errors import LengthwiseError
+from ..options import check_fields
 from .scoring import recall
 
 Render = Callable[[str, str], list[int]]  # render(prompt, answer_prefix) -> the token ids the model will see
@@ -58,12 +59,7 @@ class Task:
     positional: ClassVar[bool] = True  # a key sits at the cell's depth; False: depth only reseeds the prompt
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            v, want = getattr(self, f.name), type(f.default)
-            if want is float and type(v) is int:
-                object.__setattr__(self, f.name, float(v))
-            elif type(v) is not want:
-                raise LengthwiseError(f"task {self.name}: option {f.name} takes {want.__name__} values, got {v!r}")
+        check_fields(self, f"task {self.name}", coerce=True, finite=False)  # ranges: each task's own check
         self.check()
 
     def check(self) -> None:
