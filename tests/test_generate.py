@@ -62,6 +62,7 @@ def test_fused_kernels_match_hf(tmp_path, monkeypatch, kind, over):
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the kernel runs on CPU tensors under TRITON_INTERPRET=1 only")
+    from lengthwise.attention import layer
     from lengthwise.models import llama
     hf, folder = tiny_hf_causal(kind, tmp_path, **over)
     lm = lw.load(folder, device="cpu")
@@ -76,7 +77,7 @@ def test_fused_kernels_match_hf(tmp_path, monkeypatch, kind, over):
     def layers_fused(x, backend):
         layers.append(x.shape[0])
         return True
-    monkeypatch.setattr(llama, "decode_kernel_applies", applies)
+    monkeypatch.setattr(layer, "decode_kernel_applies", applies)
     monkeypatch.setattr(llama, "fused_applies", layers_fused)
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 211, (n,), generator=g).tolist() for n in (20, 3, 11)]
@@ -87,7 +88,7 @@ def test_fused_kernels_match_hf(tmp_path, monkeypatch, kind, over):
     # logits of a prefill and three decode steps, fused against unfused (greedy tokens alone are too coarse)
     runs = []
     for on in (True, False):
-        monkeypatch.setattr(llama, "decode_kernel_applies", applies if on else lambda *a: False)
+        monkeypatch.setattr(layer, "decode_kernel_applies", applies if on else lambda *a: False)
         monkeypatch.setattr(llama, "fused_applies", lambda x, backend: on)
         runs.append(_decode_logits(lm, prompts, [ours[i][:3] for i in range(3)]))
     assert (runs[0] - runs[1]).norm() / runs[1].norm() < 1e-5

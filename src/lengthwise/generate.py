@@ -1,14 +1,29 @@
-"""Batched generation: one prepacked prefill, then decode steps over a ragged KV cache."""
+"""Batched generation from small verbs: `prefill`, `decode_step`, `generate_ids`.
+
+    cache = new_cache(model, prompts, max_new_tokens, policy)
+    logits = prefill(model, prompts, cache, backend, policy)         # [B, V], each prompt's last token
+    logits = decode_step(model, cache, tokens, seqs, backend, policy)  # one new token per sequence in seqs
+
+Prefill packs every prompt into one stream (no padding). With a policy that evicts (kv/policy.py) long prompts
+prefill in chunks, each ending in an eviction, so the cache holds the budget plus one chunk, never the prompt;
+decode steps evict every `policy.every` steps. Without one, decode on a GPU replays one CUDA graph per token
+(graphs.py).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from .kv import RaggedKVCache
-from .models.llama import Llama, Step
+from .attention.backend import Backend
+from .attention.layer import Step
+from .kv import Full, Policy, RaggedKVCache
+from .positions import gate
 from .ragged import RaggedBatch
+
+PREFILL_CHUNK = 4096  # tokens per sequence per prefill forward, where a policy evicts
 
 
 @dataclass
@@ -51,83 +66,149 @@ class Sampling:
         return sample
 
 
-class GraphDecoder:
-    """One decode step for every sequence, captured once as a CUDA graph and replayed per token.
+@dataclass
+class Timing:
+    """Where a generation's time went: prefill (to each side's first new token, read on the host) and decode,
+    summed over the sides a length gate runs apart."""
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    _t: float = field(default=0.0, repr=False)
 
-    Launch overhead dominates small-model decode; a replay is one launch. Finished sequences stay
-    in the batch (their outputs are ignored), which keeps every shape fixed.
-    """
+    def start(self) -> None:
+        self._t = time.perf_counter()
 
-    def __init__(self, model: Llama, cache: RaggedKVCache, backend: str, compile_step: bool = False):
-        """compile_step: compile the step with static shapes (the batch is fixed inside the graph), so
-        Inductor fuses each layer's norms, RoPE, cache writes and activations into a few kernels. Measured
-        slower than the eager step on the H100 (docs/benchmarks.md), so off by default; every new batch size
-        or cache size compiles again, up to torch.compile's recompile limit, after which it runs eager."""
-        B = cache.length.numel()
-        self.tokens = torch.zeros(B, dtype=torch.int64, device=cache.length.device)  # [B] input buffer
-        self.cache, self.graph = cache, torch.cuda.CUDAGraph()
+    def first(self) -> None:
+        now = time.perf_counter()
+        self.prefill_s += now - self._t
+        self._t = now
 
-        def step():
-            slots, positions, meta = cache.plan_decode_all()
-            return model(self.tokens, positions, Step(meta, model.mask, backend, cache, slots))
+    def end(self) -> None:
+        self.decode_s += time.perf_counter() - self._t
 
-        if compile_step:
-            step = torch.compile(step, dynamic=False)
-        saved = cache.length.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the graph; its cache writes are overwritten later
-            for _ in range(3 if compile_step else 2):
-                step()
-                cache.length.copy_(saved)
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.cuda.graph(self.graph):
-            self.logits = step()  # [B, V] output buffer
-        cache.length.copy_(saved)
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.tokens.copy_(tokens)
-        self.graph.replay()
-        return self.logits
+def capacities(policy: Policy, prompts: list[int], max_new_tokens: int, chunk: int) -> list[int]:
+    """Each sequence's cache region: its whole need without eviction; with it, the most the policy ever lets it
+    hold: the budget plus one prefill chunk, or plus the decode steps between evictions (all of them, every=0)."""
+    if not policy.evicts:
+        return [n + max_new_tokens for n in prompts]
+    P = torch.tensor(prompts, dtype=torch.int64)
+    kept = policy.keep(P)
+    pre = torch.minimum(P, kept + chunk)
+    if policy.every:
+        dec = torch.minimum(P + max_new_tokens, policy.keep(P + max_new_tokens) + policy.every)
+    else:
+        dec = kept + max_new_tokens
+    return torch.maximum(pre, dec).tolist()
+
+
+def new_cache(model, prompts: list[list[int]], max_new_tokens: int, policy: Policy = Full(),
+              chunk: int = PREFILL_CHUNK) -> RaggedKVCache:
+    """A ragged cache sized for these prompts, their new tokens and the policy."""
+    cfg, w = model.cfg, model.tok_embeddings.weight
+    lens = [len(p) for p in prompts]
+    longest = max(lens)
+    if policy.evicts and (model.rotary.far_needed or cfg.windowed):
+        raise_unsupported(model, policy)
+    return RaggedKVCache(cfg.n_layers, capacities(policy, lens, max_new_tokens, chunk), cfg.n_kv_heads,
+                         cfg.head_dim, w.dtype, w.device,
+                         far_keys=model.rotary.far_keys_for(longest, longest + max_new_tokens),
+                         prompts=lens, evicting=policy.evicts)
+
+
+def raise_unsupported(model, policy: Policy):
+    from .errors import LengthwiseError
+    what = (f"the position scheme {model.rotary.scheme.spec()} (a remap measures distance by cache slot)"
+            if model.rotary.far_needed else f"this model's {model.cfg.sliding_window}-token sliding window")
+    raise LengthwiseError(f"the KV policy {policy.spec()} cannot run with {what}: drop the policy (kv=full)")
+
+
+def _budgets(policy: Policy, cache: RaggedKVCache, seqs: torch.Tensor) -> torch.Tensor:
+    """[B'] what each sequence keeps after this forward: the policy's budget for all it has seen."""
+    return policy.keep(cache.length[seqs])
+
+
+def prefill(model, prompts: list[list[int]], cache: RaggedKVCache, backend, policy: Policy = Full(),
+            chunk: int = PREFILL_CHUNK) -> torch.Tensor:
+    """Run every prompt into the cache; -> [B, V] logits of each prompt's last token.
+
+    One packed forward, or, where the policy evicts, chunks of at most `chunk` tokens per sequence: each
+    chunk attends to what the cache kept of the earlier ones, then the policy trims each sequence to its
+    budget."""
+    dev = cache.length.device
+    batch = RaggedBatch.from_lists(prompts, dev, model.cfg.vocab_size)
+    lens = batch.cu_seqlens.diff().long()
+    seqs = torch.arange(len(prompts), device=dev)
+    if not policy.evicts:
+        slots, positions, meta = cache.plan(seqs, lens)
+        return model(batch.tokens, positions, Step(meta, model.mask, backend, cache, slots),
+                     out_rows=batch.last_index)
+    logits = torch.empty(len(prompts), model.cfg.vocab_size, dtype=cache.k.dtype, device=dev)
+    host = [len(p) for p in prompts]
+    starts = batch.cu_seqlens[:-1].long()
+    for a in range(0, max(host), chunk):
+        rows = [i for i, n in enumerate(host) if n > a]
+        sel = torch.tensor(rows, device=dev)
+        n_new = (lens[sel] - a).clamp(max=chunk)
+        slots, positions, meta = cache.plan(sel, n_new)
+        idx = torch.repeat_interleave(starts[sel], n_new) + positions  # the chunk's tokens in the packed prompts
+        step = Step(meta, model.mask, backend, cache, slots, policy=policy, seqs=sel,
+                    budgets=_budgets(policy, cache, sel))
+        last = meta.cu_q[1:].long() - 1  # each sequence's last token of this chunk
+        out = model(batch.tokens[idx], positions, step, out_rows=last)
+        done = [j for j, i in enumerate(rows) if host[i] <= a + chunk]  # prompts that end in this chunk
+        if done:
+            d = torch.tensor(done, device=dev)
+            logits[sel[d]] = out[d]
+    return logits
+
+
+def decode_step(model, cache: RaggedKVCache, tokens: torch.Tensor, seqs: torch.Tensor, backend,
+                policy: Policy = Full(), evict: bool = False) -> torch.Tensor:
+    """One new token for each cache sequence seqs [B'] (ascending): tokens [B'] -> logits [B', V]. evict: the
+    policy trims each sequence to its budget after this step."""
+    slots, positions, meta = cache.plan(seqs, torch.ones_like(seqs))
+    kw = dict(policy=policy, seqs=seqs, budgets=_budgets(policy, cache, seqs)) if evict and policy.evicts else {}
+    return model(tokens, positions, Step(meta, model.mask, backend, cache, slots, **kw))
 
 
 @torch.inference_mode()
-def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int],
-                 sampling: Sampling = Sampling(), backend: str = "reference",
+def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int],
+                 sampling: Sampling = Sampling(), backend="reference",
                  on_step: Callable[[int], None] | None = None, cuda_graph: bool | None = None,
-                 compile_step: bool = False) -> list[list[int]]:
+                 policy: Policy = Full(), chunk: int = PREFILL_CHUNK, timing: Timing | None = None) -> list[list[int]]:
     """New token ids per prompt (EOS included when hit).
 
-    Eager decode drops finished sequences from the batch; with a CUDA graph (the default on a GPU
-    with the varlen backend) every sequence stays and one replay runs each step.
-    """
+    Eager decode drops finished sequences from the batch; with a CUDA graph (the default on a GPU with the
+    varlen backend and a cache that keeps everything) every sequence stays and one replay runs each step. A
+    length-gated remap runs its two sides apart (positions/gate.py); the second side draws from its own seed
+    and reports no steps (the caller's count runs once)."""
     parts = model.rotary.apart([len(p) for p in prompts])
-    if len(parts) > 1:  # a length-gated remap's two sides, each as its own batch
-        out: list[list[int]] = [[] for _ in prompts]
-        for k, part in enumerate(parts):
-            # the second side draws from its own seed, and reports no steps (the caller's count runs once)
-            seeded = Sampling(sampling.temperature, sampling.top_p, None if sampling.seed is None else sampling.seed + k)
-            got = generate_ids(model, [prompts[i] for i in part], max_new_tokens, eos_ids, seeded, backend,
-                               on_step if k == 0 else None, cuda_graph, compile_step)
-            for i, ids in zip(part, got):
-                out[i] = ids
-        return out
+    out: list[list[int]] = [[] for _ in prompts]
+    for k, part in enumerate(parts):
+        seeded = sampling if k == 0 or sampling.seed is None else Sampling(sampling.temperature, sampling.top_p,
+                                                                            sampling.seed + k)
+        got = _generate([prompts[i] for i in part], model, max_new_tokens, eos_ids, seeded, backend,
+                        on_step if k == 0 else None, cuda_graph, policy, chunk, timing)
+        for i, ids in zip(part, got):
+            out[i] = ids
+    return out
+
+
+def _generate(prompts, model, max_new_tokens, eos_ids, sampling, backend, on_step, cuda_graph, policy, chunk, timing):
+    from .graphs import GraphDecoder
+    backend = Backend.of(backend)
     dev = model.tok_embeddings.weight.device
-    cfg = model.cfg
-    batch = RaggedBatch.from_lists(prompts, dev, cfg.vocab_size)
-    longest = max(map(len, prompts))
-    cache = RaggedKVCache(cfg.n_layers, [len(p) + max_new_tokens for p in prompts], cfg.n_kv_heads, cfg.head_dim,
-                          model.tok_embeddings.weight.dtype, dev,
-                          far_keys=model.rotary.far_keys_for(longest, longest + max_new_tokens),
-                          prompts=[len(p) for p in prompts])
+    if timing is not None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        timing.start()
+    cache = new_cache(model, prompts, max_new_tokens, policy, chunk)
     pick = sampling.sampler(dev)
-    active = torch.arange(len(prompts), device=dev)
-    slots, positions, meta = cache.plan(active, batch.cu_seqlens.diff().long())
-    step = Step(meta, model.mask, backend, cache, slots)
-    logits = model(batch.tokens, positions, step, out_rows=batch.last_index)  # [B, V]
+    logits = prefill(model, prompts, cache, backend, policy, chunk)  # [B, V]
     if cuda_graph is None:
-        cuda_graph = dev.type == "cuda" and backend == "varlen"
-    graph = GraphDecoder(model, cache, backend, compile_step) if cuda_graph and max_new_tokens > 1 else None
+        cuda_graph = dev.type == "cuda" and backend.kernel == "varlen" and not policy.evicts
+    graph = GraphDecoder(model, cache, backend) if cuda_graph and max_new_tokens > 1 else None
+    active = torch.arange(len(prompts), device=dev)
     out: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     rows = list(range(len(prompts)))  # the prompt of each active row, kept on the host (no sync to read it)
@@ -146,6 +227,8 @@ def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eo
             toks = host.tolist()
         else:
             toks = nxt.tolist()
+        if n == 0 and timing is not None:
+            timing.first()
         keep = []
         for j, (i, t) in enumerate(zip(rows, toks)):
             if done[i]:
@@ -160,8 +243,13 @@ def generate_ids(model: Llama, prompts: list[list[int]], max_new_tokens: int, eo
             break
         if graph is not None:
             continue
-        keep_t = torch.tensor(keep, device=dev)
-        active, tokens, rows = active[keep_t], nxt[keep_t], [rows[j] for j in keep]
-        slots, positions, meta = cache.plan(active, torch.ones_like(active))
-        logits = model(tokens, positions, Step(meta, model.mask, backend, cache, slots))
+        if len(keep) < len(rows):
+            keep_t = torch.tensor(keep, device=dev)
+            active, nxt, rows = active[keep_t], nxt[keep_t], [rows[j] for j in keep]
+        logits = decode_step(model, cache, nxt, active, backend, policy,
+                             evict=policy.every > 0 and (n + 1) % policy.every == 0)
+    if timing is not None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        timing.end()
     return out

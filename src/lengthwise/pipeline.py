@@ -2,18 +2,22 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attention import AttnMeta, pick_backend
+from . import kv as K
+from .attention import AttnMeta
+from .attention.backend import Backend
+from .attention.layer import Step
+from .chat import chat_ids
 from .errors import InputTooLong, LengthwiseError
-from .generate import Sampling, generate_ids
+from .generate import Sampling, Timing, generate_ids
 from .models import load as L
 from .models.bert import pool
-from .models.llama import Step
 from .packing import token_budget
 from .positions import RoPE, parse as parse_positions
 from .ragged import RaggedBatch
@@ -22,10 +26,14 @@ Progress = Callable[[int], None] | None  # called with how many units are done s
 
 
 class _Loaded:
-    def __init__(self, name: str, ck: L.Checkpoint, module, tokenizer, device, dtype, backend):
+    def __init__(self, name: str, ck: L.Checkpoint, module, tokenizer, device, dtype, backend: Backend):
         self.name, self.path, self.arch, self.config = name, ck.path, ck.arch, ck.config
         self.module, self.tokenizer = module, tokenizer
         self.device, self.dtype, self.backend = device, dtype, backend
+
+    def step(self, batch: RaggedBatch) -> Step:
+        """The Step of one packed forward without a cache (training, scoring, embedding)."""
+        return Step(AttnMeta.packed(batch.cu_seqlens, batch.max_seqlen), self.module.mask, self.backend)
 
     @property
     def context_length(self) -> int:
@@ -102,6 +110,10 @@ def _texts(texts, what: str) -> list[str]:
 
 
 class CausalLM(_Loaded):
+    def __init__(self, *a, kv: K.Policy = K.Full()):
+        super().__init__(*a)
+        self.kv = kv  # the KV policy every generation runs under (kv/policy.py)
+
     @property
     def context_length(self) -> int:
         """The longest input: the trained context, or what the position scheme claims to reach."""
@@ -125,10 +137,7 @@ class CausalLM(_Loaded):
         tok = self._need_tokenizer()
         prompts = _texts(prompts, "prompts (strings)")
         if chat:
-            if not tok.chat_template:
-                raise LengthwiseError(f"{self.name} has no chat template: drop --chat")
-            return [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                            tokenize=True, return_dict=True)["input_ids"] for p in prompts]
+            return [chat_ids(tok, p, self.name) for p in prompts]
         return tok(prompts)["input_ids"] if prompts else []
 
     def _groups(self, lens: list[int], budget: int) -> list[list[int]]:
@@ -144,8 +153,7 @@ class CausalLM(_Loaded):
         out: list[torch.Tensor] = [None] * len(seqs)  # type: ignore[list-item]
         for group in self._groups([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device, self.config.vocab_size)
-            step = Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), self.module.mask, self.backend)
-            for i, x in zip(group, b.split(self.module(b.tokens, b.positions, step))):
+            for i, x in zip(group, b.split(self.module(b.tokens, b.positions, self.step(b)))):
                 out[i] = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32).cpu()
         return out
 
@@ -160,8 +168,7 @@ class CausalLM(_Loaded):
         out = torch.empty(len(seqs), self.config.vocab_size, dtype=self.dtype, device=self.device)
         for group in self._groups([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device, self.config.vocab_size)
-            step = Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), self.module.mask, self.backend)
-            out[group] = self.module(b.tokens, b.positions, step, out_rows=b.last_index)
+            out[group] = self.module(b.tokens, b.positions, self.step(b), out_rows=b.last_index)
             if on_group:
                 on_group(group)
         return out
@@ -175,7 +182,11 @@ class CausalLM(_Loaded):
 
     def generate_ids(self, prompts, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
                      seed: int | None = None, chat: bool = False, truncate: bool = False,
-                     progress: Progress = None) -> list[list[int]]:
+                     progress: Progress = None, timing: Timing | None = None,
+                     check_context: bool = True) -> list[list[int]]:
+        """New token ids per prompt (EOS included when hit), under the model's KV policy (self.kv). timing: a
+        generate.Timing to add this call's prefill and decode seconds to. check_context=False runs prompts and
+        new tokens past the context the model reaches (an eval that measures what happens there)."""
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise LengthwiseError(f"max_new_tokens must be an integer of at least 1, got {max_new_tokens!r}")
         prompts = _batch(prompts, "prompts: strings, or token-id lists")
@@ -186,14 +197,14 @@ class CausalLM(_Loaded):
             raise LengthwiseError(f"prompt {texts.index(not texts[0])} is {'token ids' if texts[0] else 'text'} while "
                                   f"prompt 0 is {'text' if texts[0] else 'token ids'}: give one kind per call")
         ids = self.tokenize(prompts, chat) if texts[0] else prompts
-        room = self.context_length - max_new_tokens
+        room = self.context_length - max_new_tokens if check_context else sys.maxsize
         if room < 1:
             raise LengthwiseError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
                                   f"{self.context_length}-token context")
         ids = self._fit(ids, room, truncate, "tail", f"fit the context with {max_new_tokens} new tokens")
         ids = [s.tolist() if hasattr(s, "tolist") else list(s) for s in ids]  # arrays and tensors: plain int lists
         return generate_ids(self.module, ids, max_new_tokens, self.eos_ids, Sampling(temperature, top_p, seed),
-                            self.backend, progress)
+                            self.backend, progress, policy=self.kv, timing=timing)
 
 
 class Encoder(_Loaded):
@@ -228,7 +239,7 @@ class Encoder(_Loaded):
         done = 0
         for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device, self.config.vocab_size)
-            h = self.module(b.tokens, b.positions, AttnMeta.packed(b.cu_seqlens, b.max_seqlen), self.backend)
+            h = self.module(b.tokens, b.positions, self.step(b))
             e = pool(h, b.cu_seqlens, self.pooling).float()
             out[group[0]:group[-1] + 1] = F.normalize(e, dim=-1) if self.normalize else e  # groups are consecutive
             done += len(group)
@@ -262,10 +273,31 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """A dtype by name or as given; None: bfloat16 on a GPU, float32 on the CPU."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise LengthwiseError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    if dtype is not None and dtype not in DTYPES.values():
+        raise LengthwiseError(f"dtype {dtype!r} is not one lengthwise runs in: choose one of {', '.join(DTYPES)}")
+    return dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
 def load(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None, backend: str = "auto", compile: bool = False,
-         positions: "str | RoPE | None" = None, residual: str | None = None) -> CausalLM | Encoder:
+         dtype: str | torch.dtype | None = None, backend: "str | Backend" = "auto", compile: bool = False,
+         positions: "str | RoPE | None" = None, residual: str | None = None, kv: "str | K.Policy | None" = None,
+         trainable: bool = False) -> CausalLM | Encoder:
     """Load an embedded model by name, an HF folder (config.json + safetensors) or a .gguf file.
+
+    backend: a kernel family (auto, reference, cpu_flash, varlen) or an attention.Backend with its switches
+    set; resolved once here against the device and dtype (lm.backend).
+
+    kv: the KV policy of a causal LM's generations, e.g. "window:sinks=4,recent=1024" (see lengthwise.kv);
+    None keeps every token.
+
+    trainable=True: the module in train mode with gradients on every weight (the fused Triton paths step aside
+    wherever a gradient is needed); otherwise an inference engine with frozen weights.
 
     positions picks a position scheme for RoPE models, e.g. "yarn:factor=4" or
     lw.positions.SelfExtend(group=8, window=1024) (see lengthwise.positions); None keeps the
@@ -279,15 +311,12 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
     pack size), fusing norms, RoPE and activations; worth it for long runs on a GPU.
     """
     dev = resolve_device(device)
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise LengthwiseError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-        dtype = DTYPES[dtype]
-    if dtype is not None and dtype not in DTYPES.values():
-        raise LengthwiseError(f"dtype {dtype!r} is not one lengthwise runs in: choose one of {', '.join(DTYPES)}")
-    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    chosen = pick_backend(backend, dev, dtype)
+    dtype = resolve_dtype(dtype, dev)
+    chosen = Backend.resolve(backend, dev, dtype)
     scheme = parse_positions(positions) if positions is not None else None
+    policy = K.parse(kv)
+    if not isinstance(trainable, bool):
+        raise LengthwiseError(f"trainable must be true or false, got {trainable!r}")
     path = L.resolve(name_or_path)
     ck = L.read_checkpoint(path)
     if scheme is not None and ck.family != "llama":
@@ -296,12 +325,18 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
     if residual is not None and ck.family != "bert":
         raise LengthwiseError(f"residual={residual!r}: {ck.arch} is a pre-LN model whose residual stream stays "
                               "float32; the option applies to BERT-family encoders")
+    if policy.evicts and ck.family != "llama":
+        raise LengthwiseError(f"kv={policy.spec()}: {ck.arch} is an encoder, which keeps no KV cache; "
+                              "KV policies apply to causal LMs")
     kw = {"positions": scheme} if scheme is not None else {"residual": residual} if residual is not None else {}
-    module = L.build_module(ck, dtype, dev, **kw)
+    module = L.build_module(ck, dtype, dev, trainable=trainable, **kw)
+    if policy.evicts and (module.rotary.far_needed or module.cfg.windowed):
+        from .generate import raise_unsupported
+        raise_unsupported(module, policy)
     if compile:
         module.forward = torch.compile(module.forward, dynamic=True)
     tok = L.load_tokenizer(path)
     args = (str(name_or_path), ck, module, tok, dev, dtype, chosen)
     if ck.family == "bert":
         return Encoder(*args, settings=L.sentence_transformers_settings(path))
-    return CausalLM(*args)
+    return CausalLM(*args, kv=policy)

@@ -78,9 +78,6 @@ class RaggedBatch:
         """Split a packed [T, ...] output back into per-sequence [len_i, ...] views."""
         return list(torch.split(x, self.lens, dim=0))
 
-    def to(self, device) -> "RaggedBatch":
-        return RaggedBatch(self.tokens.to(device), self.cu_seqlens.to(device), self.positions.to(device), self.max_seqlen)
-
 
 def _to(t: torch.Tensor, device) -> torch.Tensor:
     """Host to device without a hidden sync: a copy from pageable memory would wait for the GPU queue."""

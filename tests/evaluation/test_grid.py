@@ -222,24 +222,26 @@ def test_a_gated_remaps_two_sides_are_timed_apart(tiny_lm, monkeypatch):
     """A batch with prompts on both sides of a length gate runs as two generations; each one's time to its first
     token is prefill, so the second side's prefill is not counted as decoding (a fake clock: 1 s to the first
     token, 10 s more to the last)."""
-    import lengthwise.evaluation.backends as B
     import lengthwise.generate as G
     from lengthwise.tasks import get_task
     clock = [0.0]
-    monkeypatch.setattr(B.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(G.time, "perf_counter", lambda: clock[0])
     calls = []
-
-    def fake(model, prompts, n, eos, sampling, backend, on_step=None, **kw):
-        calls.append([len(p) for p in prompts])
-        clock[0] += 1.0
-        on_step(1)
-        clock[0] += 10.0
-        on_step(2)
-        return [[0, 0] for _ in prompts]
-
-    monkeypatch.setattr(G, "generate_ids", fake)
     runner = make_runner(EvalConfig(model=str(tiny_lm), tasks=["passkey"], lengths=[300], depths=[50.0], device="cpu",
                                     method="self_extend:group=4,window=256,beyond=true"))
+    V, eos = runner.lm.config.vocab_size, next(iter(runner.lm.eos_ids))
+
+    def fake_prefill(model, prompts, cache, backend, policy, chunk):  # 1 s to the first token (id 0)
+        calls.append([len(p) for p in prompts])
+        clock[0] += 1.0
+        return torch.zeros(len(prompts), V)
+
+    def fake_decode(model, cache, tokens, seqs, backend, policy, evict=False):  # 10 s to the second, EOS
+        clock[0] += 10.0
+        return torch.zeros(len(seqs), V).index_fill_(1, torch.tensor([eos]), 1.0)
+
+    monkeypatch.setattr(G, "prefill", fake_prefill)
+    monkeypatch.setattr(G, "decode_step", fake_decode)
     task = get_task("passkey")
     samples = [task.make(runner.render, n, 50.0, 0) for n in (600, 4400, 700)]  # trained to 4096: both sides
     outputs, timing = runner.generate(samples)

@@ -6,7 +6,7 @@ import torch
 
 import lengthwise as lw
 import lengthwise.generate as gen
-import lengthwise.models.llama as llama
+import lengthwise.attention.two_region as two_region
 from lengthwise.kv import RaggedKVCache
 from lengthwise.positions import parse
 from lengthwise.positions.rope import Rotary
@@ -43,7 +43,7 @@ def _edge(spec):
 
 @pytest.mark.parametrize("spec", REMAPS)
 def test_the_range_is_plain_attention_on_the_two_region_path(folder, plain, spec, monkeypatch):
-    monkeypatch.setattr(Rotary, "_within_plain_range", lambda self, meta: False)  # always two passes
+    monkeypatch.setattr(Rotary, "_within_plain_range", lambda self, meta, lengths=None: False)  # always two passes
     n = _edge(spec)
     seqs = _seqs([n, n - 1, 3, n + 2], seed=1)
     want, remap = plain.logits(seqs), _load(folder, spec).logits(seqs)
@@ -57,8 +57,8 @@ def test_the_range_is_plain_attention_on_the_two_region_path(folder, plain, spec
 @pytest.mark.parametrize("spec", REMAPS)
 def _count_two_region(monkeypatch) -> list:
     calls = []
-    real = llama.attend_two_region
-    monkeypatch.setattr(llama, "attend_two_region", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = two_region.attend_two_region
+    monkeypatch.setattr(two_region, "attend_two_region", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     return calls
 
 

@@ -28,14 +28,3 @@ class MaskPattern:
         left = -1 if self.window is None else self.window - 1
         return (left, 0 if self.causal else -1)
 
-
-def Causal() -> MaskPattern:
-    return MaskPattern(causal=True)
-
-
-def Bidirectional() -> MaskPattern:
-    return MaskPattern(causal=False)
-
-
-def SlidingWindow(window: int) -> MaskPattern:
-    return MaskPattern(causal=True, window=window)

@@ -11,6 +11,7 @@ from collections import OrderedDict
 
 import torch
 
+from ..chat import chat_ids
 from ..errors import LengthwiseError
 from ..models.load import trained_context
 
@@ -24,10 +25,7 @@ def make_render(tok, chat: bool):
         if key in cache:
             return cache[key]
         if chat:
-            if not tok.chat_template:
-                raise LengthwiseError("this model has no chat template: drop --chat")
-            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          tokenize=True, return_dict=True)["input_ids"]
+            ids = chat_ids(tok, prompt)
             ids = list(ids) + tok(prefix, add_special_tokens=False)["input_ids"]
         else:
             ids = tok(prompt + "\n" + prefix)["input_ids"]
@@ -81,24 +79,19 @@ class LengthwiseRunner:
         self.on_cpu = self.lm.device.type == "cpu"
 
     def generate(self, samples) -> tuple[list[str], dict]:
-        """One packed generation, or one per side of a length-gated remap (Rotary.apart), each timed on its own:
-        prefill_s and decode_s sum over them, so a second side's prefill never counts as decoding."""
-        from ..generate import Sampling, generate_ids
+        """One packed generation (CausalLM.generate_ids); prefill_s and decode_s sum over the sides a
+        length-gated remap runs apart, so a second side's prefill never counts as decoding."""
+        from ..generate import Timing
         ids = [self.render(s.prompt, s.answer_prefix) for s in samples]
-        new: list = [None] * len(ids)
-        timing = {"prefill_s": 0.0, "decode_s": 0.0, "peak_mem_gib": None}
-        for part in self.lm.module.rotary.apart([len(x) for x in ids]):
-            timer = _Timer(self.lm.device)
-            got = generate_ids(self.lm.module, [ids[i] for i in part], max(s.max_new_tokens for s in samples),
-                               self.lm.eos_ids, Sampling(), self.lm.backend, on_step=timer.step)
-            t = timer.result()
-            timing["prefill_s"] += t["prefill_s"]
-            timing["decode_s"] += t["decode_s"]
-            if t["peak_mem_gib"] is not None:
-                timing["peak_mem_gib"] = max(timing["peak_mem_gib"] or 0.0, t["peak_mem_gib"])
-            for i, x in zip(part, got):
-                new[i] = x
-        return [self.tok.decode(x, skip_special_tokens=True) for x in new], timing
+        cuda = self.lm.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.lm.device)
+        timing = Timing()
+        new = self.lm.generate_ids(ids, max(s.max_new_tokens for s in samples), timing=timing,
+                                   check_context=False)  # the grid decides what runs past the context
+        peak = torch.cuda.max_memory_allocated(self.lm.device) / 2**30 if cuda else None
+        return ([self.tok.decode(x, skip_special_tokens=True) for x in new],
+                {"prefill_s": timing.prefill_s, "decode_s": timing.decode_s, "peak_mem_gib": peak})
 
 
 class HFRunner:
@@ -108,11 +101,11 @@ class HFRunner:
                  positions: str | None = None):
         from transformers import AutoConfig, AutoModelForCausalLM
         from ..models.load import load_tokenizer, resolve
-        from ..pipeline import DTYPES, resolve_device
+        from ..pipeline import resolve_device, resolve_dtype
         from ..positions import parse, to_hf
         path = resolve(model)
         self.device = resolve_device(device)
-        dt = DTYPES[dtype] if isinstance(dtype, str) else dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        dt = resolve_dtype(dtype, self.device)
         folder, kw = (path.parent, {"gguf_file": path.name}) if path.suffix == ".gguf" else (path, {})
         cfg = AutoConfig.from_pretrained(str(folder), **kw)
         self.model = AutoModelForCausalLM.from_pretrained(str(folder), config=cfg, dtype=dt, **kw).to(self.device).eval()

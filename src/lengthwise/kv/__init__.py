@@ -1,4 +1,27 @@
-"""KV caches. The cache holds each sequence's own length; compression policies plug in here."""
-from .cache import RaggedKVCache
+"""KV caches and the policies that decide what they keep.
 
-__all__ = ["RaggedKVCache"]
+    lw.load("smollm2-135m", kv="window:sinks=4,recent=512")
+
+`RaggedKVCache` gives each sequence a region of its own size; a `Policy` scores the cached tokens and the
+cache keeps the best within a budget (kv/policy.py). POLICIES lists them by name.
+"""
+from __future__ import annotations
+
+from .. import options
+from .cache import RaggedKVCache
+from .policy import Budget, Full, Policy, compress
+from .window import Window
+
+POLICIES: dict[str, type[Policy]] = {c.name: c for c in (Full, Window)}
+
+
+def parse(spec: "str | Policy | None") -> Policy:
+    """'window:sinks=4,recent=256' -> the policy; None -> Full."""
+    if spec is None:
+        return Full()
+    if isinstance(spec, Policy):
+        return spec
+    return options.parse(spec, POLICIES, "KV policy")
+
+
+__all__ = ["RaggedKVCache", "Policy", "Budget", "Full", "Window", "POLICIES", "parse", "compress"]

@@ -11,6 +11,7 @@ import os
 import torch
 
 from ..attention import AttnMeta
+from ..positions.gate import Lengths
 from ..errors import LengthwiseError
 
 
@@ -30,16 +31,27 @@ def _check_fits(nbytes: int, tokens: int, device) -> None:
 
 
 class RaggedKVCache:
+    """Sequence i owns slots [start_i, start_i + capacity_i) of every layer's pool.
+
+    length [B] counts the tokens each sequence has seen: the next token's position. Without eviction every
+    layer holds all of them, in order, so a token's slot is start + position. With an evicting policy
+    (evicting=True) each (layer, sequence) has its own count of cached tokens, kept [L, B], and each slot its
+    token's position, pos [L, S, Hkv] (per kv head: heads may keep different tokens). Regions hold
+    [L, S, Hkv, D]; per-head lengths would make a region per (sequence, kv head) with the same pools.
+    """
+
     def __init__(self, n_layers: int, capacities: list[int], n_kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str, far_keys: bool = False,
-                 prompts: list[int] | None = None):
+                 prompts: list[int] | None = None, evicting: bool = False):
         """prompts: each sequence's prompt length, which a length-gated position scheme (beyond=true) keys on
         for the sequence's whole life; None: the capacities (a sequence that may outgrow the trained context
-        is treated as one that does)."""
+        is treated as one that does). evicting: a policy may drop tokens (kept and pos are tracked)."""
         cap = torch.tensor(capacities, dtype=torch.int64)
         prompts = list(capacities) if prompts is None else list(prompts)
-        if len(prompts) != len(capacities) or any(p > c for p, c in zip(prompts, capacities)):
+        if len(prompts) != len(capacities) or (not evicting and any(p > c for p, c in zip(prompts, capacities))):
             raise LengthwiseError("RaggedKVCache: prompts must give one length per sequence, within its capacity")
+        if evicting and far_keys:
+            raise LengthwiseError("a KV policy that evicts cannot run with a remap's far keys yet: drop --kv or --positions")
         self.prompt_len = torch.tensor(prompts, dtype=torch.int64, device=device)  # [B]
         self.prompt_max = max(prompts, default=0)
         self.capacity = cap.to(device)  # [B]
@@ -51,20 +63,40 @@ class RaggedKVCache:
         self.v = torch.empty_like(self.k)
         # keys rotated for a remap's far pass (positions/rope.py: Remap), when those differ from k
         self.k_far = torch.empty_like(self.k) if far_keys else None
+        self.kept = torch.zeros(n_layers, len(capacities), dtype=torch.int64, device=device) if evicting else None
+        self.pos = torch.zeros(n_layers, total, n_kv_heads, dtype=torch.int32, device=device) if evicting else None
         self.max_capacity = int(cap.max())
         self.cu_k_all = torch.cat([self.start, self.start[-1:] + self.capacity[-1:]]).to(torch.int32)  # [B+1]
+        self.planned = Lengths(self.prompt_len, self.prompt_max, self.max_capacity)  # of the last plan
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache holds on its device (keys, values, far keys, positions)."""
+        return sum(t.untyped_storage().nbytes() for t in (self.k, self.v, self.k_far, self.pos) if t is not None)
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one layer's new keys and values [T, Hkv, D] at slots [T]; -> the layer's pools to attend over."""
+        self.k[layer, slots] = k
+        self.v[layer, slots] = v
+        return self.k[layer], self.v[layer]
+
+    def write_far(self, layer: int, slots: torch.Tensor, kf: torch.Tensor) -> torch.Tensor:
+        self.k_far[layer, slots] = kf
+        return self.k_far[layer]
 
     def plan_decode_all(self):
         """One new token for every sequence, with no host sync, so a CUDA graph can capture it.
 
         Same contract as plan(); the bound max_k is each region's capacity rather than its use.
         """
+        if self.kept is not None:
+            return self.plan(torch.arange(self.length.numel(), device=self.length.device), torch.ones_like(self.length))
         B = self.length.numel()
         positions = self.length.clone()  # [B]
         slots = self.start + positions  # [B]
         cu_q = torch.arange(B + 1, dtype=torch.int32, device=self.length.device)
-        meta = AttnMeta(cu_q, 1, self.cu_k_all, self.max_capacity, (positions + 1).to(torch.int32),
-                        self.prompt_len, self.prompt_max, self.max_capacity)
+        meta = AttnMeta(cu_q, 1, self.cu_k_all, self.max_capacity, (positions + 1).to(torch.int32))
+        self.planned = Lengths(self.prompt_len, self.prompt_max, self.max_capacity)
         self.length += 1
         return slots, positions, meta
 
@@ -72,20 +104,29 @@ class RaggedKVCache:
         """Reserve n_new [B'] slots for the cache sequences seqs [B'] (ascending).
 
         Returns slots [T] (where the new keys go), positions [T] and the AttnMeta for attending
-        over each sequence's whole cached prefix plus the new tokens.
+        over each sequence's whole cached prefix plus the new tokens. An evicting cache gives each layer its
+        own: slots [L, T] and meta.used_k [L, B'].
         """
         old = self.length[seqs]
-        new_len = old + n_new
+        held = old if self.kept is None else self.kept[:, seqs]  # [B'] or [L, B'] tokens cached now
+        new_len = held + n_new
         if bool((new_len > self.capacity[seqs]).any()):
             raise LengthwiseError("KV cache region overflow: a sequence outgrew the space reserved for it")
         cu_q = torch.zeros(len(seqs) + 1, dtype=torch.int32, device=seqs.device)
         cu_q[1:] = torch.cumsum(n_new, 0)
         offset = torch.arange(int(cu_q[-1]), device=seqs.device) - torch.repeat_interleave(cu_q[:-1].long(), n_new)
         positions = torch.repeat_interleave(old, n_new) + offset  # [T]
-        slots = torch.repeat_interleave(self.start[seqs], n_new) + positions  # [T]
         start = self.start[seqs]
+        if self.kept is None:
+            slots = torch.repeat_interleave(start, n_new) + positions  # [T]
+        else:  # each layer appends after what it kept
+            slots = torch.repeat_interleave(start + held, n_new, dim=-1) + offset  # [L, T]
+            self.pos[torch.arange(self.pos.shape[0], device=seqs.device)[:, None], slots] = positions.to(torch.int32)[None, :, None]
+            self.kept[:, seqs] = new_len
         cu_k = torch.cat([start, (start[-1] + self.capacity[seqs[-1]]).view(1)]).to(torch.int32)
-        meta = AttnMeta(cu_q, int(n_new.max()), cu_k, int(new_len.max()), new_len.to(torch.int32),
-                        self.prompt_len[seqs], self.prompt_max, self.max_capacity)  # the cache's: no sync for a subset's
-        self.length[seqs] = new_len
+        meta = AttnMeta(cu_q, int(n_new.max()), cu_k, int(new_len.max()), new_len.to(torch.int32))
+        # the gate's lengths: the cache's largest prompt and region, so a subset needs no sync
+        self.planned = Lengths(self.prompt_len[seqs], self.prompt_max, self.max_capacity,
+                               None if self.kept is None else old + n_new)
+        self.length[seqs] = old + n_new
         return slots, positions, meta

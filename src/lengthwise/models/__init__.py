@@ -19,3 +19,28 @@ def residual_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     """The residual stream stays at least float32: with 16-bit weights only GEMM inputs are rounded,
     not the running sum of 30 layers (in float32 and float64 nothing changes)."""
     return torch.promote_types(weight_dtype, torch.float32)
+
+
+# the projections that write into the residual stream: scaled down by depth at init (GPT-2, nanoGPT)
+RESIDUAL_PROJECTIONS = ("attention.wo.weight", "feed_forward.w2.weight", ".w2.weight")
+
+
+@torch.no_grad()
+def init_weights(module: torch.nn.Module, std: float = 0.02, seed: int | None = None) -> torch.nn.Module:
+    """Random init of a model built from a config, as nanoGPT does: every Linear and Embedding weight from
+    N(0, std), the residual projections (attention output, FFN down) from N(0, std / sqrt(2 n_layers)), biases
+    zero, norm weights one (norm biases zero). Returns the module, in train mode with gradients on.
+
+        model = init_weights(Llama(LlamaConfig(vocab_size=512, dim=128, n_layers=4, n_heads=4, n_kv_heads=2,
+                                               hidden_dim=384)), seed=0)
+    """
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(torch.seed() if seed is None else seed)
+    n_layers = module.cfg.n_layers
+    for name, p in module.named_parameters():
+        if p.dim() == 1:  # norm weights, and all biases
+            p.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+            continue
+        s = std / (2 * n_layers) ** 0.5 if name.endswith(RESIDUAL_PROJECTIONS) else std
+        p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * s)
+    return module.train().requires_grad_(True)

@@ -1,7 +1,6 @@
 """BERT family (BERT, MiniLM) on packed tokens: post-LayerNorm encoder, bidirectional within each sequence."""
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -9,18 +8,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import AttnMeta, MaskPattern, attend
+from ..attention import MaskPattern
+from ..attention.layer import Step, attention_step
 from ..errors import LengthwiseError
 from . import fuse, residual_dtype
 from .fused import FLOATS, add_layer_norm, fused_applies
 
 RESIDUALS = ("float32", "model")
-# The FFN's first GEMM with bias + GELU in cuBLASLt's epilogue (CUDA, 16-bit weights; torch.compile keeps
-# the call): one pass over the [T, 3072] activation instead of two. cuBLASLt's GELU is the tanh form, so it is exact for
-# tanh-GELU models and, for erf-GELU ones (BERT's "gelu"), within 5e-4 absolute of erf: under bf16
-# rounding (2^-8 relative). GPU backend only: the reference backend keeps torch's exact GELU.
-# LENGTHWISE_GELU_EPILOGUE=0 turns it off (read at import; the module flag is read at call time).
-GELU_EPILOGUE = os.environ.get("LENGTHWISE_GELU_EPILOGUE", "1") == "1"
 
 _ACTS = {
     "gelu": lambda x: F.gelu(x),
@@ -73,10 +67,10 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.wo = nn.Linear(cfg.dim, cfg.dim)
 
-    def forward(self, x, meta: AttnMeta, backend: str):
-        T = x.shape[0]
-        q, k, v = self.wqkv(x).view(T, 3, self.n_heads, -1).unbind(1)  # each [T, H, D]
-        return self.wo(attend(q, k, v, meta, MaskPattern(causal=False), backend).reshape(T, -1))
+    def forward(self, x, step: Step, layer: int = 0):
+        T, H = x.shape[0], self.n_heads
+        qkv = self.wqkv(x).view(T, 3 * H, -1)  # q, k, v heads, each [T, H, D]
+        return self.wo(attention_step(qkv, H, H, step, layer).reshape(T, -1))
 
 
 class Block(nn.Module):
@@ -92,19 +86,23 @@ class Block(nn.Module):
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim)
         self.ffn_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps)
 
-    def up(self, x, backend: str):
-        """[T, dim] -> act(w1 x + b) [T, hidden_dim], the bias and GELU in the GEMM's epilogue where that applies."""
-        if (GELU_EPILOGUE and self.gelu and backend == "varlen" and x.is_cuda
+    def up(self, x, backend):
+        """[T, dim] -> act(w1 x + b) [T, hidden_dim], the bias and GELU in the GEMM's epilogue where that applies:
+        cuBLASLt (CUDA, 16-bit weights; torch.compile keeps the call), one pass over the [T, 3072] activation
+        instead of two. Its GELU is the tanh form: exact for tanh-GELU models and, for erf-GELU ones (BERT's
+        "gelu"), within 5e-4 absolute of erf, under bf16 rounding (2^-8 relative). The varlen family only
+        (Backend.gelu_epilogue); the reference backend keeps torch's exact GELU."""
+        if (backend.gelu_epilogue and self.gelu and backend.kernel == "varlen" and x.is_cuda
                 and x.dtype in (torch.float16, torch.bfloat16)):
             return torch._addmm_activation(self.w1.bias, x, self.w1.weight.t(), use_gelu=True)
         return self.act(self.w1(x))
 
-    def forward(self, x, meta, backend):
+    def forward(self, x, step: Step, layer: int = 0):
         """x [T, dim] in the residual dtype r; GEMMs run in the weights' dtype."""
         w, r = self.w1.weight.dtype, x.dtype
-        fused = fused_applies(x, backend, FLOATS)
-        x = self.attention_norm(x, r, self.attention(x.to(w), meta, backend), fused)  # post-LN
-        return self.ffn_norm(x, r, self.w2(self.up(x.to(w), backend)), fused)
+        fused = fused_applies(x, step.backend, FLOATS)
+        x = self.attention_norm(x, r, self.attention(x.to(w), step, layer), fused)  # post-LN
+        return self.ffn_norm(x, r, self.w2(self.up(x.to(w), step.backend)), fused)
 
 
 class Bert(nn.Module):
@@ -122,14 +120,19 @@ class Bert(nn.Module):
         self.embed_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
 
-    def forward(self, tokens, positions, meta: AttnMeta, backend: str = "reference", token_types=None):
-        """tokens, positions [T] -> hidden states [T, dim] in the residual dtype; token types default to segment 0."""
+    @property
+    def mask(self) -> MaskPattern:
+        return MaskPattern(causal=False)  # bidirectional within each sequence
+
+    def forward(self, tokens, positions, step: Step, token_types=None):
+        """tokens, positions [T] -> hidden states [T, dim] in the residual dtype; token types default to segment 0.
+        step: the packed batch's metadata and Backend (Step(AttnMeta.packed(cu, max_len), model.mask, backend))."""
         tt = self.token_type.weight[0] if token_types is None else self.token_type(token_types)
         w = self.word.weight.dtype
         r = w if self.residual == "model" else residual_dtype(w)
         x = self.embed_norm(self.word(tokens).to(r) + tt.to(r) + self.position(positions).to(r), r)
-        for layer in self.layers:
-            x = layer(x, meta, backend)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, step, i)
         return x
 
 

@@ -8,11 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import AttnMeta, MaskPattern, attend, decode_kernel_applies
-from ..attention.triton_decode import rope_cache_decode, rope_prefill
-from ..attention.two_region import attend_two_region
+from ..attention import MaskPattern
+from ..attention.layer import Rotations, Step, attention_step
 from ..errors import LengthwiseError
-from ..positions import Linear, RoPE, Rotary, Rotation, Tables, YaRN, from_hf
+from ..positions import Linear, RoPE, Rotary, YaRN, from_hf
 from . import fuse, residual_dtype
 from .fused import add_rms_norm, fused_applies, silu_mul
 
@@ -123,48 +122,11 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
 
-    def forward(self, x, rots: "Rotations", step: "Step", layer: int, fused: bool = False):
-        """fused: the fused layers are on (Llama.forward decides, models/fused.py): RoPE and the cache writes in
-        one Triton kernel. A decode step on the GPU takes the fused decode step (RoPE, cache writes and
-        attention in one kernel) whenever attention.decode_kernel_applies, whatever `fused` says: that one
-        follows LENGTHWISE_TRITON_DECODE."""
-        T, H, Hkv = x.shape[0], self.n_heads, self.n_kv_heads
-        qkv = self.wqkv(x).view(T, H + 2 * Hkv, self.head_dim)  # one GEMM for q, k and v
-        mask = step.mask if self.window is None else MaskPattern(step.mask.causal, window=self.window)
-        cache = step.cache
-        far = rots.rot.far
-        if (far is None and cache is not None and step.meta.used_k is not None
-                and decode_kernel_applies(qkv[:, :H], step.meta, mask, step.backend)):
-            # a decode step on the GPU: RoPE, the cache writes and attention in one Triton kernel
-            y = rope_cache_decode(qkv, rots.near, cache.k[layer], cache.v[layer], step.slots, step.meta.cu_k,
-                                  step.meta.used_k, self.head_dim ** -0.5, mask.window)
-            return self.wo(y.reshape(T, -1))
-        if far is None and fused:  # RoPE for queries and keys, and the cache writes, in one Triton kernel
-            kv = () if cache is None else (cache.k[layer], cache.v[layer], step.slots)
-            qk = rope_prefill(qkv, rots.near, Hkv, *kv)
-            k, v = (qk[:, H:], qkv[:, H + Hkv:]) if cache is None else (cache.k[layer], cache.v[layer])
-            return self.wo(attend(qk[:, :H], k, v, step.meta, mask, step.backend).reshape(T, -1))
-        qk = rots.near.apply(qkv[:, :H + Hkv])  # queries and keys rotated in one pass
-        q, k = qk[:, :H], qk[:, H:]  # [T, H, D], [T, Hkv, D]
-        v = qkv[:, H + Hkv:]
-        if far is not None:  # a remap: queries (and maybe keys) rotated again for the far region
-            qf = rots.far_q.apply(qkv[:, :H])
-            kf = k if rots.far_k is None else rots.far_k.apply(qkv[:, H:H + Hkv])
-        if cache is not None:
-            cache.k[layer, step.slots] = k
-            cache.v[layer, step.slots] = v
-            k, v = cache.k[layer], cache.v[layer]
-            if far is not None:
-                if far.cos_k is not None and cache.k_far is None:
-                    raise LengthwiseError(f"{type(self).__name__}: this position scheme needs a KV cache built with "
-                                          "far_keys=True (model.rotary.far_keys)")
-                if far.cos_k is not None:
-                    cache.k_far[layer, step.slots] = kf
-                kf = k if far.cos_k is None else cache.k_far[layer]
-        if far is None:
-            y = attend(q, k, v, step.meta, mask, step.backend)  # [T, H, D]
-        else:
-            y = attend_two_region(q, k, v, qf, kf, step.meta, mask, far, step.backend)
+    def forward(self, x, step: Step, layer: int, fused: bool = False):
+        """fused: the fused layers are on (Llama.forward decides, models/fused.py)."""
+        T = x.shape[0]
+        qkv = self.wqkv(x).view(T, self.n_heads + 2 * self.n_kv_heads, self.head_dim)  # one GEMM for q, k and v
+        y = attention_step(qkv, self.n_heads, self.n_kv_heads, step, layer, self.window, fused)
         return self.wo(y.reshape(T, -1))
 
 
@@ -189,35 +151,9 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x, rots, step, layer):
-        x = x + self.attention(self.attention_norm(x), rots, step, layer)
+    def forward(self, x, step, layer):
+        x = x + self.attention(self.attention_norm(x), step, layer)
         return x + self.feed_forward(self.ffn_norm(x))
-
-
-@dataclass
-class Rotations:
-    """One forward's rotation (rotary.py) and its tables in the compute dtype, shared by every layer."""
-    rot: Rotation
-    near: Tables
-    far_q: Tables | None = None
-    far_k: Tables | None = None
-
-    @classmethod
-    def of(cls, rot: Rotation, dtype: torch.dtype) -> "Rotations":
-        f = rot.far
-        return cls(rot, Tables.of(rot.cos, rot.sin, dtype),
-                   None if f is None else Tables.of(f.cos_q, f.sin_q, dtype),
-                   None if f is None or f.cos_k is None else Tables.of(f.cos_k, f.sin_k, dtype))
-
-
-@dataclass
-class Step:
-    """What one forward needs besides tokens: how sequences meet, and where keys are kept."""
-    meta: AttnMeta
-    mask: MaskPattern
-    backend: str = "reference"
-    cache: object | None = None  # RaggedKVCache
-    slots: torch.Tensor | None = None  # [T] cache slots of the new tokens
 
 
 class Llama(nn.Module):
@@ -247,25 +183,25 @@ class Llama(nn.Module):
     def forward(self, tokens, positions, step: Step, out_rows=None):
         """tokens, positions [T] -> logits [T, vocab], or [len(out_rows), vocab] for just those rows."""
         dtype = self.tok_embeddings.weight.dtype
-        rots = Rotations.of(self.rotary(positions, step.meta), dtype)
+        step.rots = Rotations.of(self.rotary(positions, step.meta, step.lengths), dtype)
         x = self.tok_embeddings(tokens).to(residual_dtype(dtype))  # [T, dim]
         if fused_applies(x, step.backend):
-            x = self._fused_layers(x, rots, step, out_rows, dtype)
+            x = self._fused_layers(x, step, out_rows, dtype)
         else:
             for i, layer in enumerate(self.layers):
-                x = layer(x, rots, step, i)
+                x = layer(x, step, i)
             if out_rows is not None:
                 x = x[out_rows]
             x = self.norm(x)
         return F.linear(x, self.tok_embeddings.weight if self.output is None else self.output.weight)
 
-    def _fused_layers(self, x, rots, step, out_rows, dtype):
+    def _fused_layers(self, x, step, out_rows, dtype):
         """The layers with each residual add fused into the norm after it, and SiLU(gate) * up fused
         (models/fused.py): the same math as Block.forward, in fewer passes over the activations."""
         y = None  # the last block output, not yet added to the residual x
         for i, layer in enumerate(self.layers):
             x, h = add_rms_norm(x, y, layer.attention_norm.weight, layer.attention_norm.eps, dtype)
-            y = layer.attention(h, rots, step, i, fused=True)
+            y = layer.attention(h, step, i, fused=True)
             x, h = add_rms_norm(x, y, layer.ffn_norm.weight, layer.ffn_norm.eps, dtype)
             y = layer.feed_forward(h, fused=True)
         if out_rows is not None:

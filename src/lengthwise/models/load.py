@@ -200,7 +200,10 @@ def trained_context(path: Path) -> int | None:
     return None if trained is None else int(trained)
 
 
-def build_module(ck: Checkpoint, dtype: torch.dtype, device: torch.device, **kw) -> torch.nn.Module:
+def build_module(ck: Checkpoint, dtype: torch.dtype, device: torch.device, trainable: bool = False,
+                 **kw) -> torch.nn.Module:
+    """The family's module with the checkpoint's weights; trainable: in train mode with gradients on, else an
+    inference engine (eval mode, weights frozen: no autograd bookkeeping, ever)."""
     with torch.device("meta"):
         model = FAMILIES[ck.family].model(ck.config, **kw)
     expected = model.state_dict()
@@ -214,7 +217,9 @@ def build_module(ck: Checkpoint, dtype: torch.dtype, device: torch.device, **kw)
                                   f"the config implies {tuple(v.shape)}")
     state = {k: ck.state[k].to(device=device, dtype=dtype) for k in expected}
     model.load_state_dict(state, assign=True)
-    return model.eval().requires_grad_(False)  # an inference engine: no autograd bookkeeping, ever
+    if trainable:
+        return model.train().requires_grad_(True)
+    return model.eval().requires_grad_(False)
 
 
 def load_tokenizer(path: Path):

@@ -15,6 +15,8 @@ from typing import ClassVar
 import torch
 
 from ..errors import LengthwiseError
+from ..options import check_fields
+from . import gate
 
 UNBOUNDED = 1 << 24  # the reach of a scheme that claims no limit: float32 positions stay exact up to here
 
@@ -84,24 +86,6 @@ def plain_table(head_dim: int, base: float, device: str) -> torch.Tensor:
     """default_inv_freq built on the CPU, once per device: a GPU's pow rounds differently, and no copy per step."""
     with torch.device("cpu"):
         return default_inv_freq(head_dim, base).to(device)
-
-
-def check_fields(scheme: "RoPE") -> None:
-    """Each option has its declared type, as the string parser enforces: a scheme built in Python (say
-    YaRN(beyond="false"), truthy) would otherwise run as something other than what its spec() says."""
-    hints = typing.get_type_hints(type(scheme))
-    for f in fields(scheme):
-        v, want = getattr(scheme, f.name), hints.get(f.name)
-        if want is bool:
-            ok, what = isinstance(v, bool), "true or false"
-        elif want is int:
-            ok, what = isinstance(v, int) and not isinstance(v, bool), "an integer"
-        elif want is float:
-            ok, what = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a finite number"
-        else:
-            continue  # lists and names: the scheme's own check()
-        if not ok:
-            raise LengthwiseError(f"{scheme.name}: {f.name} must be {what}, got {v!r}")
 
 
 def positive(name: str, value: float, scheme: str) -> None:
@@ -174,7 +158,7 @@ class Rotary:
         if family not in scheme.families:
             raise LengthwiseError(f"position scheme {scheme.name!r} does not apply to {family} models "
                                   f"(it works on {', '.join(scheme.families)} models)")
-        check_fields(scheme)
+        check_fields(scheme, scheme.name)
         scheme.check(trained)
         plain = native or RoPE()  # the checkpoint as trained
         if scheme.beyond:
@@ -204,13 +188,8 @@ class Rotary:
                 and capacity_max > self.scheme.plain_up_to(self.trained))
 
     def apart(self, lens: list[int]) -> list[list[int]]:
-        """Indices of sequences that must run as separate batches: a length-gated remap's two sides (within the
-        trained context, past it), so the ones within skip the far pass and run exactly as trained (in one pack
-        they would be exact in math only); otherwise all together."""
-        if not (self.scheme.beyond and self.far_needed):
-            return [list(range(len(lens)))]
-        sides = ([i for i, n in enumerate(lens) if n <= self.trained], [i for i, n in enumerate(lens) if n > self.trained])
-        return [side for side in sides if side]
+        """gate.apart for this model: the sequences that run as separate batches."""
+        return gate.apart(self.scheme, self.trained, lens)
 
     @property
     def reach(self) -> int:
@@ -240,66 +219,53 @@ class Rotary:
         return emb.cos() * factor, emb.sin() * factor
 
     @staticmethod
-    def _lens(meta) -> torch.Tensor:
+    def _lens(meta, lengths=None) -> torch.Tensor:
         """[B] each sequence's length after this forward."""
+        if lengths is not None and lengths.seen is not None:
+            return lengths.seen
         return meta.used_k if meta.used_k is not None else meta.cu_k.diff()
 
     def _per_token(self, lens: torch.Tensor, meta, n: int) -> torch.Tensor:
         """lens [B] -> [n]: each token's sequence's value."""
         return torch.repeat_interleave(lens, meta.cu_q.diff().long(), output_size=n)
 
-    def _gate(self, positions: torch.Tensor, meta) -> torch.Tensor | None | bool:
-        """beyond=true: [T] bool, True where the token's sequence uses the scheme; False: no sequence of this
-        forward does (host-side, so the plain path runs with no sync and stays capturable); None: no gate."""
-        if not self.scheme.beyond:
-            return None
-        if meta is None:
-            raise LengthwiseError(f"{self.scheme.spec()}: a length-gated scheme needs the forward's AttnMeta "
-                                  "(each sequence's length) to pick its side")
-        if meta.prompt_len is None:  # no cache: a sequence's prompt is all of it
-            lens, longest = self._lens(meta), meta.max_k
-        else:
-            lens, longest = meta.prompt_len, meta.prompt_max
-        if longest <= self.trained:
-            return False
-        return self._per_token(lens > self.trained, meta, positions.shape[0])
-
-    def _within_plain_range(self, meta) -> bool:
+    def _within_plain_range(self, meta, lengths) -> bool:
         """A remap none of whose sequences can pass its plain range: this forward's, or for a cache every one it
         will ever hold (host-side, so one decode graph serves a whole generation)."""
         if not isinstance(self.scheme, Remap) or meta is None:
             return False
-        if meta.used_k is not None and meta.max_capacity is None:
+        bound = None if lengths is None else lengths.max_capacity
+        if meta.used_k is not None and bound is None:
             return False  # a cache that does not say its bound: its far keys may be needed later, so write them
-        longest = meta.max_k if meta.max_capacity is None else meta.max_capacity
+        longest = meta.max_k if bound is None else bound
         return longest <= self.scheme.plain_up_to(self.trained)
 
-    def __call__(self, positions: torch.Tensor, meta=None) -> Rotation:
-        """positions [T]; meta (AttnMeta) tells dynamic schemes each sequence's length after this forward, and
-        length-gated ones (beyond=true) each sequence's prompt length."""
+    def __call__(self, positions: torch.Tensor, meta=None, lengths: "gate.Lengths | None" = None) -> Rotation:
+        """positions [T]; meta (AttnMeta) tells dynamic schemes each sequence's length after this forward;
+        lengths (from a KV cache) tell length-gated ones (beyond=true) each sequence's prompt length."""
         s, T = self.scheme, positions.shape[0]
-        if self._within_plain_range(meta):  # no key is far: the plain model's own path, no second pass
+        if self._within_plain_range(meta, lengths):  # no key is far: the plain model's own path, no second pass
             return Rotation(*self.cos_sin(positions, plain=True))
-        gate = self._gate(positions, meta)
-        if gate is False:  # every sequence within the trained length: the checkpoint as trained, bit for bit
+        on = gate.gate(self.scheme, self.trained, positions, meta, lengths)
+        if on is False:  # every sequence within the trained length: the checkpoint as trained, bit for bit
             return Rotation(*self.cos_sin(positions, plain=True))
         inv = att = None
         if s.per_length():
-            seq_len = self._per_token(self._lens(meta).long(), meta, T)
+            seq_len = self._per_token(self._lens(meta, lengths).long(), meta, T)
             inv = s.inv_freq_at(seq_len, self.head_dim, self.base, self.trained)  # [T, D/2]
             att = s.attention_factor_at(seq_len, self.trained)  # [T] or None
-        if gate is not None and not isinstance(s, Remap):  # a mixed forward: each token from its sequence's side
-            inv = torch.where(gate[:, None], self.inv(positions.device)[None, :] if inv is None else inv,
+        if on is not None and not isinstance(s, Remap):  # a mixed forward: each token from its sequence's side
+            inv = torch.where(on[:, None], self.inv(positions.device)[None, :] if inv is None else inv,
                               self.inv(positions.device, plain=True)[None, :])
-            att = torch.where(gate, torch.full_like(gate, self.factor, dtype=torch.float32) if att is None
+            att = torch.where(on, torch.full_like(on, self.factor, dtype=torch.float32) if att is None
                               else att.float(), self.plain_factor)
         cos, sin = self.cos_sin(positions, inv, att)
         if not isinstance(s, Remap):
             return Rotation(cos, sin)
         qp, kp = s.far_q(positions, self.trained), s.far_k(positions, self.trained)
-        if gate is not None:  # sequences within the trained length see far keys at their true positions
-            qp = torch.where(gate, qp, positions)
-            kp = None if kp is None else torch.where(gate, kp, positions)
+        if on is not None:  # sequences within the trained length see far keys at their true positions
+            qp = torch.where(on, qp, positions)
+            kp = None if kp is None else torch.where(on, kp, positions)
         cos_q, sin_q = self.cos_sin(qp)
         cos_k, sin_k = self.cos_sin(kp) if kp is not None else (None, None)
         return Rotation(cos, sin, Far(cos_q, sin_q, cos_k, sin_k, positions, s.near_window(self.trained), s.n_sinks()))
