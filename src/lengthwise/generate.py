@@ -20,7 +20,6 @@ import torch
 from .attention.backend import Backend
 from .attention.layer import Step
 from .kv import Full, Policy, RaggedKVCache
-from .positions import gate
 from .ragged import RaggedBatch
 
 PREFILL_CHUNK = 4096  # tokens per sequence per prefill forward, where a policy evicts

@@ -61,6 +61,26 @@ def parse(spec: str, registry: dict[str, type], what: str):
     return cls(**parse_kwargs(name, parts, cls))
 
 
+def format_value(v) -> str:
+    """A field's value as a spec writes it: true/false, 4 for 4.0, a/b/c for a tuple."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, tuple):
+        return "/".join(format_value(x) for x in v)
+    return str(v)
+
+
+def spec_of(obj, name: str, always: "set[str] | frozenset" = frozenset()) -> str:
+    """The spec that parses back to the dataclass obj: `name:key=value,...`, its own options first and
+    keyword-only ones last, each shown where it differs from its default or is named in `always`."""
+    fs = sorted(dataclasses.fields(obj), key=lambda f: f.kw_only)
+    args = ",".join(f"{f.name}={format_value(getattr(obj, f.name))}" for f in fs
+                    if f.init and (getattr(obj, f.name) != f.default or f.name in always))
+    return name + (":" + args if args else "")
+
+
 def value_of(name: str, key: str, text: str, kind):
     try:
         if kind == tuple[float, ...]:

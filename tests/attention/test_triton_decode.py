@@ -86,7 +86,6 @@ def test_attend_routes_to_the_kernel(monkeypatch):
     """With the flag on, attend(..., "varlen") on a decode step that split-KV leaves whole runs the kernel,
     used_k defaulting to the cu_k spans."""
     from lengthwise import attention
-    from lengthwise.attention import split_kv
     g = torch.Generator().manual_seed(3)
     used = [5, 0, 70]
     k, v, meta = ragged_cache(used, 1, 64, gap=0, g=g)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import LengthwiseError
 from .mask import MaskPattern
 from .backend import KERNELS, Backend, have_triton
 from .cpu_flash import attend_cpu_flash
@@ -88,4 +87,4 @@ def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: "Backend | str" 
     return attend_varlen(q, k, v, meta, mask, scale, return_lse)
 
 
-__all__ = ["AttnMeta", "Backend", "attend", "decode_kernel_applies", "BACKENDS", "MaskPattern"]
+__all__ = ["AttnMeta", "Backend", "have_triton", "attend", "decode_kernel_applies", "BACKENDS", "MaskPattern"]

@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import LengthwiseError
-from ..options import check_fields
+from ..options import check_fields, spec_of
 
 
 @dataclass(frozen=True)
@@ -60,18 +60,7 @@ class Policy:
     def spec(self) -> str:
         """The policy as it parses back: its own options, then `every` where it is not the default."""
         from dataclasses import fields
-        fs = sorted(fields(self), key=lambda f: f.kw_only)
-        args = ",".join(f"{f.name}={_fmt(getattr(self, f.name))}" for f in fs
-                        if getattr(self, f.name) != f.default or not f.kw_only)
-        return self.name + (":" + args if args else "")
-
-
-def _fmt(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
+        return spec_of(self, self.name, {f.name for f in fields(self) if not f.kw_only})
 
 
 @dataclass(frozen=True)
@@ -115,7 +104,7 @@ def compress(policy: Policy, cache, layer: int, seqs: torch.Tensor, budgets: tor
     if not bool(over.any()):
         return
     seqs, n, budgets = seqs[over], n[over], budgets[over]
-    B, S = n.numel(), int(n.max())
+    S = int(n.max())
     idx = torch.arange(S, device=n.device)
     valid = idx[None, :] < n[:, None]  # [B, S]
     slots = torch.where(valid, cache.start[seqs][:, None] + idx[None, :], cache.start[seqs][:, None])  # [B, S]

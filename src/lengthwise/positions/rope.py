@@ -7,15 +7,13 @@ A scheme changes the frequencies (scalings), the positions (remaps) or which key
 from __future__ import annotations
 
 import functools
-import math
-import typing
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
 
 from ..errors import LengthwiseError
-from ..options import check_fields
+from ..options import check_fields, spec_of
 from . import gate
 
 UNBOUNDED = 1 << 24  # the reach of a scheme that claims no limit: float32 positions stay exact up to here
@@ -61,20 +59,8 @@ class RoPE:
 
     def spec(self) -> str:
         """The canonical `--positions` string, e.g. 'yarn:factor=4'."""
-        fs = [f for f in fields(self) if not f.kw_only] + [f for f in fields(self) if f.kw_only]
-        args = ",".join(f"{f.name}={_fmt(getattr(self, f.name))}" for i, f in enumerate(fs)
-                        if getattr(self, f.name) != f.default or (i == 0 and not f.kw_only) or f.name in self.shown)
-        return self.name + (":" + args if args else "")
-
-
-def _fmt(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    if isinstance(v, tuple):
-        return "/".join(_fmt(x) for x in v)
-    return str(v)
+        own = [f.name for f in fields(self) if not f.kw_only]
+        return spec_of(self, self.name, set(own[:1]) | set(self.shown))  # the first option always
 
 
 def default_inv_freq(head_dim: int, base: float) -> torch.Tensor:
