@@ -443,7 +443,10 @@ def _split_tasks(text: str) -> list[str]:
 Run a length-evaluation grid: tasks x lengths x depths x samples, one JSON line per cell.
 
 Results are appended as each cell finishes. Rerunning the same command skips finished cells, so a
-killed run resumes where it stopped (it loses at most the cells in flight).
+killed run resumes where it stopped (it loses at most the cells in flight). A store holds one config
+(model and its hash, backend, dtype, device kind, chat, positions, KV policy, seed): a rerun with
+another is refused unless --append-config; the grid itself (tasks, lengths, depths, samples) may grow.
+One process writes a store at a time.
 
 [bold]Tasks[/bold]: passkey, niah_single, niah_multikey, niah_multivalue, niah_multiquery,
 variable_tracking, common_words, frequent_words, threads, confusing_facts (see docs/evaluation.md);
@@ -473,9 +476,10 @@ def eval_(
     device: Annotated[Optional[str], DeviceOpt] = None,
     dtype: Annotated[Dtype, DtypeOpt] = None,
     max_batch_tokens: Annotated[int, typer.Option("--max-batch-tokens", min=1, help="Prompt tokens packed into one batch.")] = 65536,
+    append_config: Annotated[bool, typer.Option("--append-config", help="Add this run's cells to a store that holds another config's (model, dtype, device, chat, positions, seed, ...), on purpose; report keeps them apart.")] = False,
 ):
     from .evaluation import EvalConfig, ResultStore, make_runner, run
-    from .evaluation.grid import cells, parse_depths, parse_lengths
+    from .evaluation.grid import cells, parse_depths, parse_lengths, store_config
     rope = None
     if hf_rope:
         try:
@@ -488,8 +492,9 @@ def eval_(
                      max_batch_tokens=max_batch_tokens)
     check_output(out, (".jsonl",), "the results store is JSON lines: name it .jsonl")
     store = ResultStore(out)
-    store.check()
-    ids = {c.id for c in cells(cfg, L.trained_context(L.resolve(model)))}
+    config = store_config(cfg)
+    store.check(config, append_config)  # a foreign file, another config or another writer: before the model loads
+    ids = {c.id for c in cells(cfg, L.trained_context(L.resolve(model)), config)}
     total = len(ids)
     todo = total - len(store.done_ids() & ids)
     if todo == 0:
@@ -499,7 +504,7 @@ def eval_(
     runner = make_runner(cfg)
     with _progress(f"eval ({todo} of {total} cells)", todo, "cells") as done:
         n = run(cfg, store, runner, yes=yes, allow_beyond_context=allow_beyond_context,
-                progress=lambda k, _: done(k), warn=_warn)
+                progress=lambda k, _: done(k), warn=_warn, append_config=append_config)
     typer.echo(f"ran {n} cells; {out} now holds {len(store.done_ids() & ids)} of this grid's {total}", err=True)
 
 
