@@ -105,8 +105,9 @@ _HASHED = {".safetensors", ".gguf", ".json", ".txt", ".model", ".jinja"}  # what
 
 
 def content_hash(path: Path) -> str:
-    """sha256 over a model's weights, config and tokenizer files (a .gguf: its bytes), by relative path; each
-    file's digest is kept per (path, size, mtime), so a grid keys its cells without reading the weights twice."""
+    """sha256 over a model's weights, config and tokenizer files (a .gguf: its bytes), by relative path. Each
+    file's bytes are read; its digest is kept per (path, inode, size, mtime, ctime), so a grid keys its cells
+    without reading the weights twice in one process."""
     path = Path(path).resolve()
     files = [path] if path.is_file() else sorted(
         f for f in path.rglob("*") if f.is_file() and f.suffix in _HASHED
@@ -114,12 +115,13 @@ def content_hash(path: Path) -> str:
     h = hashlib.sha256()
     for f in files:
         st = f.stat()
-        h.update(f"{f.relative_to(path) if f != path else f.name}\0{_file_digest(f, st.st_size, st.st_mtime_ns)}\n".encode())
+        digest = _file_digest(f, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # ctime: no utime() hides a write
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{digest}\n".encode())
     return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=256)
-def _file_digest(f: Path, size: int, mtime_ns: int) -> str:
+def _file_digest(f: Path, ino: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
     with open(f, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
