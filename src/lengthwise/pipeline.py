@@ -6,13 +6,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .attention import AttnMeta, pick_backend
 from .errors import InputTooLong, LengthwiseError
 from .generate import Sampling, generate_ids
 from .models import load as L
-from .models.bert import pool
 from .models.llama import Step
 from .packing import token_budget
 from .positions import RoPE, parse as parse_positions
@@ -200,6 +198,7 @@ class Encoder(_Loaded):
     def __init__(self, *a, settings: dict):
         super().__init__(*a)
         self.pooling, self.normalize = settings["pooling"], settings["normalize"]
+        self.head = settings["head"].to(self.device)  # pooling, then the folder's Dense and Normalize modules
         self.max_seq_length = min(settings["max_seq_length"] or self.config.context_length, self.config.context_length)
 
     @property
@@ -208,7 +207,7 @@ class Encoder(_Loaded):
 
     @property
     def dim(self) -> int:
-        return self.config.dim
+        return self.head.dim
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         tok, texts = self._need_tokenizer(), _texts(texts, "texts (strings)")
@@ -229,8 +228,7 @@ class Encoder(_Loaded):
         for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device, self.config.vocab_size)
             h = self.module(b.tokens, b.positions, AttnMeta.packed(b.cu_seqlens, b.max_seqlen), self.backend)
-            e = pool(h, b.cu_seqlens, self.pooling).float()
-            out[group[0]:group[-1] + 1] = F.normalize(e, dim=-1) if self.normalize else e  # groups are consecutive
+            out[group[0]:group[-1] + 1] = self.head(h, b.cu_seqlens)  # groups are consecutive
             done += len(group)
             if progress:
                 progress(done)
@@ -303,5 +301,5 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
     tok = L.load_tokenizer(path)
     args = (str(name_or_path), ck, module, tok, dev, dtype, chosen)
     if ck.family == "bert":
-        return Encoder(*args, settings=L.sentence_transformers_settings(path))
+        return Encoder(*args, settings=L.sentence_transformers_settings(path, ck.config.dim))
     return CausalLM(*args)

@@ -323,25 +323,12 @@ def load_tokenizer(path: Path):
     return None
 
 
-def sentence_transformers_settings(folder: Path) -> dict:
-    """Pooling, normalization and max length, as a sentence-transformers folder states them.
+def sentence_transformers_settings(folder: Path, dim: int) -> dict:
+    """The head (pooling, Dense, Normalize) and max length a sentence-transformers folder states (sentence.py).
 
     Without such config: mean pooling, no normalization (sentence-transformers' own default).
     """
-    out = {"pooling": "mean", "normalize": False, "max_seq_length": None}
-    modules = folder / "modules.json" if folder.is_dir() else None
-    if modules and modules.exists():
-        for m in json.loads(modules.read_text()):
-            kind = m.get("type", "")
-            if kind.endswith("Pooling"):
-                pc = json.loads((folder / m.get("path", "") / "config.json").read_text())
-                for mode in ("cls", "max", "mean_sqrt_len", "mean"):
-                    if pc.get(f"pooling_mode_{mode}_token") or pc.get(f"pooling_mode_{mode}_tokens"):
-                        out["pooling"] = mode
-                        break
-            elif kind.endswith("Normalize"):
-                out["normalize"] = True
-    sb = folder / "sentence_bert_config.json" if folder.is_dir() else None
-    if sb and sb.exists():
-        out["max_seq_length"] = json.loads(sb.read_text()).get("max_seq_length")
-    return out
+    from .sentence import read_head
+    head = read_head(folder, dim)
+    return {"head": head, "pooling": head.modes[0] if len(head.modes) == 1 else head.modes,
+            "normalize": head.normalize, "max_seq_length": head.max_seq_length}
