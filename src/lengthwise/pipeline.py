@@ -99,6 +99,32 @@ def _texts(texts, what: str) -> list[str]:
     return out
 
 
+def _encode(tok, texts: list[str], **kw) -> list[list[int]]:
+    """tok(texts)["input_ids"]; a text no tokenizer can encode (a lone surrogate) is named, found only when the
+    tokenizer fails, so the check costs nothing on the way that works."""
+    try:
+        return tok(texts, **kw)["input_ids"] if texts else []
+    except Exception:
+        for i, t in enumerate(texts):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise LengthwiseError(f"input {i} holds {t[e.start]!r} at character {e.start}, a lone surrogate (half "
+                                      "of a UTF-16 pair) that is no text and no tokenizer encodes") from None
+        raise
+
+
+MIN_TEMPERATURE = 1e-6  # below it, logits / temperature nears float32's range (and rounds to 0 below 1e-45)
+
+
+def check_sampling(temperature) -> None:
+    """Sampling values that would overflow: a positive temperature so small that logits / temperature leaves
+    float32 (the sampler's dtype); it is greedy in all but name."""
+    if isinstance(temperature, (int, float)) and 0 < temperature < MIN_TEMPERATURE:
+        raise LengthwiseError(f"temperature {temperature:g} is so small that logits / temperature overflows "
+                              f"float32: use 0 for greedy decoding, or at least {MIN_TEMPERATURE:g}")
+
+
 class CausalLM(_Loaded):
     @property
     def context_length(self) -> int:
@@ -125,9 +151,10 @@ class CausalLM(_Loaded):
         if chat:
             if not tok.chat_template:
                 raise LengthwiseError(f"{self.name} has no chat template: drop --chat")
+            _encode(tok, prompts)  # a text no tokenizer encodes is named before the template sees it
             return [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                             tokenize=True, return_dict=True)["input_ids"] for p in prompts]
-        return tok(prompts)["input_ids"] if prompts else []
+        return _encode(tok, prompts)
 
     def _groups(self, lens: list[int], budget: int) -> list[list[int]]:
         """Token-budget groups of sequence indices, never mixing what the position scheme runs apart."""
@@ -176,6 +203,8 @@ class CausalLM(_Loaded):
                      progress: Progress = None) -> list[list[int]]:
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise LengthwiseError(f"max_new_tokens must be an integer of at least 1, got {max_new_tokens!r}")
+        Sampling(temperature, top_p, seed)
+        check_sampling(temperature)
         prompts = _batch(prompts, "prompts: strings, or token-id lists")
         if len(prompts) == 0:
             return []
@@ -211,7 +240,7 @@ class Encoder(_Loaded):
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         tok, texts = self._need_tokenizer(), _texts(texts, "texts (strings)")
-        return tok(texts)["input_ids"] if texts else []
+        return _encode(tok, texts)
 
     @torch.inference_mode()
     def embed_ids(self, seqs: Sequence[Sequence[int]], max_tokens_per_forward: int = 16384,
