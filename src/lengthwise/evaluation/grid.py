@@ -159,9 +159,14 @@ def run(cfg: EvalConfig, store: ResultStore, runner, yes: bool = False, allow_be
     if runner.on_cpu and secs > 1800 and not yes:
         raise LengthwiseError(f"this grid ({len(todo)} cells, up to {longest} tokens) would take about "
                               f"{secs / 3600:.1f} h on this CPU: shrink it, use a GPU, or pass --yes")
+    new = not store.path.exists()
     store.open_for_append(config, append_config)
     try:
         return _run(cfg, config, store, runner, todo, progress)
+    except LengthwiseError:
+        if new and not store.records()[0]:  # refused before a first cell: leave no file behind
+            store.path.unlink(missing_ok=True)
+        raise
     finally:
         store.close()
 
