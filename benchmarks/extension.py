@@ -123,7 +123,7 @@ def grid(store: ResultStore, runners: Runners, backend: str, spec: str, grid_kw:
                 return False
             t0 = time.time()
             try:  # the deadline is also checked after every batch: a slow sub-grid cannot overrun a call
-                k = run(cfg, store, runners.get(backend, spec), allow_beyond_context=True, warn=lambda m: None,
+                k = run(cfg, store, runners.get(backend, spec), allow_beyond_context=True, warn=lambda m: None, append_config=True,
                         progress=lambda done, total: _check(deadline))
             except _Deadline:
                 return False

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ from .errors import LengthwiseError
 from .models import load as L
 from .outputs import atomic_write, check_output
 from .errors import InputTooLong
-from .pipeline import DTYPES, resolve_device
+from .pipeline import DTYPES, check_sampling, resolve_device
 
 try:  # typer >= 0.2x vendors click; older typer uses click itself
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
@@ -79,6 +80,10 @@ class _Group(TyperGroup):
                 raise  # stdout closed early (`| head`): typer exits quietly
             if ctx.params.get("debug"):
                 raise
+            if isinstance(e, OSError) and e.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+                name = str(e.filename or "")
+                _error(f"{name[:60] + '...' if len(name) > 60 else name}: {e.strerror}")  # a path the user gave
+                raise typer.Exit(EXIT_USER_ERROR) from None
             first = str(e).strip().split("\n")[0]
             _error(f"{type(e).__name__}: {first} (run with --debug for the traceback)")
             raise typer.Exit(EXIT_CRASH) from None
@@ -122,9 +127,16 @@ INPUT_RULES = """\
   when lines are skipped."""
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def _read_inputs(path: Path, field: str, skip_empty: bool) -> tuple[list[int], list[str]]:
     """(0-based line numbers, texts) of the input file, by the rules in INPUT_RULES."""
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name past the system's limit
+        raise LengthwiseError(f"input file {str(path)[:60]}...: {e.strerror}") from None
+    if not exists:
         raise LengthwiseError(f"input file {path} does not exist")
     if path.is_dir():
         raise LengthwiseError(f"input {path} is a directory: give a .txt or .jsonl file")
@@ -142,12 +154,11 @@ def _read_inputs(path: Path, field: str, skip_empty: bool) -> tuple[list[int], l
         raise LengthwiseError(f"input {path} is not UTF-8 text (invalid byte at offset {e.start})") from None
     if text == "":
         raise LengthwiseError(f"input file {path} is empty")
-    lines = text.split("\n")
+    lines = _LINE_END.split(text)  # LF, CRLF and old Macs' CR alike (not splitlines: U+2028 is text, not a line end)
     if lines[-1] == "":
         lines.pop()  # the newline that ends the last line
     linenos, texts, skipped = [], [], []
     for i, line in enumerate(lines):
-        line = line.removesuffix("\r")
         where = f"line {i + 1} of {path}"
         if not line.strip():
             if skip_empty:
@@ -159,6 +170,9 @@ def _read_inputs(path: Path, field: str, skip_empty: bool) -> tuple[list[int], l
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise LengthwiseError(f"{where} is not valid JSON ({e.msg} at column {e.colno})") from None
+            except (ValueError, RecursionError) as e:  # nested past the recursion limit, an integer past 4300 digits
+                raise LengthwiseError(f"{where} is JSON past what the parser takes "
+                                      f"({'nested too deeply' if isinstance(e, RecursionError) else str(e)[:80]})") from None
             if not isinstance(obj, dict) or field not in obj:
                 raise LengthwiseError(f'{where} has no "{field}" field: each line must be an object like '
                                       f'{{"{field}": "..."}}')
@@ -171,6 +185,11 @@ def _read_inputs(path: Path, field: str, skip_empty: bool) -> tuple[list[int], l
                     continue
                 raise LengthwiseError(f'{where} has an empty "{field}": remove it or pass --skip-empty')
             line = value
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate from a JSON escape ("\ud800"): no tokenizer encodes it
+            raise LengthwiseError(f"{where} holds {line[e.start]!r} at character {e.start}, half of a UTF-16 pair that "
+                                  "is no text (a lone surrogate): fix the escape") from None
         linenos.append(i)
         texts.append(line)
     if skipped:
@@ -306,11 +325,11 @@ def _describe(path: Path) -> tuple[str, str]:
         return str(reader.fields["general.architecture"].contents()), "?" if trained is None else str(trained)
     trained = L.trained_context(path)
     context = "?" if trained is None else str(trained)
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = L.read_json(path / "config.json")
     arch = (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
     sb = path / "sentence_bert_config.json"
     if sb.exists():
-        max_seq = json.loads(sb.read_text()).get("max_seq_length")
+        max_seq = L.read_json(sb).get("max_seq_length")
         if max_seq:
             context = f"{max_seq} (max {context})"
     return arch, context
@@ -412,6 +431,7 @@ def generate(
         raise typer.BadParameter("must be greater than 0", param_hint="'--top-p'")
     from .generate import Sampling
     Sampling(temperature, top_p, seed)  # a NaN, infinite or out-of-range value fails before the model loads
+    check_sampling(temperature)
     if output is not None:
         check_output(output, (".jsonl",), "generate writes JSON lines: name it .jsonl", source=input)
     linenos, prompts = _read_inputs(input, "prompt", skip_empty)
@@ -443,7 +463,10 @@ def _split_tasks(text: str) -> list[str]:
 Run a length-evaluation grid: tasks x lengths x depths x samples, one JSON line per cell.
 
 Results are appended as each cell finishes. Rerunning the same command skips finished cells, so a
-killed run resumes where it stopped (it loses at most the cells in flight).
+killed run resumes where it stopped (it loses at most the cells in flight). A store holds one config
+(model and its hash, backend, dtype, device kind, chat, positions, KV policy, seed): a rerun with
+another is refused unless --append-config; the grid itself (tasks, lengths, depths, samples) may grow.
+One process writes a store at a time.
 
 [bold]Tasks[/bold]: passkey, niah_single, niah_multikey, niah_multivalue, niah_multiquery,
 variable_tracking, common_words, frequent_words, threads, confusing_facts (see docs/evaluation.md);
@@ -473,23 +496,31 @@ def eval_(
     device: Annotated[Optional[str], DeviceOpt] = None,
     dtype: Annotated[Dtype, DtypeOpt] = None,
     max_batch_tokens: Annotated[int, typer.Option("--max-batch-tokens", min=1, help="Prompt tokens packed into one batch.")] = 65536,
+    append_config: Annotated[bool, typer.Option("--append-config", help="Add this run's cells to a store that holds another config's (model, dtype, device, chat, positions, seed, ...), on purpose; report keeps them apart.")] = False,
 ):
     from .evaluation import EvalConfig, ResultStore, make_runner, run
-    from .evaluation.grid import cells, parse_depths, parse_lengths
+    from .evaluation.grid import cells, parse_depths, parse_lengths, store_config
     rope = None
     if hf_rope:
         try:
             rope = json.loads(hf_rope)
         except json.JSONDecodeError as e:
             raise LengthwiseError(f"--hf-rope is not valid JSON ({e.msg}): e.g. '{{\"rope_type\": \"yarn\", \"factor\": 4.0}}'") from None
+        except (ValueError, RecursionError):
+            raise LengthwiseError("--hf-rope is JSON past what the parser takes: give a small object like "
+                                  "'{\"rope_type\": \"yarn\", \"factor\": 4.0}'") from None
+        if not isinstance(rope, dict):
+            raise LengthwiseError(f"--hf-rope must be a JSON object like '{{\"rope_type\": \"yarn\", \"factor\": 4.0}}', "
+                                  f"got a {type(rope).__name__}")
     cfg = EvalConfig(model=model, tasks=_split_tasks(tasks), lengths=parse_lengths(lengths), depths=parse_depths(depths),
                      samples=samples, seed=seed, method=positions or "none", backend=backend, chat=chat, hf_rope=rope,
                      device=device, dtype=dtype,
                      max_batch_tokens=max_batch_tokens)
     check_output(out, (".jsonl",), "the results store is JSON lines: name it .jsonl")
     store = ResultStore(out)
-    store.check()
-    ids = {c.id for c in cells(cfg, L.trained_context(L.resolve(model)))}
+    config = store_config(cfg)
+    store.check(config, append_config)  # a foreign file, another config or another writer: before the model loads
+    ids = {c.id for c in cells(cfg, L.trained_context(L.resolve(model)), config)}
     total = len(ids)
     todo = total - len(store.done_ids() & ids)
     if todo == 0:
@@ -499,7 +530,7 @@ def eval_(
     runner = make_runner(cfg)
     with _progress(f"eval ({todo} of {total} cells)", todo, "cells") as done:
         n = run(cfg, store, runner, yes=yes, allow_beyond_context=allow_beyond_context,
-                progress=lambda k, _: done(k), warn=_warn)
+                progress=lambda k, _: done(k), warn=_warn, append_config=append_config)
     typer.echo(f"ran {n} cells; {out} now holds {len(store.done_ids() & ids)} of this grid's {total}", err=True)
 
 

@@ -27,6 +27,10 @@ def _probe(folder: Path, name: str, what: Path) -> None:
 def check_output(out: Path, suffixes: tuple[str, ...], hint: str, source: Path | None = None) -> None:
     """Fail before any model is loaded if the file OUT cannot be written, or would replace the input `source`."""
     out = Path(out)
+    try:
+        out.exists()
+    except OSError as e:  # a name past the system's limit
+        raise LengthwiseError(f"cannot write {str(out)[:60]}...: {e.strerror}") from None
     if source is not None and same_file(source, out):
         raise LengthwiseError(f"cannot write {out}: it is the input file, which it would replace; choose another output")
     if out.is_dir():
@@ -38,8 +42,9 @@ def check_output(out: Path, suffixes: tuple[str, ...], hint: str, source: Path |
         raise LengthwiseError(f"cannot write {out}: directory {parent} does not exist")
     if not parent.is_dir():
         raise LengthwiseError(f"cannot write {out}: {parent} is not a directory")
-    if out.exists() and not os.access(out, os.W_OK):
-        raise LengthwiseError(f"cannot write {out}: the existing file is read-only")
+    if out.exists() and not out.stat().st_mode & 0o222:
+        # the mode, not os.access: root may write anything, and a container's user usually is root
+        raise LengthwiseError(f"cannot write {out}: the existing file is read-only (chmod u+w it, or choose another name)")
     _probe(parent, out.name, out)
 
 

@@ -7,7 +7,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import kv as K
 from .attention import AttnMeta
@@ -17,7 +16,6 @@ from .chat import chat_ids
 from .errors import InputTooLong, LengthwiseError
 from .generate import Sampling, Timing, generate_ids
 from .models import load as L
-from .models.bert import pool
 from .packing import token_budget
 from .positions import RoPE, parse as parse_positions
 from .ragged import RaggedBatch
@@ -109,6 +107,32 @@ def _texts(texts, what: str) -> list[str]:
     return out
 
 
+def _encode(tok, texts: list[str], **kw) -> list[list[int]]:
+    """tok(texts)["input_ids"]; a text no tokenizer can encode (a lone surrogate) is named, found only when the
+    tokenizer fails, so the check costs nothing on the way that works."""
+    try:
+        return tok(texts, **kw)["input_ids"] if texts else []
+    except Exception:
+        for i, t in enumerate(texts):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise LengthwiseError(f"input {i} holds {t[e.start]!r} at character {e.start}, a lone surrogate (half "
+                                      "of a UTF-16 pair) that is no text and no tokenizer encodes") from None
+        raise
+
+
+MIN_TEMPERATURE = 1e-6  # below it, logits / temperature nears float32's range (and rounds to 0 below 1e-45)
+
+
+def check_sampling(temperature) -> None:
+    """Sampling values that would overflow: a positive temperature so small that logits / temperature leaves
+    float32 (the sampler's dtype); it is greedy in all but name."""
+    if isinstance(temperature, (int, float)) and 0 < temperature < MIN_TEMPERATURE:
+        raise LengthwiseError(f"temperature {temperature:g} is so small that logits / temperature overflows "
+                              f"float32: use 0 for greedy decoding, or at least {MIN_TEMPERATURE:g}")
+
+
 class CausalLM(_Loaded):
     def __init__(self, *a, kv: K.Policy = K.Full()):
         super().__init__(*a)
@@ -137,8 +161,9 @@ class CausalLM(_Loaded):
         tok = self._need_tokenizer()
         prompts = _texts(prompts, "prompts (strings)")
         if chat:
+            _encode(tok, prompts)  # a text no tokenizer encodes is named before the template sees it
             return [chat_ids(tok, p, self.name) for p in prompts]
-        return tok(prompts)["input_ids"] if prompts else []
+        return _encode(tok, prompts)
 
     def _groups(self, lens: list[int], budget: int) -> list[list[int]]:
         """Token-budget groups of sequence indices, never mixing what the position scheme runs apart."""
@@ -189,6 +214,8 @@ class CausalLM(_Loaded):
         new tokens past the context the model reaches (an eval that measures what happens there)."""
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise LengthwiseError(f"max_new_tokens must be an integer of at least 1, got {max_new_tokens!r}")
+        Sampling(temperature, top_p, seed)
+        check_sampling(temperature)
         prompts = _batch(prompts, "prompts: strings, or token-id lists")
         if len(prompts) == 0:
             return []
@@ -211,6 +238,7 @@ class Encoder(_Loaded):
     def __init__(self, *a, settings: dict):
         super().__init__(*a)
         self.pooling, self.normalize = settings["pooling"], settings["normalize"]
+        self.head = settings["head"].to(self.device)  # pooling, then the folder's Dense and Normalize modules
         self.max_seq_length = min(settings["max_seq_length"] or self.config.context_length, self.config.context_length)
 
     @property
@@ -219,11 +247,11 @@ class Encoder(_Loaded):
 
     @property
     def dim(self) -> int:
-        return self.config.dim
+        return self.head.dim
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         tok, texts = self._need_tokenizer(), _texts(texts, "texts (strings)")
-        return tok(texts)["input_ids"] if texts else []
+        return _encode(tok, texts)
 
     @torch.inference_mode()
     def embed_ids(self, seqs: Sequence[Sequence[int]], max_tokens_per_forward: int = 16384,
@@ -240,8 +268,7 @@ class Encoder(_Loaded):
         for group in token_budget([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device, self.config.vocab_size)
             h = self.module(b.tokens, b.positions, self.step(b))
-            e = pool(h, b.cu_seqlens, self.pooling).float()
-            out[group[0]:group[-1] + 1] = F.normalize(e, dim=-1) if self.normalize else e  # groups are consecutive
+            out[group[0]:group[-1] + 1] = self.head(h, b.cu_seqlens)  # groups are consecutive
             done += len(group)
             if progress:
                 progress(done)
@@ -338,5 +365,5 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
     tok = L.load_tokenizer(path)
     args = (str(name_or_path), ck, module, tok, dev, dtype, chosen)
     if ck.family == "bert":
-        return Encoder(*args, settings=L.sentence_transformers_settings(path))
+        return Encoder(*args, settings=L.sentence_transformers_settings(path, ck.config.dim))
     return CausalLM(*args, kv=policy)

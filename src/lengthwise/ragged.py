@@ -29,10 +29,7 @@ class RaggedBatch:
         if min(lens) == 0:
             raise LengthwiseError(f"sequence {lens.index(0)} is empty: every sequence needs at least one token")
         lens_t = torch.tensor(lens, dtype=torch.int64)
-        try:
-            flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=sum(lens))
-        except (OverflowError, TypeError, ValueError) as e:  # an id past 64 bits, a None or a string inside
-            raise LengthwiseError(f"token ids must be integers that fit in 64 bits ({e})") from None
+        flat = packed_ids(seqs)
         if vocab is not None and (flat.min() < 0 or flat.max() >= vocab):
             bad = int(flat[(flat < 0) | (flat >= vocab)][0])
             raise LengthwiseError(f"token id {bad} is outside this model's vocabulary 0..{vocab - 1}")
@@ -77,6 +74,59 @@ class RaggedBatch:
     def split(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Split a packed [T, ...] output back into per-sequence [len_i, ...] views."""
         return list(torch.split(x, self.lens, dim=0))
+
+
+def _all_int(types: set) -> bool:
+    """Whether every type is an integer type (Python's or numpy's), none of them bool; a few types, not ids."""
+    return all(issubclass(t, (int, np.integer)) and not issubclass(t, (bool, np.bool_)) for t in types)
+
+
+def packed_ids(seqs: Sequence[Sequence[int]]) -> np.ndarray:
+    """Every sequence's ids back to back, int64 [T]. Every id must be an integer, a bool is not: checked with one
+    numpy conversion and its dtype, plus the set of the ids' types (one pass in C), never a Python loop per id.
+    Arrays and tensors are checked by their dtype alone."""
+    if all(isinstance(s, list) for s in seqs):  # the common case: plain lists
+        return _checked(list(itertools.chain.from_iterable(seqs)))
+    parts = []
+    for i, s in enumerate(seqs):
+        if isinstance(s, torch.Tensor):
+            if s.dtype.is_floating_point or s.dtype.is_complex or s.dtype == torch.bool or s.ndim != 1:
+                raise LengthwiseError(f"sequence {i} is a {s.dtype} tensor of shape {tuple(s.shape)}: token ids are "
+                                      "a 1-d tensor of an integer dtype")
+            parts.append(s.detach().cpu().numpy().astype(np.int64, copy=False))
+        elif isinstance(s, np.ndarray):
+            if s.dtype.kind not in "iu" or s.ndim != 1:
+                raise LengthwiseError(f"sequence {i} is a {s.dtype} array of shape {s.shape}: token ids are a 1-d "
+                                      "array of an integer dtype")
+            parts.append(_checked(s))
+        else:
+            parts.append(_checked(list(s)))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _checked(flat) -> np.ndarray:
+    try:
+        arr = np.asarray(flat)
+    except (ValueError, TypeError, OverflowError):  # lists of uneven depth inside
+        arr = np.empty(0, dtype=object)
+    types = set(map(type, flat)) if isinstance(flat, list) else {arr.dtype.type}
+    if arr.dtype.kind in "iu" and arr.ndim == 1 and _all_int(types):
+        if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+            raise LengthwiseError(f"token ids must be integers that fit in 64 bits (got {int(arr.max())})")
+        return arr.astype(np.int64, copy=False)
+    if torch.Tensor in types and _all_int(types - {torch.Tensor}):  # list(tensor) gives 0-d tensors
+        if all(x.ndim == 0 and not (x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool)
+               for x in flat if isinstance(x, torch.Tensor)):
+            return np.array([int(x) for x in flat], dtype=np.int64)
+    # the error path: name the first id that is not an integer
+    for j, x in enumerate(flat):
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) and not (
+                isinstance(x, torch.Tensor) and x.ndim == 0 and not x.dtype.is_floating_point):
+            raise LengthwiseError(f"token ids must be integers: id {j} of the packed ids is {x!r} "
+                                  f"({type(x).__name__}); a float or a bool is not a token id")
+        if isinstance(x, int) and not -2**63 <= x < 2**63:
+            raise LengthwiseError(f"token ids must be integers that fit in 64 bits (got {x})")
+    raise LengthwiseError("token ids must be integers that fit in 64 bits")
 
 
 def _to(t: torch.Tensor, device) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Tables and plots from a results store (JSONL, one cell per line, as the evaluation runner writes it).
 
     read_results    records and warnings; bad lines are skipped, not fatal; duplicate ids keep the last
-    accuracy_table  mean score and cell count per (model, method, backend, task, length)
+    accuracy_table  mean score and cell count per (model, method, backend, variant, task, length)
     format_table    that table as plain text for the terminal
     plots           PNG heatmaps (depth x length) and accuracy-vs-length curves
     markdown        a summary with percentages, cell counts and the warnings
@@ -10,6 +10,10 @@
 
 A NaN (or null) score is kept as a cell but left out of the means; a group whose scores are all NaN
 has accuracy NaN, shown as "nan".
+
+Records of different configs are never averaged together: within one (model, method, backend), every
+setting of the record's config that differs between records (dtype, device, chat, seed, the model's hash,
+...) is named in the row's `variant`, e.g. "chat=true, dtype=bfloat16".
 """
 from __future__ import annotations
 
@@ -26,7 +30,10 @@ from .errors import LengthwiseError
 from .outputs import atomic_write, check_folder
 
 REQUIRED = ("task", "length", "depth", "method", "backend", "model", "score")
-GROUP = ("model", "method", "backend")  # one model variant: a table, a heatmap set, a curve
+GROUP = ("model", "method", "backend", "variant")  # one model variant: a table, a heatmap set, a curve
+# what a record's config says beyond model, method and backend (stores before issue 20 carry some of these)
+VARIANT_FIELDS = ("model_sha256", "dtype", "device", "chat", "hf_rope", "kv", "seed")
+_META = ("lengthwise_store", "lengthwise_config")  # a store's header and config lines: not records
 MAX_WARNINGS_SHOWN = 20
 # RULER's bar for an effective length: Llama-2-7B's mean RULER score at 4k (Hsieh et al. 2024, "RULER")
 RULER_THRESHOLD = 0.856
@@ -57,7 +64,7 @@ def read_results(path: str | Path) -> tuple[list[dict], list[str]]:
     cut_off = lines[-1].strip() != ""  # no final newline: a writer may have been killed mid-line
     records, warnings = [], []
     for i, line in enumerate(lines, start=1):
-        if not line.strip():
+        if not line.strip() or (line.startswith('{"lengthwise_') and any(f'"{k}"' in line[:40] for k in _META)):
             continue
         rec, problem = _parse(line)
         if problem:
@@ -83,13 +90,42 @@ def read_results(path: str | Path) -> tuple[list[dict], list[str]]:
     return records, warnings
 
 
+def _config(rec: dict) -> dict:
+    """The record's settings beyond model, method and backend (VARIANT_FIELDS that its config names)."""
+    cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
+    return {k: cfg[k] for k in VARIANT_FIELDS if k in cfg}
+
+
+def _variants(records: list[dict]) -> list[str]:
+    """Each record's variant: the settings that differ between the records of its (model, method, backend),
+    as "k=v, ..." ("" where they all agree)."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[(r["model"], r["method"], r["backend"])].append(i)
+    cfgs = [_config(r) for r in records]
+    out = [""] * len(records)
+    for idx in groups.values():
+        keys = [k for k in VARIANT_FIELDS
+                if len({json.dumps(cfgs[i].get(k), sort_keys=True, default=str) for i in idx}) > 1]
+        for i in idx:
+            out[i] = ", ".join(f"{k}={_show(k, cfgs[i].get(k))}" for k in keys)
+    return out
+
+
+def _show(key: str, value) -> str:
+    if value is None:
+        return "?" if key in ("dtype", "device") else "none"  # stores before issue 20: the default, unrecorded
+    if key == "model_sha256" and isinstance(value, str):
+        return value[:12]
+    return json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+
+
 def _cell(rec: dict) -> str | None:
     """What a grid cell is, apart from its id; None for records that do not say (no sample or seed)."""
     if "sample" not in rec or "seed" not in rec:
         return None
-    cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
     return json.dumps([rec[k] for k in ("model", "method", "backend", "task", "length", "depth")]
-                      + [rec["sample"], rec["seed"], cfg.get("chat"), cfg.get("hf_rope")], sort_keys=True, default=str)
+                      + [rec["sample"], rec["seed"], _config(rec)], sort_keys=True, default=str)
 
 
 def _keep_last(records: list[dict], key, what: str, warnings: list[str]) -> list[dict]:
@@ -150,9 +186,13 @@ def _natural(s: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", s) if p)
 
 
-def _group_key(g: tuple[str, str, str]) -> tuple:
-    model, method, backend = g
-    return _natural(model), method != "none", _natural(method), _natural(backend)  # baseline method first
+def _group_key(g: tuple[str, ...]) -> tuple:
+    model, method, backend, variant = (*g, "")[:4]
+    return _natural(model), method != "none", _natural(method), _natural(backend), _natural(variant)  # baseline first
+
+
+def _label(g: tuple[str, ...], sep: str = " / ") -> str:
+    return sep.join(x for x in g if x)
 
 
 def _mean(xs: Iterable[float]) -> float:
@@ -163,18 +203,18 @@ def _mean(xs: Iterable[float]) -> float:
 def accuracy_table(records: list[dict]) -> list[dict]:
     """Rows {model, method, backend, task, length, accuracy, n}: mean score (0..1) over the n cells."""
     cells: dict[tuple, list[float]] = defaultdict(list)
-    for r in records:
-        cells[(r["model"], r["method"], r["backend"], r["task"], r["length"])].append(r["score"])
-    keys = sorted(cells, key=lambda k: (_group_key(k[:3]), _natural(k[3]), k[4]))
-    return [dict(model=k[0], method=k[1], backend=k[2], task=k[3], length=k[4],
+    for r, v in zip(records, _variants(records)):
+        cells[(r["model"], r["method"], r["backend"], v, r["task"], r["length"])].append(r["score"])
+    keys = sorted(cells, key=lambda k: (_group_key(k[:4]), _natural(k[4]), k[5]))
+    return [dict(model=k[0], method=k[1], backend=k[2], variant=k[3], task=k[4], length=k[5],
                  accuracy=_mean(cells[k]), n=len(cells[k])) for k in keys]
 
 
-def _pivot(rows: list[dict]) -> list[tuple[tuple[str, str, str], list[str], list[int], dict]]:
-    """Per (model, method, backend) in table order: (group, tasks, lengths, {(task, length): row})."""
+def _pivot(rows: list[dict]) -> list[tuple[tuple[str, ...], list[str], list[int], dict]]:
+    """Per (model, method, backend, variant) in table order: (group, tasks, lengths, {(task, length): row})."""
     out: dict[tuple, tuple] = {}
     for r in rows:
-        g = tuple(r[k] for k in GROUP)
+        g = tuple(r.get(k, "") for k in GROUP)
         tasks, lengths, cell = out.setdefault(g, ([], set(), {}))
         if r["task"] not in tasks:
             tasks.append(r["task"])
@@ -248,7 +288,7 @@ def format_table(rows: list[dict], threshold: float | None = RULER_THRESHOLD) ->
         lines = ["  ".join([row[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(row[1:], widths[1:])])
                  for row in grid]
         lines.insert(1, "-" * len(lines[0]))
-        blocks.append(" / ".join(g) + "  (accuracy %)\n" + "\n".join(lines))
+        blocks.append(_label(g) + "  (accuracy %)\n" + "\n".join(lines))
     return "\n\n".join(blocks)
 
 
@@ -269,7 +309,7 @@ def markdown(records: list[dict], warnings: list[str], threshold: float | None =
                     "the shortest tested length: even that one misses.")
     for g, tasks, lengths, cell in _pivot(accuracy_table(records)):
         acc = _grid(tasks, lengths, cell, lambda r: _pct(r["accuracy"]), "**mean**", threshold)
-        out += ["", f"## {' · '.join(f'`{v}`' for v in g)}", "", "Accuracy (%):", "", table(acc),
+        out += ["", f"## {' · '.join(f'`{v}`' for v in g if v)}", "", "Accuracy (%):", "", table(acc),
                 "", "Cells:", "", table(_grid(tasks, lengths, cell, lambda r: str(r["n"])))]
     if warnings:
         out += ["", "## Warnings", ""]
@@ -332,12 +372,13 @@ def plots(records: list[dict], out_dir: str | Path) -> list[Path]:
         written.append(p)
 
     by_cell: dict[tuple, dict[tuple[float, int], list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        by_cell[(r["model"], r["method"], r["backend"], r["task"])][(r["depth"], r["length"])].append(r["score"])
-    for key in sorted(by_cell, key=lambda k: (_group_key(k[:3]), _natural(k[3]))):
-        if not _positional(key[3]):
+    for r, v in zip(records, _variants(records)):
+        g = (r["model"], r["method"], r["backend"], v)
+        by_cell[(*g, r["task"])][(r["depth"], r["length"])].append(r["score"])
+    for key in sorted(by_cell, key=lambda k: (_group_key(k[:4]), _natural(k[4]))):
+        if not _positional(key[4]):
             continue  # no key, so no depth axis: its depths only reseed prompts (the table and curves count them)
-        save(_heatmap(key, by_cell[key]), _safe("heatmap", *key))
+        save(_heatmap(key, by_cell[key]), _safe("heatmap", *(x for x in key if x)))
 
     rows = accuracy_table(records)
     groups = sorted({tuple(r[k] for k in GROUP) for r in rows}, key=_group_key)
@@ -364,15 +405,15 @@ def _positional(task: str) -> bool:
     return cls is None or cls.positional
 
 
-def _heatmap(key: tuple[str, str, str, str], cells: dict[tuple[float, int], list[float]]):
+def _heatmap(key: tuple[str, ...], cells: dict[tuple[float, int], list[float]]):
     import numpy as np
     depths = sorted({d for d, _ in cells})
     lengths = sorted({n for _, n in cells})
     grid_dl = np.full((len(depths), len(lengths)), np.nan)
     for (d, n), scores in cells.items():
         grid_dl[depths.index(d), lengths.index(n)] = _mean(scores)
-    model, method, backend, task = key
-    title = f"{task}\n{model} · {method} · {backend}"
+    *g, task = key
+    title = f"{task}\n{_label(tuple(g), ' · ')}"
     width = max(2.2 + 0.85 * len(lengths), 1.0 + 0.075 * max(map(len, title.split("\n"))))  # room for the title
     fig = _figure(min(width, 20), min(1.8 + 0.42 * len(depths), 16))
     ax = fig.add_subplot()
@@ -407,11 +448,11 @@ def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tupl
     from matplotlib import colormaps
     from matplotlib.ticker import NullLocator
     beside = len(groups) > 4  # many series would hide the lines they label: the legend goes beside the axes
-    longest = max((len(" · ".join(g)) for g in groups), default=0)
+    longest = max((len(_label(g, " · ")) for g in groups), default=0)
     fig = _figure(7.0 + (min(0.065 * longest, 6.0) + 0.6 if beside else 0.0), 4.5)
     ax = fig.add_subplot()
     several_models = len({g[0] for g in groups}) > 1
-    colour_keys = list(dict.fromkeys(g[:2] for g in groups))
+    colour_keys = list(dict.fromkeys((*g[:2], *g[3:]) for g in groups))
     backends = sorted({g[2] for g in groups}, key=lambda b: (b != "lengthwise", _natural(b)))  # ours drawn solid
     palette = colormaps["tab10" if len(colour_keys) <= 10 else "tab20"]
     styles = ["-", "--", ":", "-."]
@@ -420,9 +461,9 @@ def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tupl
         pts = sorted(curves[g].items())
         if not pts:
             continue
-        label = " · ".join(g if several_models else g[1:])
+        label = _label(g if several_models else g[1:], " · ")
         b = backends.index(g[2])
-        colour = palette(colour_keys.index(g[:2]) % palette.N)
+        colour = palette(colour_keys.index((*g[:2], *g[3:])) % palette.N)
         # later backends drawn thinner with hollow markers, so agreeing backends stay visible on top of each other
         ax.plot([n for n, _ in pts], [a for _, a in pts], label=label, color=colour, linestyle=styles[b % len(styles)],
                 linewidth=2.0 if b == 0 else 1.3, marker="os^D"[b % 4], markersize=7 if b == 0 else 5,

@@ -43,8 +43,7 @@ def test_only_the_backend_module_reads_lengthwise_flags():
     hits = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "os.environ" in p.read_text())
     assert set(hits) <= {"attention/backend.py", "models/load.py"}, hits
     text = (src / "models/load.py").read_text()
-    assert all("LENGTHWISE_MODEL_DIR" in line or "HF_HUB_OFFLINE" in line
-               for line in text.splitlines() if "os.environ" in line)
+    assert all("LENGTHWISE_MODEL_DIR" in line for line in text.splitlines() if "os.environ" in line)
 
 
 def test_the_llama_module_imports_no_triton_kernel_file():

@@ -32,7 +32,9 @@ def tiny_lm(tmp_path_factory, smol_path):
 
 
 def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]  # raises on any unreadable line
+    lines = [json.loads(line) for line in path.read_text().splitlines()]  # raises on any unreadable line
+    assert "lengthwise_store" in lines[0]  # the store's header
+    return lines[1:]
 
 
 GRID = ["--tasks", "passkey,niah_single", "--lengths", "512,1k", "--depths", "3", "--samples", "3",
@@ -55,7 +57,7 @@ def test_killed_run_resumes_without_duplicates_or_losses(tiny_lm, tmp_path):
     proc.wait()
     before = out.read_text()
     n_before = before.count("\n")
-    assert 5 <= n_before < 36  # killed mid-grid
+    assert 5 <= n_before < 1 + 36  # killed mid-grid
     # a kill can land mid-line; simulate that worst case too
     with open(out, "a") as f:
         f.write('{"id": "half-writ')
@@ -70,7 +72,7 @@ def test_killed_run_resumes_without_duplicates_or_losses(tiny_lm, tmp_path):
         {(t, n, d, s) for t in ("passkey", "niah_single") for n in (512, 1024) for d in (0.0, 50.0, 100.0) for s in range(3)}
     # a third run has nothing left to do
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "already" in r.stderr and out.read_text().count("\n") == 36
+    assert r.returncode == 0 and "already" in r.stderr and out.read_text().count("\n") == 1 + 36  # header + cells
 
 
 def test_records_carry_the_required_fields(tiny_lm, tmp_path):

@@ -16,22 +16,25 @@ def _line(i: int) -> str:
     return json.dumps(_rec(i)) + "\n"
 
 
+HEADER = json.dumps({"lengthwise_store": 2, "lengthwise": "0.1.0", "config": {}}) + "\n"
+
+
 def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
     path = tmp_path / "r.jsonl"
-    path.write_text(_line(0) + _line(1).rstrip("\n"))  # e.g. saved by an editor that drops the final newline
+    path.write_text(HEADER + _line(0) + _line(1).rstrip("\n"))  # e.g. saved by an editor that drops the final newline
     store = ResultStore(path)
     store.open_for_append()
     store.append(_rec(2))
-    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["cell0", "cell1", "cell2"]
+    assert [json.loads(x).get("id") for x in path.read_text().splitlines()] == [None, "cell0", "cell1", "cell2"]
     assert store.done_ids() == {"cell0", "cell1", "cell2"}
 
 
 def test_a_record_cut_short_by_a_kill_is_dropped(tmp_path):
     path = tmp_path / "r.jsonl"
-    path.write_text(_line(0) + _line(1)[:25])
+    path.write_text(HEADER + _line(0) + _line(1)[:25])
     store = ResultStore(path)
     store.open_for_append()
-    assert path.read_text() == _line(0)
+    assert path.read_text() == HEADER + _line(0)
 
 
 @pytest.mark.parametrize("content", [
@@ -51,7 +54,7 @@ def test_a_file_that_is_not_a_store_is_refused_untouched(tmp_path, content):
 
 def test_a_store_ending_in_foreign_text_is_refused_untouched(tmp_path):
     path = tmp_path / "r.jsonl"
-    content = _line(0) + "a note typed at the end"
+    content = HEADER + _line(0) + "a note typed at the end"
     path.write_text(content)
     with pytest.raises(LengthwiseError, match="ends in a line that is not a result record"):
         ResultStore(path).open_for_append()
@@ -60,10 +63,10 @@ def test_a_store_ending_in_foreign_text_is_refused_untouched(tmp_path):
 
 def test_lines_that_are_not_utf8_are_named_and_skipped(tmp_path):
     path = tmp_path / "r.jsonl"
-    path.write_bytes(_line(0).encode() + b"\xff\xfe junk\n" + _line(1).encode())
+    path.write_bytes(HEADER.encode() + _line(0).encode() + b"\xff\xfe junk\n" + _line(1).encode())
     store = ResultStore(path)
     records, warnings = store.records()
-    assert [r["id"] for r in records] == ["cell0", "cell1"] and warnings == ["line 2: not UTF-8 text; skipped"]
+    assert [r["id"] for r in records] == ["cell0", "cell1"] and warnings == ["line 3: not UTF-8 text; skipped"]
     store.check()  # a store with a damaged line is still a store: resuming keeps the damaged line as it is
     path.write_bytes(b"\xff\xfe\n")
     with pytest.raises(LengthwiseError, match="not an eval results store"):

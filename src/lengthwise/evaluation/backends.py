@@ -107,8 +107,8 @@ class HFRunner:
         self.device = resolve_device(device)
         dt = resolve_dtype(dtype, self.device)
         folder, kw = (path.parent, {"gguf_file": path.name}) if path.suffix == ".gguf" else (path, {})
-        cfg = AutoConfig.from_pretrained(str(folder), **kw)
-        self.model = AutoModelForCausalLM.from_pretrained(str(folder), config=cfg, dtype=dt, **kw).to(self.device).eval()
+        cfg = AutoConfig.from_pretrained(str(folder), local_files_only=True, **kw)
+        self.model = AutoModelForCausalLM.from_pretrained(str(folder), config=cfg, dtype=dt, local_files_only=True, **kw).to(self.device).eval()
         self._rope0 = dict(cfg.rope_parameters)  # as trained
         self.trained_context = trained_context(path)
         self.set_rope(hf_rope or to_hf(parse(positions), cfg.max_position_embeddings))

@@ -1,7 +1,8 @@
 """The grid runner: model x method x task x length x depth x sample, resumable, batched.
 
-Every cell gets a stable id from its full config; a rerun with the same config skips the cells the
-store already holds. Cells of one task and length run as one packed batch (lengthwise backend) or
+Every cell gets a stable id from everything that can change its score (store_config, plus the task with all
+its options, length, depth and sample); a rerun with the same config skips the cells the store already holds,
+and a rerun with another config is refused unless asked to mix (append_config). Cells of one task and length run as one packed batch (lengthwise backend) or
 one prompt at a time (hf backend), and each finished cell is appended to the store at once.
 """
 from __future__ import annotations
@@ -89,19 +90,37 @@ class Cell:
     id: str = field(compare=False)
 
 
-def cell_id(cfg: EvalConfig, task: str, length: int, depth: float, sample: int, context: int | None = None) -> str:
+def store_config(cfg: EvalConfig) -> dict:
+    """Every run-wide setting that can change a score: the store's identity, and part of every cell's key.
+    Batch size, progress and the output path cannot, and stay out; so does the grid's extent (tasks, lengths,
+    depths, samples), which each cell's own key names. A dict, so settings to come slot in."""
+    from ..models import load as L
+    from ..pipeline import resolve_device
+    device = resolve_device(cfg.device).type  # the kind: cuda:0 and cuda:1 run the same kernels
+    dtype = cfg.dtype if isinstance(cfg.dtype, str) or cfg.dtype is None else str(cfg.dtype).removeprefix("torch.")
+    return {"model": cfg.model, "model_sha256": L.content_hash(L.resolve(cfg.model)), "backend": cfg.backend,
+            "dtype": dtype or ("bfloat16" if device == "cuda" else "float32"), "device": device, "chat": cfg.chat,
+            "positions": cfg.method, "hf_rope": cfg.hf_rope, "kv": getattr(cfg, "kv", None) or "full",
+            "seed": cfg.seed}
+
+
+def cell_id(cfg: EvalConfig, task: str, length: int, depth: float, sample: int, context: int | None = None,
+            config: dict | None = None) -> str:
     """context: the model's trained context. A cell whose prompt it cuts (Task.ceiling) names it in its key, so a
-    store from before that rule, whose prompt there ran past the context, is not taken for this cell."""
-    key = {"model": cfg.model, "method": cfg.method, "backend": cfg.backend, "chat": cfg.chat, "hf_rope": cfg.hf_rope,
-           "seed": cfg.seed, "task": task, "length": length, "depth": depth, "sample": sample}
-    if get_task(task).ceiling(length, context) is not None:
+    store from before that rule, whose prompt there ran past the context, is not taken for this cell.
+    config: store_config(cfg), when the caller has it."""
+    t = get_task(task)
+    key = {**(config or store_config(cfg)), "task": task, "task_options": asdict(t), "length": length,
+           "depth": depth, "sample": sample}
+    if t.ceiling(length, context) is not None:
         key["within"] = context
-    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cells(cfg: EvalConfig, context: int | None) -> list[Cell]:
+def cells(cfg: EvalConfig, context: int | None, config: dict | None = None) -> list[Cell]:
     """Every cell of the grid, for a model trained to `context` tokens (L.trained_context)."""
-    return [Cell(t, n, d, s, cell_id(cfg, t, n, d, s, context))
+    config = config or store_config(cfg)
+    return [Cell(t, n, d, s, cell_id(cfg, t, n, d, s, context, config))
             for t in cfg.tasks for n in cfg.lengths for d in cfg.depths for s in range(cfg.samples)]
 
 
@@ -119,10 +138,14 @@ def estimate_seconds(cfg: EvalConfig, n_params: int, n_layers: int, width: int, 
 
 
 def run(cfg: EvalConfig, store: ResultStore, runner, yes: bool = False, allow_beyond_context: bool = False,
-        progress: Callable[[int, int], None] | None = None, warn: Callable[[str], None] = print) -> int:
-    """Run every cell the store lacks; returns how many ran. `runner` is a loaded backend (backends.py)."""
+        progress: Callable[[int, int], None] | None = None, warn: Callable[[str], None] = print,
+        append_config: bool = False) -> int:
+    """Run every cell the store lacks; returns how many ran. `runner` is a loaded backend (backends.py).
+    A store of another config is refused unless append_config; the store is locked while cells run."""
+    config = store_config(cfg)
+    store.check(config, append_config)
     finished = store.done_ids()
-    todo = [c for c in cells(cfg, runner.trained_context) if c.id not in finished]
+    todo = [c for c in cells(cfg, runner.trained_context, config) if c.id not in finished]
     if not todo:
         return 0
     longest = max(c.length for c in todo)
@@ -136,7 +159,19 @@ def run(cfg: EvalConfig, store: ResultStore, runner, yes: bool = False, allow_be
     if runner.on_cpu and secs > 1800 and not yes:
         raise LengthwiseError(f"this grid ({len(todo)} cells, up to {longest} tokens) would take about "
                               f"{secs / 3600:.1f} h on this CPU: shrink it, use a GPU, or pass --yes")
-    store.open_for_append()
+    new = not store.path.exists()
+    store.open_for_append(config, append_config)
+    try:
+        return _run(cfg, config, store, runner, todo, progress)
+    except LengthwiseError:
+        if new and not store.records()[0]:  # refused before a first cell: leave no file behind
+            store.path.unlink(missing_ok=True)
+        raise
+    finally:
+        store.close()
+
+
+def _run(cfg: EvalConfig, config: dict, store: ResultStore, runner, todo: list[Cell], progress) -> int:
     done = 0
     for batch in _batches(todo, cfg.max_batch_tokens):
         task = get_task(batch[0].task)  # a batch holds one task and one length
@@ -148,7 +183,7 @@ def run(cfg: EvalConfig, store: ResultStore, runner, yes: bool = False, allow_be
                 "id": c.id, "model": cfg.model, "method": cfg.method, "backend": cfg.backend, "task": c.task,
                 "length": c.length, "depth": c.depth, "sample": c.sample, "seed": s.seed,
                 "score": task.score(out, s), "output": out, "answers": list(s.answers),
-                "prompt_tokens": s.n_tokens, **timing, "batch_size": len(batch), "config": asdict(cfg),
+                "prompt_tokens": s.n_tokens, **timing, "batch_size": len(batch), "config": config,
                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             })
             done += 1

@@ -1,16 +1,21 @@
 """Find and load models: embedded names, HF folders (config.json + safetensors) and GGUF files.
 
-Never unpickles, never runs remote code, never touches the network.
+Never unpickles, never runs remote code, never touches the network: models are local paths only (a hub id
+is refused, not downloaded), and transformers is asked for local files only. No environment variable is set:
+the user's own code keeps the hub.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import importlib.util
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported anywhere below
 
 import numpy as np
 import torch
@@ -69,6 +74,58 @@ def locate_embedded(e: Embedded) -> Path | None:
     return None
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "org/name", as the hub spells repository ids
+
+
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except OSError as e:  # a name past the system's limit, a loop of links
+        raise LengthwiseError(f"no model at {str(p)[:80]!r}...: {e.strerror or e}") from None
+
+
+def read_json(file: Path, what: str = "") -> dict:
+    """A JSON object from `file`, or one clear error (bad UTF-8 or JSON, nesting or numbers past the parser's
+    limits, another type than an object)."""
+    try:
+        obj = json.loads(file.read_bytes())
+    except OSError as e:
+        raise LengthwiseError(f"cannot read {file}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise LengthwiseError(f"{file} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    except (ValueError, RecursionError) as e:  # bad UTF-8, an integer past 4300 digits, nesting too deep
+        raise LengthwiseError(f"{file} is not JSON that lengthwise reads ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:80] if str(e) else 'too deeply nested'})") from None
+    if not isinstance(obj, dict):
+        raise LengthwiseError(f"{file} holds a JSON {type(obj).__name__}, not an object{what}")
+    return obj
+
+
+_HASHED = {".safetensors", ".gguf", ".json", ".txt", ".model", ".jinja"}  # what a model's outputs depend on
+
+
+def content_hash(path: Path) -> str:
+    """sha256 over a model's weights, config and tokenizer files (a .gguf: its bytes), by relative path. Each
+    file's bytes are read; its digest is kept per (path, inode, size, mtime, ctime), so a grid keys its cells
+    without reading the weights twice in one process."""
+    path = Path(path).resolve()
+    files = [path] if path.is_file() else sorted(
+        f for f in path.rglob("*") if f.is_file() and f.suffix in _HASHED
+        and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        digest = _file_digest(f, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # ctime: no utime() hides a write
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(f: Path, ino: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    with open(f, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def resolve(name_or_path: str | os.PathLike) -> Path:
     name = str(name_or_path)
     if name in EMBEDDED:
@@ -79,7 +136,10 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
                                   "(or set LENGTHWISE_MODEL_DIR)")
         return p
     p = Path(name).expanduser()
-    if not p.exists():
+    if not _exists(p):
+        if _HUB_ID.fullmatch(name):
+            raise LengthwiseError(f"{name!r} looks like a Hugging Face Hub id, and lengthwise never downloads: fetch it "
+                                  f"yourself (e.g. `hf download {name} --local-dir DIR`) and pass the folder")
         raise LengthwiseError(f"no model at {name!r}: give an embedded name ({', '.join(EMBEDDED)}), "
                               "an HF model folder or a .gguf file")
     return p
@@ -107,15 +167,10 @@ def _read_hf(folder: Path) -> Checkpoint:
     cfg_file = folder / "config.json"
     if not cfg_file.exists():
         raise LengthwiseError(f"{folder} has no config.json: an HF model folder needs config.json plus safetensors")
-    try:
-        c = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise LengthwiseError(f"{cfg_file} is not valid JSON ({e.msg}, line {e.lineno})") from None
-    arch = (c.get("architectures") or [c.get("model_type", "?")])[0]
-    if arch not in HF_ARCHS:
-        raise LengthwiseError(f"unsupported architecture {arch!r} in {cfg_file}: supported are {', '.join(HF_ARCHS)}")
+    c = read_json(cfg_file, ": an HF config.json is one object")
+    arch = _arch(c, cfg_file)
     family = HF_ARCHS[arch]
-    cfg = FAMILIES[family].config.from_hf(c)
+    cfg = _config(FAMILIES[family].config, c, cfg_file)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         hint = " (pickled .bin weights are never loaded: convert them to safetensors)" if list(folder.glob("*.bin")) else ""
@@ -130,6 +185,41 @@ def _read_hf(folder: Path) -> Checkpoint:
                                   "restore or re-download it") from None
     state = FAMILIES[family].convert(sd, cfg, "hf")
     return Checkpoint(family, arch, cfg, state, folder, "hf")
+
+
+def _arch(c: dict, cfg_file: Path) -> str:
+    archs = c.get("architectures")
+    if archs is None:
+        archs = [c.get("model_type", "?")]
+    if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
+        raise LengthwiseError(f"{cfg_file}: \"architectures\" must be a list of names like [\"LlamaForCausalLM\"], "
+                              f"got {json.dumps(archs)[:60]}")
+    if archs[0] not in HF_ARCHS:
+        raise LengthwiseError(f"unsupported architecture {archs[0]!r} in {cfg_file}: supported are {', '.join(HF_ARCHS)}")
+    return archs[0]
+
+
+def _config(kind, c: dict, cfg_file: Path):
+    """kind.from_hf(c), with every way a malformed config.json can break it as one error naming the file, and
+    the sizes checked: whole numbers >= 1 (what the model's shapes are made of), finite floats."""
+    try:
+        cfg = kind.from_hf(c)
+    except LengthwiseError as e:
+        raise LengthwiseError(f"{cfg_file}: {e}") from None
+    except KeyError as e:
+        raise LengthwiseError(f"{cfg_file} lacks {e.args[0]!r}, which a {kind.__name__.removesuffix('Config')} "
+                              "config needs") from None
+    except (TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError, RecursionError) as e:
+        raise LengthwiseError(f"{cfg_file} has a value of the wrong kind ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:100] if str(e) else ''})") from None
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.type in ("int", int) and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v < 2**31):
+            raise LengthwiseError(f"{cfg_file}: {f.name} (our name) must be a whole number from 1 to 2**31-1, got {v!r}")
+        if f.type in ("float", float) and (not isinstance(v, (int, float)) or isinstance(v, bool)
+                                           or not math.isfinite(v) or v < 0):
+            raise LengthwiseError(f"{cfg_file}: {f.name} (our name) must be a finite number >= 0, got {v!r}")
+    return cfg
 
 
 def _gguf_fields(reader) -> dict:
@@ -193,19 +283,22 @@ def trained_context(path: Path) -> int | None:
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         return None  # not a model folder: loading it says why
-    try:
-        trained = json.loads(cfg_file.read_text()).get("max_position_embeddings")
-    except (OSError, json.JSONDecodeError) as e:
-        raise LengthwiseError(f"cannot read {cfg_file}: {e}") from None
-    return None if trained is None else int(trained)
+    trained = read_json(cfg_file, ": an HF config.json is one object").get("max_position_embeddings")
+    if trained is not None and (not isinstance(trained, int) or isinstance(trained, bool) or trained < 1):
+        raise LengthwiseError(f"{cfg_file}: max_position_embeddings must be a whole number >= 1, got {trained!r}")
+    return trained
 
 
 def build_module(ck: Checkpoint, dtype: torch.dtype, device: torch.device, trainable: bool = False,
                  **kw) -> torch.nn.Module:
     """The family's module with the checkpoint's weights; trainable: in train mode with gradients on, else an
     inference engine (eval mode, weights frozen: no autograd bookkeeping, ever)."""
-    with torch.device("meta"):
-        model = FAMILIES[ck.family].model(ck.config, **kw)
+    try:
+        with torch.device("meta"):
+            model = FAMILIES[ck.family].model(ck.config, **kw)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, IndexError, OverflowError) as e:
+        raise LengthwiseError(f"the config of {ck.path} describes no model that can be built ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:100] if str(e) else ''})") from None
     expected = model.state_dict()
     missing = [k for k in expected if k not in ck.state]
     if missing:
@@ -235,25 +328,12 @@ def load_tokenizer(path: Path):
     return None
 
 
-def sentence_transformers_settings(folder: Path) -> dict:
-    """Pooling, normalization and max length, as a sentence-transformers folder states them.
+def sentence_transformers_settings(folder: Path, dim: int) -> dict:
+    """The head (pooling, Dense, Normalize) and max length a sentence-transformers folder states (sentence.py).
 
     Without such config: mean pooling, no normalization (sentence-transformers' own default).
     """
-    out = {"pooling": "mean", "normalize": False, "max_seq_length": None}
-    modules = folder / "modules.json" if folder.is_dir() else None
-    if modules and modules.exists():
-        for m in json.loads(modules.read_text()):
-            kind = m.get("type", "")
-            if kind.endswith("Pooling"):
-                pc = json.loads((folder / m.get("path", "") / "config.json").read_text())
-                for mode in ("cls", "max", "mean_sqrt_len", "mean"):
-                    if pc.get(f"pooling_mode_{mode}_token") or pc.get(f"pooling_mode_{mode}_tokens"):
-                        out["pooling"] = mode
-                        break
-            elif kind.endswith("Normalize"):
-                out["normalize"] = True
-    sb = folder / "sentence_bert_config.json" if folder.is_dir() else None
-    if sb and sb.exists():
-        out["max_seq_length"] = json.loads(sb.read_text()).get("max_seq_length")
-    return out
+    from .sentence import read_head
+    head = read_head(folder, dim)
+    return {"head": head, "pooling": head.modes[0] if len(head.modes) == 1 else head.modes,
+            "normalize": head.normalize, "max_seq_length": head.max_seq_length}
