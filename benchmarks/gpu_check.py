@@ -21,6 +21,7 @@ Writes $OUT/gpu_check.json (or benchmarks/results/) and exits non-zero if a boun
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -32,9 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import lengthwise as lw  # noqa: E402
-from lengthwise.attention import AttnMeta, MaskPattern, attend  # noqa: E402
+from lengthwise.attention import AttnMeta, Backend, MaskPattern, attend  # noqa: E402
 from lengthwise.kv import RaggedKVCache  # noqa: E402
-from common import flag  # noqa: E402  (benchmarks/common.py: this script's folder is on sys.path)
 
 BOUND = 2e-2
 rows, failed = [], []
@@ -114,7 +114,6 @@ def split_kv(g, D):
 def triton_decode(g):
     """The Triton decode kernel (bf16) over a ragged cache with NaN-poisoned gaps, against float32: GQA
     groups of 1, 3 and 4, head dims 64 and 128, with and without a window, and through attend()'s routing."""
-    from lengthwise import attention
     from lengthwise.attention.triton_decode import decode_attention
     lens = [0, 1, 63, 64, 65, 300, 5000]
     cap = [n + 8 for n in lens]
@@ -139,9 +138,8 @@ def triton_decode(g):
             record(f"{name}: lse max |diff| (inf where the reference is)",
                    (lse[fin] - ref_lse[fin]).abs().max().item() if same_inf else float("inf"), BOUND)
             if window is None:
-                from lengthwise.attention import split_kv as sk
-                with flag(attention, "TRITON_DECODE", True), flag(sk, "AUTO", False):  # the 5000 keys would split
-                    routed = attend(q16, k16, v16, meta, mask, "varlen")
+                # the 5000 keys would split: split-KV off
+                routed = attend(q16, k16, v16, meta, mask, Backend("varlen", triton_decode=True, split_kv=False))
                 record(f"{name}: attend(varlen) with the flag on vs the kernel", rel(routed, out), 0.0)
     fused_step(g, lens, cap, cu, used, meta)
 
@@ -219,9 +217,9 @@ def rope_prefill_exact(g):
                float(not exact), 0.0)
 
 
-def decode_logits(fast, ids, obj, attr, on, steps: int = 4):
+def decode_logits(fast, ids, backend, steps: int = 4):
     """Logits of a packed prefill into a ragged cache and of `steps` teacher-forced decode steps after it (the
-    same fed tokens every time), with the flag obj.attr set to `on`."""
+    same fed tokens every time), on that Backend."""
     from lengthwise.models.llama import Step
     from lengthwise.ragged import RaggedBatch
     m, cfg = fast.module, fast.config
@@ -229,27 +227,29 @@ def decode_logits(fast, ids, obj, attr, on, steps: int = 4):
                           torch.bfloat16, "cuda", far_keys=m.rotary.far_keys)
     batch = RaggedBatch.from_lists(ids, "cuda")
     out = []
-    with torch.inference_mode(), flag(obj, attr, on):
+    with torch.inference_mode():
         slots, positions, meta = cache.plan(torch.arange(len(ids), device="cuda"), batch.cu_seqlens.diff().long())
-        out.append(m(batch.tokens, positions, Step(meta, m.mask, "varlen", cache, slots),
+        out.append(m(batch.tokens, positions, Step(meta, m.mask, backend, cache, slots),
                      out_rows=batch.last_index).float())
         fed = torch.tensor([s[0] for s in ids], device="cuda")
         for _ in range(steps):
             slots, positions, meta = cache.plan_decode_all()
-            out.append(m(fed, positions, Step(meta, m.mask, "varlen", cache, slots)).float())
+            out.append(m(fed, positions, Step(meta, m.mask, backend, cache, slots)).float())
     return torch.stack(out)
 
 
-def decode_pair(name, fast, ids, obj, attr, baseline):
-    """A decode path (the flag obj.attr) on against off: logits of the same steps within the bound (the check),
+def decode_pair(name, fast, ids, switch, baseline):
+    """A decode path (the Backend switch) on against off: logits of the same steps within the bound (the check),
     and greedy-token agreement over 32 tokens (reported; one argmax flip between near-ties diverges the rest)."""
     from lengthwise.generate import generate_ids
 
+    def backend(on):
+        return dataclasses.replace(fast.backend, **{switch: on})
+
     def run(on):
-        with flag(obj, attr, on):
-            return generate_ids(fast.module, ids, 32, set(), backend="varlen", cuda_graph=True)
-    off = decode_logits(fast, ids, obj, attr, False)
-    on = decode_logits(fast, ids, obj, attr, True)
+        return generate_ids(fast.module, ids, 32, set(), backend=backend(on), cuda_graph=True)
+    off = decode_logits(fast, ids, backend(False))
+    on = decode_logits(fast, ids, backend(True))
     record(f"smollm2-135m prefill logits, {name} vs {baseline}", rel(on[0], off[0]), BOUND)
     record(f"smollm2-135m decode-step logits, {name} vs {baseline}", rel(on[1:], off[1:]), BOUND)
     a, b = run(False), run(True)
@@ -259,40 +259,40 @@ def decode_pair(name, fast, ids, obj, attr, baseline):
 
 def triton_decode_generation(fast):
     """The fused Triton decode step on and off, short and long prompts in one batch."""
-    from lengthwise import attention
     g = torch.Generator().manual_seed(2)
     ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (5, 200, 3000, 17)]
-    decode_pair("fused Triton decode step", fast, ids, attention, "TRITON_DECODE", "FlashAttention decode")
+    decode_pair("fused Triton decode step", fast, ids, "triton_decode", "FlashAttention decode")
 
 
 def fused_layers_generation(fast):
     """The fused residual add + RMSNorm and SiLU * up kernels (models/fused.py) on and off."""
-    from lengthwise.models import fused
     g = torch.Generator().manual_seed(3)
     ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (5, 200, 3000, 17)]
-    decode_pair("fused layers (add+RMSNorm, SiLU*up; prefill RoPE + cache write)", fast, ids, fused, "FUSED",
+    decode_pair("fused layers (add+RMSNorm, SiLU*up; prefill RoPE + cache write)", fast, ids, "fused",
                 "plain torch layers")
 
 
 def triton_prefill_logits(fast):
     """smollm2-135m logits of a packed batch with the Triton prefill kernel on (every pack) against off."""
-    from lengthwise import attention
     g = torch.Generator().manual_seed(4)
     ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (5, 200, 3000, 129)]
-    with flag(attention, "TRITON_PREFILL", False):
+    b0 = fast.backend
+    try:
+        fast.backend = dataclasses.replace(b0, triton_prefill=False)
         off = fast.logits(ids)
-    with flag(attention, "TRITON_PREFILL", True), flag(attention, "TRITON_PREFILL_MIN", 0):
+        fast.backend = dataclasses.replace(b0, triton_prefill=True, triton_prefill_min=0)
         on = fast.logits(ids)
+    finally:
+        fast.backend = b0
     record("smollm2-135m logits, Triton prefill kernel vs FlashAttention-2 prefill",
            max(rel(a, b) for a, b in zip(on, off)), BOUND)
 
 
 def split_kv_generation(fast):
     """Split-KV on and off for two long prompts within the trained context (7900 keys: 2 chunks each)."""
-    from lengthwise.attention import split_kv as sk
     g = torch.Generator().manual_seed(1)
     ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (7900, 3000)]
-    decode_pair("split-KV decode", fast, ids, sk, "AUTO", "one-pass decode (the fused Triton step)")
+    decode_pair("split-KV decode", fast, ids, "split_kv", "one-pass decode (the fused Triton step)")
 
 
 def causal_model(name, lens=(1, 7, 64, 300, 1000)):
@@ -317,7 +317,6 @@ def encoder_fast_paths(texts):
     cuBLASLt's GELU epilogue (tanh form) for erf-GELU models, and residual="model" (a bf16 stream)."""
     import tempfile
     import transformers
-    from lengthwise.models import bert
     from lengthwise.models.load import EMBEDDED, locate_embedded
     x = torch.randn(4096, 768, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(3072, 768, device="cuda", dtype=torch.bfloat16) / 768 ** 0.5
@@ -336,8 +335,9 @@ def encoder_fast_paths(texts):
             short = Path(name).name
             for residual in ("float32", "model"):
                 for epi in (False, True):
-                    with flag(bert, "GELU_EPILOGUE", epi):
-                        e = torch.tensor(lw.load(name, device="cuda", dtype="bfloat16", residual=residual).embed(long, truncate=True))
+                    b = dataclasses.replace(Backend.resolve("auto", torch.device("cuda"), torch.bfloat16), gelu_epilogue=epi)
+                    e = torch.tensor(lw.load(name, device="cuda", dtype="bfloat16", residual=residual,
+                                             backend=b).embed(long, truncate=True))
                     record(f"{short} embeddings bf16, residual={residual}, GELU epilogue {'on' if epi else 'off'}, vs fp32 "
                            "reference", rel(e, ref), BOUND)
 

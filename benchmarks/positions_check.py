@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import lengthwise as lw  # noqa: E402
-from lengthwise.attention import AttnMeta, Causal  # noqa: E402
+from lengthwise.attention import AttnMeta, MaskPattern  # noqa: E402
 from lengthwise.attention.two_region import attend_two_region  # noqa: E402
 from lengthwise.generate import generate_ids  # noqa: E402
 from lengthwise.kv import RaggedKVCache  # noqa: E402
@@ -52,9 +52,9 @@ def two_region_kernels():
         f = rot.far
         qn, kn, qf = apply_rope(q, rot.cos, rot.sin), apply_rope(k, rot.cos, rot.sin), apply_rope(q, f.cos_q, f.sin_q)
         kf = kn if f.cos_k is None else apply_rope(k, f.cos_k, f.sin_k)
-        ref = attend_two_region(qn, kn, v, qf, kf, meta, Causal(), f, "reference")
+        ref = attend_two_region(qn, kn, v, qf, kf, meta, MaskPattern(causal=True), f, "reference")
         bf = [t.bfloat16() for t in (qn, kn, v, qf, kf)]
-        out = attend_two_region(*bf, meta, Causal(), f, "varlen")
+        out = attend_two_region(*bf, meta, MaskPattern(causal=True), f, "varlen")
         record(f"two-region prefill {spec}, lens {lens}", rel(out, ref), BOUND)
         # decode: the last token of each sequence against the rest, through a ragged cache with gaps
         cache = RaggedKVCache(1, [n + 5 for n in lens], Hkv, D, torch.float32, "cuda", far_keys=True)
@@ -66,13 +66,13 @@ def two_region_kernels():
         cache.k[0, slots], cache.v[0, slots], cache.k_far[0, slots] = kn, v, kf
         last = b.last_index
         dmeta = AttnMeta(torch.arange(len(lens) + 1, dtype=torch.int32, device="cuda"), 1, cache.cu_k_all,
-                         cache.max_capacity, heads.to(torch.int32))
+                         cache.max_capacity, heads.to(torch.int32))  # max_k: the largest region
         from lengthwise.positions.rope import Far
         fd = Far(f.cos_q[last], f.sin_q[last], None, None, b.positions[last], f.window, f.sinks)
         kf_cache = cache.k_far[0] if f.cos_k is not None else cache.k[0]
-        ref_d = attend_two_region(qn[last], cache.k[0], cache.v[0], qf[last], kf_cache, dmeta, Causal(), fd, "reference")
+        ref_d = attend_two_region(qn[last], cache.k[0], cache.v[0], qf[last], kf_cache, dmeta, MaskPattern(causal=True), fd, "reference")
         out_d = attend_two_region(qn[last].bfloat16(), cache.k[0].bfloat16(), cache.v[0].bfloat16(), qf[last].bfloat16(),
-                                  kf_cache.bfloat16(), dmeta, Causal(), fd, "varlen")
+                                  kf_cache.bfloat16(), dmeta, MaskPattern(causal=True), fd, "varlen")
         record(f"two-region decode over ragged cache {spec}", rel(out_d, ref_d), BOUND)
         record(f"two-region decode == last prefill row (reference) {spec}", rel(ref_d, ref[last]), 1e-5)
 
