@@ -27,7 +27,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 
-def worker(workdir: Path, repeats: int, smoke: bool = False) -> dict:
+def worker(workdir: Path, repeats: int, smoke: bool = False, only: str = "") -> dict:
     import numpy as np
     import torch
 
@@ -36,6 +36,14 @@ def worker(workdir: Path, repeats: int, smoke: bool = False) -> dict:
     from common import mix, random_ids, timed
 
     dev, dt = ("cpu", "float32") if smoke else ("cuda", "bfloat16")
+    if not smoke:  # the GPU's clocks up before the first number: 3 s of matmuls
+        import time
+        a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+        t = time.perf_counter()
+        while time.perf_counter() - t < 3:
+            a @ a
+        torch.cuda.synchronize()
+        del a
     B, new, n_short, n_long, n_enc = (4, 8, 8, 2, 16) if smoke else (64, 128, 256, 48, 4096)
     out, seen = {}, {}
     smol = lw.load("smollm2-135m", device=dev, dtype=dt)
@@ -45,6 +53,16 @@ def worker(workdir: Path, repeats: int, smoke: bool = False) -> dict:
     def gen():
         return generate_ids(smol.module, seqs, new, set(), backend=smol.backend, cuda_graph=not smoke)
     seen["generation"] = [x[:16] for x in gen()[:16]]
+    if only == "host":  # the host-bound workloads alone: generation and SmolLM2's short prefill
+        s = random_ids(mix("bimodal", n_short, seed=3), smol.config.vocab_size, seed=4, low=10)
+        seen["prefill smollm2 bimodal"] = smol.next_token_logits(s[:24]).float().argmax(-1).tolist()
+        for _ in range(2):
+            sec, _ = timed(gen, repeats=repeats)
+            out["generation smollm2 64x128 (output tokens/s)"] = max(out.get("generation smollm2 64x128 (output tokens/s)", 0), B * new / sec)
+            sec, _ = timed(lambda: smol.next_token_logits(s, max_tokens_per_forward=65536), repeats=repeats)
+            out["prefill smollm2 bimodal (tokens/s)"] = max(out.get("prefill smollm2 bimodal (tokens/s)", 0), sum(map(len, s)) / sec)
+        return {"throughput": out, "seen": seen, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                "numpy": np.__version__}
     sec, _ = timed(gen, repeats=repeats)
     out["generation smollm2 64x128 (output tokens/s)"] = B * new / sec
 
@@ -118,13 +136,16 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "benchmarks/results")))
     ap.add_argument("--worker", action="store_true")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--only", default="", help="host: generation and SmolLM2 prefill only")
+    ap.add_argument("--taskset", default="", help="pin every worker to these CPUs (taskset -c), e.g. 2-5")
     ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script, times nothing real")
     args = ap.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(Path(args.workdir), args.repeats, args.smoke)), flush=True)
+        print("RESULT " + json.dumps(worker(Path(args.workdir), args.repeats, args.smoke, args.only)), flush=True)
         return
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="arch_"))
-    make_models(workdir, args.smoke)
+    if args.only != "host":
+        make_models(workdir, args.smoke)
     extra = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     srcs = {"old": str(Path(args.old).resolve()), "new": str(ROOT / "src")}
     order = [v for r in range(args.rounds) for v in (("old", "new") if r % 2 == 0 else ("new", "old"))]
@@ -132,8 +153,10 @@ def main():
     for v in order:
         path = os.pathsep.join([srcs[v]] + [p for p in extra if p and Path(p).resolve() != ROOT / "src"])
         env = {**os.environ, "PYTHONPATH": path}
-        p = subprocess.run([sys.executable, __file__, "--worker", "--workdir", str(workdir), "--old", args.old,
-                            "--repeats", str(args.repeats)] + (["--smoke"] if args.smoke else []), env=env, capture_output=True, text=True)
+        pin = ["taskset", "-c", args.taskset] if args.taskset else []
+        p = subprocess.run(pin + [sys.executable, __file__, "--worker", "--workdir", str(workdir), "--old", args.old,
+                                  "--repeats", str(args.repeats), "--only", args.only]
+                           + (["--smoke"] if args.smoke else []), env=env, capture_output=True, text=True)
         line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
         if p.returncode or not line:
             sys.exit(f"{v} worker failed:\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
@@ -150,10 +173,11 @@ def main():
     import datetime
     res = {"benchmark": "arch_compare", "device": runs["new"][0]["device"], "torch": runs["new"][0]["torch"],
            "date": datetime.date.today().isoformat(), "old_commit": args.old_commit, "order": order,
-           "repeats": args.repeats, "agreement_old_vs_new": agreement, "rows": rows}
+           "repeats": args.repeats, "only": args.only, "taskset": args.taskset, "agreement_old_vs_new": agreement, "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "arch_compare.json").write_text(json.dumps(res, indent=1))
+    name = "arch_compare" + (f"_{args.only}" if args.only else "")
+    (out / f"{name}.json").write_text(json.dumps(res, indent=1))
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -166,7 +190,7 @@ def main():
         ax.set_xlim(0.8, max(1.1, max(r["new_over_old"] for r in rows) + 0.02))
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "arch_compare.png", dpi=120)
+        fig.savefig(out / f"{name}.png", dpi=120)
     except ImportError:
         pass
     print("agreement old vs new:", json.dumps(agreement))

@@ -40,7 +40,7 @@ BACKENDS = KERNELS
 def _triton_decode_applies(q, meta: "AttnMeta", mask: MaskPattern, backend: Backend) -> bool:
     """A varlen decode step (one query per sequence, causal) with the Triton decode kernel switched on."""
     backend = Backend.of(backend)
-    return (backend.triton_decode and meta.max_q == 1 and mask.causal and meta.cu_q.shape[0] == q.shape[0] + 1
+    return (backend.kernel == "varlen" and backend.triton_decode and meta.max_q == 1 and mask.causal and meta.cu_q.shape[0] == q.shape[0] + 1
             and backend.triton(q))
 
 
@@ -49,7 +49,7 @@ def _triton_prefill_applies(q, k, meta: "AttnMeta", mask: MaskPattern, backend: 
     longest sequence reaches backend.triton_prefill_min. Measured on an H100 against FlashAttention-2
     (docs/benchmarks.md): faster on long packs (256-8192 tokens), slower on mixes of at most 512 tokens."""
     backend = Backend.of(backend)
-    return (backend.triton_prefill and mask.causal and not return_lse and meta.used_k is None
+    return (backend.kernel == "varlen" and backend.triton_prefill and mask.causal and not return_lse and meta.used_k is None
             and (meta.cu_q is meta.cu_k) and q.shape[0] == k.shape[0]
             and meta.max_q >= max(backend.triton_prefill_min, 2) and q.shape[-1] <= 256 and backend.triton(q))
 
