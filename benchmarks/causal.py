@@ -25,7 +25,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import bar_plot, copy_gbps, flag, matmul_tflops, mix, padded, peak_mem_gib, random_ids, save, sync, table, timed
+from common import (bar_plot, copy_gbps, matmul_tflops, mix, padded, peak_mem_gib, random_ids, save, switches, sync, table,
+                    timed)
 
 import lengthwise as lw
 from lengthwise.generate import generate_ids
@@ -117,13 +118,10 @@ def prefill(models, args, workdir, peak):
                     systems[label] = lambda ends, m=m: m.next_token_logits(seqs, max_tokens_per_forward=65536, on_group=lambda g: (
                         ends.append((torch.cuda.Event(enable_timing=True), len(g))), ends[-1][0].record()))
             if args.triton_prefill:
-                from lengthwise import attention
-
-                def triton_prefill(ends, run=systems["lengthwise"], on=True):
-                    with flag(attention, "TRITON_PREFILL", on), flag(attention, "TRITON_PREFILL_MIN", 0):
+                def triton_prefill(ends, run=systems["lengthwise"], on=True, lm=lm):  # run reads lm.backend per call
+                    with switches(lm, triton_prefill=on, triton_prefill_min=0):
                         return run(ends)
-                with torch.inference_mode(), flag(attention, "TRITON_PREFILL", True), \
-                        flag(attention, "TRITON_PREFILL_MIN", 0):
+                with torch.inference_mode(), switches(lm, triton_prefill=True, triton_prefill_min=0):
                     got_t = lm.next_token_logits(seqs[:24])
                 err_t = ((got_t.float() - want.float()).norm() / want.float().norm()).item()
                 assert err_t <= bound, f"{name} {mix_name}: Triton prefill logits off the reference by {err_t:.3g}"
@@ -161,8 +159,8 @@ def generation(folder, args, bw):
 
     fast = lw.load(folder, device=DEV, dtype="bfloat16", compile=True) if args.compile else None
 
-    def ours(graph=True, m=lm, static=False):
-        return generate_ids(m.module, seqs, new, set(), backend=m.backend, cuda_graph=graph, compile_step=static)
+    def ours(graph=True, m=lm):  # m.backend read per call (the CUDA graph captures it)
+        return generate_ids(m.module, seqs, new, set(), backend=m.backend, cuda_graph=graph)
 
     def theirs():
         with torch.inference_mode():
@@ -184,10 +182,10 @@ def generation(folder, args, bw):
     kv_bytes = B * mean_ctx * cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2
     roofline_step = (weight_bytes + kv_bytes) / (bw * 1e9)
     systems = [("hf_generate_padded", theirs), ("lengthwise_eager_decode", lambda: ours(False)), ("lengthwise", ours)]
-    from lengthwise import attention
-    if attention._have_triton() and attention.TRITON_DECODE:
+    from lengthwise.attention import have_triton
+    if have_triton() and lm.backend.triton_decode:
         def ours_flash():  # the decode step on FlashAttention's varlen kernel, RoPE and cache writes unfused
-            with flag(attention, "TRITON_DECODE", False):
+            with switches(lm, triton_decode=False):
                 return ours()
         t = ours_flash()
         print(f"fused Triton decode step vs FlashAttention decode: token agreement "
@@ -200,10 +198,6 @@ def generation(folder, args, bw):
         print(f"compiled vs eager CUDA-graph decode: token agreement "
               f"{sum(p == q for x, y in zip(a, c) for p, q in zip(x, y)) / (B * new):.1%}", flush=True)
         systems.append(("lengthwise+compile", lambda: ours(m=fast)))
-        c = ours(static=True)  # the decode step compiled with static shapes, then captured
-        print(f"static-compiled vs eager CUDA-graph decode: token agreement "
-              f"{sum(p == q for x, y in zip(a, c) for p, q in zip(x, y)) / (B * new):.1%}", flush=True)
-        systems.append(("lengthwise+static-step", lambda: ours(static=True)))
     for sysname, fn in systems:
         sec, _ = timed(fn, repeats=args.repeats)
         step = (sec - t_prefill) / (new - 1) if sysname != "hf_generate_padded" else sec / new

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -179,11 +180,13 @@ def table(rows: list[dict], cols: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def flag(obj, attr, value):
-    """Set a module flag (e.g. lengthwise.attention.TRITON_PREFILL) for a with-block; the old value comes back after."""
-    saved = getattr(obj, attr)
-    setattr(obj, attr, value)
+def switches(lm, **kw):
+    """Flip Backend switches of a loaded model (lw.load's lm) for a with-block, e.g.
+    `with switches(lm, triton_decode=False):`; lm.backend comes back after. Only what reads lm.backend inside
+    the block sees them: pass lm.backend (or a Backend of your own) where a function takes one."""
+    saved = lm.backend
+    lm.backend = dataclasses.replace(saved, **kw)
     try:
-        yield
+        yield lm.backend
     finally:
-        setattr(obj, attr, saved)
+        lm.backend = saved

@@ -9,6 +9,7 @@ Writes $OUT/profile.json (or benchmarks/results/).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -17,13 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, flag, mix, random_ids, sync
+from common import ROOT, mix, random_ids, switches, sync
 from torch.profiler import ProfilerActivity, profile
 
 import lengthwise as lw
 from lengthwise import RaggedBatch
-from lengthwise.generate import GraphDecoder
-from lengthwise.models.llama import Step
+from lengthwise.attention.layer import Step
+from lengthwise.graphs import GraphDecoder
 from lengthwise.kv import RaggedKVCache
 from lengthwise.models.load import EMBEDDED, locate_embedded
 
@@ -78,10 +79,7 @@ def encoder_rows(variants: list[str]) -> list[dict]:
     """bert-base (random init) on mix (a), 3072 texts in 64k-token packs; each row also gives its embeddings'
     error against the float32 reference backend, and the GPU-only time of the same packs built beforehand
     (the wall time less that is host work the GPU waited for)."""
-    from lengthwise.models import bert
-    from lengthwise.models.bert import pool
     from lengthwise.packing import token_budget
-    from lengthwise.attention import AttnMeta
     rows = []
     minilm = locate_embedded(EMBEDDED["minilm-l6"])
     with tempfile.TemporaryDirectory() as d:
@@ -95,16 +93,15 @@ def encoder_rows(variants: list[str]) -> list[dict]:
         for v in variants:
             residual, compiled, gelu = ENCODER_VARIANTS[v]
             enc = lw.load(f"{d}/bert-base", device="cuda", dtype="bfloat16", compile=compiled, residual=residual)
-            with flag(bert, "GELU_EPILOGUE", gelu):
+            with switches(enc, gelu_epilogue=gelu):  # enc.backend, read by every forward below
                 got = enc.embed_ids(ids[:64])
                 row = measure(f"bert-base mix (a), 3072 texts, 64k-token packs, {v}",
                               lambda: enc.embed_ids(ids, max_tokens_per_forward=65536), reps=3)
                 batches = [RaggedBatch.from_lists([ids[i] for i in g], "cuda") for g in token_budget([len(s) for s in ids], 65536)]
 
-                def gpu_only():
+                def gpu_only():  # what embed_ids runs per pack: the forward, then the pooling head
                     for b in batches:
-                        pool(enc.module(b.tokens, b.positions, AttnMeta.packed(b.cu_seqlens, b.max_seqlen), enc.backend),
-                             b.cu_seqlens, enc.pooling)
+                        enc.head(enc.module(b.tokens, b.positions, enc.step(b)), b.cu_seqlens)
                 gpu_only()
                 sync()
                 t = time.perf_counter()
@@ -120,33 +117,32 @@ def encoder_rows(variants: list[str]) -> list[dict]:
     return rows
 
 
-DECODE_VARIANTS = {"eager": "", "flash": " +FlashAttention decode (Triton off)", "compile": " +compile",
-                   "static": " +static-compiled step"}
+DECODE_VARIANTS = {"eager": "", "flash": " +FlashAttention decode (Triton off)", "compile": " +compile"}
 
 
 def decode_rows(variants: list[str]) -> list[dict]:
     rows = []
     smol = lw.load("smollm2-135m", device="cuda", dtype="bfloat16")
     seqs = random_ids(mix("lognormal", 64, seed=5), smol.config.vocab_size, low=10)
-    from lengthwise import attention
     for variant in variants:
-        with flag(attention, "TRITON_DECODE", attention.TRITON_DECODE and variant != "flash"):  # read at capture
-            m = lw.load("smollm2-135m", device="cuda", dtype="bfloat16", compile=True) if variant == "compile" else smol
-            cfg = m.config
-            cache = RaggedKVCache(cfg.n_layers, [len(s) + 129 for s in seqs], cfg.n_kv_heads, cfg.head_dim,
-                                  torch.bfloat16, "cuda")
-            batch = RaggedBatch.from_lists(seqs, "cuda")
-            slots, positions, meta = cache.plan(torch.arange(len(seqs), device="cuda"), batch.cu_seqlens.diff().long())
-            m.module(batch.tokens, positions, Step(meta, m.module.mask, m.backend, cache, slots),
-                     out_rows=batch.last_index)
-            graph = GraphDecoder(m.module, cache, m.backend, compile_step=variant == "static")
-            tok = torch.ones(len(seqs), dtype=torch.long, device="cuda")
+        m = lw.load("smollm2-135m", device="cuda", dtype="bfloat16", compile=True) if variant == "compile" else smol
+        # flash: the fused Triton decode step off, in the Backend the graph captures (and the prefill before it)
+        backend = dataclasses.replace(m.backend, triton_decode=m.backend.triton_decode and variant != "flash")
+        cfg = m.config
+        cache = RaggedKVCache(cfg.n_layers, [len(s) + 129 for s in seqs], cfg.n_kv_heads, cfg.head_dim,
+                              torch.bfloat16, "cuda")
+        batch = RaggedBatch.from_lists(seqs, "cuda")
+        slots, positions, meta = cache.plan(torch.arange(len(seqs), device="cuda"), batch.cu_seqlens.diff().long())
+        m.module(batch.tokens, positions, Step(meta, m.module.mask, backend, cache, slots),
+                 out_rows=batch.last_index)
+        graph = GraphDecoder(m.module, cache, backend)
+        tok = torch.ones(len(seqs), dtype=torch.long, device="cuda")
 
-            def step():
-                graph(tok)
-                cache.length -= 1  # replay the same step: the profile of one decode step
-            rows.append(measure(f"smollm2-135m decode step, 64 sequences, CUDA graph{DECODE_VARIANTS[variant]}",
-                                step, reps=50))
+        def step():
+            graph(tok)
+            cache.length -= 1  # replay the same step: the profile of one decode step
+        rows.append(measure(f"smollm2-135m decode step, 64 sequences, CUDA graph{DECODE_VARIANTS[variant]}",
+                            step, reps=50))
     return rows
 
 
@@ -154,16 +150,15 @@ def prefill_rows() -> list[dict]:
     """The 1.1B Llama on the long mix (256-8192 tokens, 48 prompts, 64k-token forwards), the fused layers
     (models/fused.py) on and off: where the MFU target's time goes."""
     from causal import make_1b
-    from lengthwise.models import fused
     rows = []
     with tempfile.TemporaryDirectory() as d:
         lm = lw.load(make_1b(Path(d)), device="cuda", dtype="bfloat16")
         seqs = random_ids(mix("long", 48, seed=3), lm.config.vocab_size, seed=4, low=10)
-        from lengthwise import attention
-        for label, on, tp in [("", fused.FUSED, attention.TRITON_PREFILL),
-                              (" (FlashAttention-2 prefill)", fused.FUSED, False),
+        b = lm.backend  # the defaults, as lw.load resolved them
+        for label, on, tp in [("", b.fused, b.triton_prefill),
+                              (" (FlashAttention-2 prefill)", b.fused, False),
                               (" (fused layers off, FlashAttention-2)", False, False)]:
-            with flag(fused, "FUSED", on), flag(attention, "TRITON_PREFILL", tp):
+            with switches(lm, fused=on, triton_prefill=tp):  # lm.next_token_logits reads lm.backend
                 lm.next_token_logits(seqs[:4], max_tokens_per_forward=65536)  # autotune outside the timing
                 rows.append(measure(f"llama-1.1b prefill, long mix, 48 prompts{label}",
                                     lambda: lm.next_token_logits(seqs, max_tokens_per_forward=65536), reps=3))
