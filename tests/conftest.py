@@ -68,3 +68,15 @@ def tiny_hf_causal(kind: str, tmp_path, **over):
     model.save_pretrained(folder, safe_serialization=True)
     model.set_attn_implementation("eager")
     return model, folder
+
+
+def tiny_smol_llama(folder, smol_path, context: int = 4096):
+    """A random 2-layer Llama that speaks SmolLM2's tokenizer (and its chat template), saved to folder: fast
+    enough to run whole grids on CPU."""
+    from lengthwise.models.load import load_tokenizer
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+    load_tokenizer(smol_path).save_pretrained(folder)
+    return folder

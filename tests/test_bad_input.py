@@ -6,14 +6,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
-import transformers
 from typer.testing import CliRunner
 
 import lengthwise as lw
 import lengthwise.cli as cli
 from lengthwise import LengthwiseError
-from lengthwise.models.load import load_tokenizer
+from conftest import tiny_smol_llama
 
 
 def _one_line(r, needle: str = "") -> str:
@@ -26,13 +24,7 @@ def _one_line(r, needle: str = "") -> str:
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory, smol_path):
-    folder = tmp_path_factory.mktemp("bad") / "tiny-llama"
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
-    load_tokenizer(smol_path).save_pretrained(folder)
-    return folder
+    return tiny_smol_llama(tmp_path_factory.mktemp("bad") / "tiny-llama", smol_path, context=1024)
 
 
 def test_import_sets_no_environment_variable():

@@ -10,29 +10,21 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import transformers
 from typer.testing import CliRunner
 
 import lengthwise.cli as cli
 from lengthwise import LengthwiseError
 from lengthwise.evaluation import EvalConfig, ResultStore
 from lengthwise.evaluation.grid import cells, store_config
-from lengthwise.models import load as L
 
 GRID = ["--tasks", "passkey", "--lengths", "300", "--depths", "1", "--samples", "1", "--device", "cpu"]
+from conftest import tiny_smol_llama
 
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory, smol_path):
     """A random 2-layer Llama with SmolLM2's tokenizer (and its chat template)."""
-    folder = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
-    L.load_tokenizer(smol_path).save_pretrained(folder)
-    return folder
+    return tiny_smol_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", smol_path)
 
 
 def _eval(model, out, *extra):
