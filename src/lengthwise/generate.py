@@ -106,15 +106,18 @@ def new_cache(model, prompts: list[list[int]], max_new_tokens: int, policy: Poli
     cfg, w = model.cfg, model.tok_embeddings.weight
     lens = [len(p) for p in prompts]
     longest = max(lens)
-    if policy.evicts and (model.rotary.far_needed or cfg.windowed):
-        raise_unsupported(model, policy)
+    check_policy(model, policy)
     return RaggedKVCache(cfg.n_layers, capacities(policy, lens, max_new_tokens, chunk), cfg.n_kv_heads,
                          cfg.head_dim, w.dtype, w.device,
                          far_keys=model.rotary.far_keys_for(longest, longest + max_new_tokens),
                          prompts=lens, evicting=policy.evicts)
 
 
-def raise_unsupported(model, policy: Policy):
+def check_policy(model, policy: Policy) -> None:
+    """A policy that evicts needs distances by position, not by cache slot: refused with a remap (two-region
+    attention) or a model's own sliding window."""
+    if not policy.evicts or not (model.rotary.far_needed or model.cfg.windowed):
+        return
     from .errors import LengthwiseError
     what = (f"the position scheme {model.rotary.scheme.spec()} (a remap measures distance by cache slot)"
             if model.rotary.far_needed else f"this model's {model.cfg.sliding_window}-token sliding window")

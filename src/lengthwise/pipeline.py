@@ -14,7 +14,7 @@ from .attention.backend import Backend
 from .attention.layer import Step
 from .chat import chat_ids
 from .errors import InputTooLong, LengthwiseError
-from .generate import Sampling, Timing, generate_ids
+from .generate import Sampling, Timing, check_policy, generate_ids
 from .models import load as L
 from .packing import token_budget
 from .positions import RoPE, parse as parse_positions
@@ -357,9 +357,8 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
                               "KV policies apply to causal LMs")
     kw = {"positions": scheme} if scheme is not None else {"residual": residual} if residual is not None else {}
     module = L.build_module(ck, dtype, dev, trainable=trainable, **kw)
-    if policy.evicts and (module.rotary.far_needed or module.cfg.windowed):
-        from .generate import raise_unsupported
-        raise_unsupported(module, policy)
+    if ck.family == "llama":
+        check_policy(module, policy)
     if compile:
         module.forward = torch.compile(module.forward, dynamic=True)
     tok = L.load_tokenizer(path)

@@ -136,24 +136,6 @@ class Bert(nn.Module):
         return x
 
 
-def pool(h: torch.Tensor, cu_seqlens: torch.Tensor, mode: str) -> torch.Tensor:
-    """Packed hidden states h [T, D] -> one vector per sequence [B, D]."""
-    lens = cu_seqlens.diff().long()
-    seq = torch.repeat_interleave(torch.arange(len(lens), device=h.device), lens, output_size=h.shape[0])  # [T], no sync
-    if mode == "cls":
-        return h[cu_seqlens[:-1].long()]
-    if mode == "max":
-        out = torch.full((len(lens), h.shape[1]), float("-inf"), dtype=h.dtype, device=h.device)
-        return out.scatter_reduce(0, seq[:, None].expand_as(h), h, "amax")
-    total = torch.zeros(len(lens), h.shape[1], dtype=torch.float32, device=h.device).index_add_(0, seq, h.float())
-    out = torch.promote_types(h.dtype, torch.float32)  # a 16-bit stream's mean is not rounded back to 16 bits
-    if mode == "mean":
-        return (total / lens[:, None]).to(out)
-    if mode == "mean_sqrt_len":
-        return (total / lens[:, None].float().sqrt()).to(out)
-    raise ValueError(f"unknown pooling {mode!r}")
-
-
 _NAMES = [
     ("word.weight", "embeddings.word_embeddings.weight"),
     ("position.weight", "embeddings.position_embeddings.weight"),
