@@ -86,6 +86,13 @@ def packed_ids(seqs: Sequence[Sequence[int]]) -> np.ndarray:
     numpy conversion and its dtype, plus the set of the ids' types (one pass in C), never a Python loop per id.
     Arrays and tensors are checked by their dtype alone."""
     if all(isinstance(s, list) for s in seqs):  # the common case: plain lists
+        # one C pass for the set of the ids' types, one to convert: half the time of np.asarray on the list
+        # (the host's packing is serial with a short prefill)
+        if set(map(type, itertools.chain.from_iterable(seqs))) <= {int}:
+            try:
+                return np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=sum(map(len, seqs)))
+            except OverflowError:
+                raise LengthwiseError("token ids must be integers that fit in 64 bits") from None
         return _checked(list(itertools.chain.from_iterable(seqs)))
     parts = []
     for i, s in enumerate(seqs):
