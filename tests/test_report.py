@@ -1,7 +1,9 @@
 """The report: hand-computed means, skipped bad lines with their numbers, last-duplicate-wins, PNGs, Markdown."""
 import json
 import math
+import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -280,3 +282,49 @@ def test_a_threshold_outside_0_1_is_one_clear_error_before_anything_is_written(t
 def test_no_threshold_leaves_the_column_out_everywhere(tmp_path):
     out = R.report(write(tmp_path / "res.jsonl", make_records()), tmp_path / "p", threshold=None)
     assert "effective" not in out["markdown"] and "effective" not in R.format_table(out["table"], None)
+
+
+def _png_size(p):
+    import struct
+    head = p.read_bytes()[:24]
+    return struct.unpack(">II", head[16:24])
+
+
+def test_plots_percent_threshold_cividis_and_linked(tmp_path):
+    """Issue 21 item 9: >= 150 dpi, colour-blind-safe map, % on every axis, the 85.6% bar drawn, markers
+    that keep equal curves apart, and the Markdown links every plot."""
+    recs = make_records()
+    path = write(tmp_path / "run1.jsonl", recs)
+    md_path = tmp_path / "out" / "summary.md"
+    out = R.report(path, markdown_path=md_path)
+    for p in out["plots"]:
+        w, h = _png_size(p)
+        assert w >= 7.0 * 150 - 1 or p.name.startswith("heatmap"), (p.name, w)
+        assert h >= 1.8 * 150 - 1, (p.name, h)
+        link = f"]({Path(os.path.relpath(p, md_path.parent)).as_posix()})"
+        assert md_path.read_text().count(link) == 1, link
+    assert out["markdown"].count("](../run1_report/") == len(out["plots"])
+    # the figures themselves: read back the artists, not the pixels
+    rows = R.accuracy_table(recs)
+    groups = sorted({tuple(r[k] for k in R.GROUP) for r in rows}, key=R._group_key)
+    curves = {g: {r["length"]: r["accuracy"] for r in rows if tuple(r[k] for k in R.GROUP) == g
+                  and r["task"] == rows[0]["task"]} for g in groups}
+    fig = R._curves("t", curves, groups, R.RULER_THRESHOLD)
+    ax = fig.axes[0]
+    assert fig.dpi >= 150 and "%" in ax.get_ylabel() and ax.get_ylim() == (0.0, 102.0)
+    bars = [ln for ln in ax.lines if set(ln.get_ydata()) == {100 * R.RULER_THRESHOLD}]
+    assert len(bars) == 1 and "85.6%" in bars[0].get_label()
+    series = [ln for ln in ax.lines if ln not in bars]
+    assert len(series) == len(groups)
+    for ln, g in zip(series, groups):  # y in percent: the hand-picked accuracies times 100
+        assert list(ln.get_ydata()) == pytest.approx([100 * a for _, a in sorted(curves[g].items())])
+    # two series of one colour never share both line style and marker
+    looks = [(ln.get_color(), ln.get_linestyle(), ln.get_marker()) for ln in series]
+    assert len(set(looks)) == len(looks)
+    assert not R._curves("t", curves, groups, None).axes[0].lines[-1].get_label().startswith("effective")
+    assert R._cmap().name.startswith("cividis")
+    cells = {(0.5, 1024): [1.0, 0.0], (0.5, 2048): [0.25]}
+    hm = R._heatmap(("m", "none", "lengthwise", "", "niah_single"), cells)
+    im = hm.axes[0].images[0]
+    assert im.get_clim() == (0.0, 100.0) and "%" in hm.axes[1].get_ylabel()
+    assert sorted(t.get_text() for t in hm.axes[0].texts) == ["25.0", "50.0"]

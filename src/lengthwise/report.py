@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 import re
 import zlib
 from collections import defaultdict
@@ -37,6 +38,8 @@ _META = ("lengthwise_store", "lengthwise_config")  # a store's header and config
 MAX_WARNINGS_SHOWN = 20
 # RULER's bar for an effective length: Llama-2-7B's mean RULER score at 4k (Hsieh et al. 2024, "RULER")
 RULER_THRESHOLD = 0.856
+PLOT_DPI = 150
+MARKERS = "osD^vP"
 
 
 # ---------------------------------------------------------------- reading
@@ -344,20 +347,22 @@ def _figure(w: float, h: float):
     # no pyplot: its global state and GUI backends are not ours to touch
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(w, h), dpi=100)
+    fig = Figure(figsize=(w, h), dpi=PLOT_DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
-def plots(records: list[dict], out_dir: str | Path) -> list[Path]:
-    """Write heatmaps (one per model/method/backend/task) and curves (one per task, plus all tasks) as PNG.
+def plots(records: list[dict], out_dir: str | Path, threshold: float | None = RULER_THRESHOLD) -> list[Path]:
+    """Write heatmaps (one per model/method/backend/task) and curves (one per task, plus all tasks) as PNG,
+    scores in percent; the curves draw `threshold` (0..1, None: no line), the effective-length bar.
 
     The all-tasks curve of a series averages, at each length, the task accuracies that series has there.
     """
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise LengthwiseError("plots need matplotlib: pip install 'lengthwise[bench]'") from None
+        raise LengthwiseError("plots need matplotlib, a core dependency of lengthwise that is missing here: "
+                              "pip install 'matplotlib>=3.8'") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -386,7 +391,7 @@ def plots(records: list[dict], out_dir: str | Path) -> list[Path]:
     acc = {(tuple(r[k] for k in GROUP), r["task"], r["length"]): r["accuracy"] for r in rows}
     for task in tasks:
         curves = {g: {n: a for (g2, t, n), a in acc.items() if g2 == g and t == task} for g in groups}
-        save(_curves(task, curves, groups), _safe("curve", task))
+        save(_curves(task, curves, groups, threshold), _safe("curve", task))
     mean_curves = {}
     for g in groups:
         per_len = defaultdict(list)
@@ -394,8 +399,19 @@ def plots(records: list[dict], out_dir: str | Path) -> list[Path]:
             if g2 == g:
                 per_len[n].append(a)
         mean_curves[g] = {n: _mean(v) for n, v in per_len.items()}
-    save(_curves(f"all tasks (mean of {len(tasks)})", mean_curves, groups), "curve_all-tasks")
+    save(_curves(f"all tasks (mean of {len(tasks)})", mean_curves, groups, threshold), "curve_all-tasks")
     return written
+
+
+def plot_links(written: list[Path], base: Path) -> str:
+    """A Markdown section linking every plot, by paths relative to `base` (the Markdown's folder)."""
+    if not written:
+        return ""
+    out = ["", "## Plots", ""]
+    for p in written:
+        rel = Path(os.path.relpath(p.resolve(), base.resolve())).as_posix()
+        out.append(f"- [{p.stem}]({rel.replace(' ', '%20').replace('(', '%28').replace(')', '%29')})")
+    return "\n".join(out) + "\n"
 
 
 def _positional(task: str) -> bool:
@@ -418,7 +434,7 @@ def _heatmap(key: tuple[str, ...], cells: dict[tuple[float, int], list[float]]):
     fig = _figure(min(width, 20), min(1.8 + 0.42 * len(depths), 16))
     ax = fig.add_subplot()
     cmap = _cmap()
-    im = ax.imshow(np.ma.masked_invalid(grid_dl), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto",
+    im = ax.imshow(np.ma.masked_invalid(100 * grid_dl), cmap=cmap, vmin=0.0, vmax=100.0, aspect="auto",
                    interpolation="nearest")
     fontsize = 9 if len(lengths) <= 10 else 7
     for i in range(len(depths)):
@@ -426,25 +442,27 @@ def _heatmap(key: tuple[str, ...], cells: dict[tuple[float, int], list[float]]):
             v = grid_dl[i, j]
             if (depths[i], lengths[j]) not in cells:
                 continue
-            ax.text(j, i, "nan" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=fontsize,
-                    color="white" if not np.isnan(v) and (v < 0.2 or v > 0.85) else "black")
+            ax.text(j, i, "nan" if np.isnan(v) else _pct(v), ha="center", va="center", fontsize=fontsize,
+                    color="white" if not np.isnan(v) and v < 0.5 else "black")  # cividis: dark low, light high
     ax.set_xticks(range(len(lengths)), [_len_label(n, lengths) for n in lengths])
     ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("depth (%)")
     ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="score")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="score (%)")
     fig.tight_layout()
     return fig
 
 
 def _cmap():
     from matplotlib import colormaps
-    return colormaps["RdYlGn"].with_extremes(bad="lightgrey")  # grey: cells whose scores are all NaN
+    # colour-blind safe and monotone in lightness; grey marks cells whose scores are all NaN
+    return colormaps["cividis"].with_extremes(bad="lightgrey")
 
 
-def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tuple]):
-    """One line per (model, method, backend); colour by model and method, line style by backend."""
+def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tuple], threshold: float | None = None):
+    """One line per (model, method, backend); colour by model and method (viridis), line style and marker by
+    backend; colours that repeat also change marker, so equal curves stay visible on top of each other."""
     from matplotlib import colormaps
     from matplotlib.ticker import NullLocator
     beside = len(groups) > 4  # many series would hide the lines they label: the legend goes beside the axes
@@ -454,7 +472,9 @@ def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tupl
     several_models = len({g[0] for g in groups}) > 1
     colour_keys = list(dict.fromkeys((*g[:2], *g[3:]) for g in groups))
     backends = sorted({g[2] for g in groups}, key=lambda b: (b != "lengthwise", _natural(b)))  # ours drawn solid
-    palette = colormaps["tab10" if len(colour_keys) <= 10 else "tab20"]
+    palette = colormaps["viridis"]
+    # spread over viridis without its lightest end (yellow on white is hard to see)
+    colour_at = {k: palette(0.85 * i / max(len(colour_keys) - 1, 1)) for i, k in enumerate(colour_keys)}
     styles = ["-", "--", ":", "-."]
     all_lengths = sorted({n for c in curves.values() for n in c})
     for g in groups:
@@ -463,18 +483,24 @@ def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tupl
             continue
         label = _label(g if several_models else g[1:], " · ")
         b = backends.index(g[2])
-        colour = palette(colour_keys.index((*g[:2], *g[3:])) % palette.N)
+        c = colour_keys.index((*g[:2], *g[3:]))
+        colour = colour_at[(*g[:2], *g[3:])]
         # later backends drawn thinner with hollow markers, so agreeing backends stay visible on top of each other
-        ax.plot([n for n, _ in pts], [a for _, a in pts], label=label, color=colour, linestyle=styles[b % len(styles)],
-                linewidth=2.0 if b == 0 else 1.3, marker="os^D"[b % 4], markersize=7 if b == 0 else 5,
-                markerfacecolor=colour if b == 0 else "white")
+        # neighbouring colours also differ in marker, so series of like colour that agree stay apart
+        ax.plot([n for n, _ in pts], [100 * a for _, a in pts], label=label, color=colour,
+                linestyle=styles[b % len(styles)], linewidth=2.0 if b == 0 else 1.3,
+                marker=MARKERS[(b + c) % len(MARKERS)], markersize=8 if b == 0 else 5,
+                markerfacecolor=colour if b == 0 else "white", zorder=3 - min(b, 2))
     ax.set_xscale("log", base=2)
     ax.set_xticks(all_lengths, [_len_label(n, all_lengths) for n in all_lengths])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlim(all_lengths[0] / 1.3, all_lengths[-1] * 1.3)
-    ax.set_ylim(0.0, 1.02)
+    ax.set_ylim(0.0, 102.0)
+    if threshold is not None:
+        ax.axhline(100 * threshold, color="black", linestyle=(0, (4, 3)), linewidth=1.0, zorder=1,
+                   label=f"effective-length bar ({100 * threshold + 0.0:g}%)")
     ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if beside:
@@ -513,8 +539,10 @@ def report(path: str | Path | list, out_dir: str | Path | None = None, markdown_
         r, w = read_results(p)
         records += r
         warnings += [f"{p.name}: {x}" if len(paths) > 1 else x for x in w]
-    written = plots(records, out_dir)
+    written = plots(records, out_dir, threshold)
     md = markdown(records, warnings, threshold)
+    if markdown_path is not None:
+        md += plot_links(written, markdown_path.parent)
     if markdown_path is not None:
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(markdown_path, "w") as f:
