@@ -2,8 +2,9 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch; pip takes it from this machine's disk instead of a multi-GB CUDA build.
-TORCH ?= torch==2.13.0
+# The CPU build of torch, and the triton whose interpreter runs the kernel tests with it; pip takes torch from this
+# machine's disk instead of a multi-GB CUDA build. The pair is pinned here, never in an extra (pyproject.toml).
+TORCH ?= torch==2.13.0 triton==3.6.0
 
 .PHONY: setup demo test
 

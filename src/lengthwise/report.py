@@ -489,7 +489,7 @@ def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tupl
         # neighbouring colours also differ in marker, so series of like colour that agree stay apart
         ax.plot([n for n, _ in pts], [100 * a for _, a in pts], label=label, color=colour,
                 linestyle=styles[b % len(styles)], linewidth=2.0 if b == 0 else 1.3,
-                marker=MARKERS[(b + c) % len(MARKERS)], markersize=8 if b == 0 else 5,
+                marker=MARKERS[(b + c) % len(MARKERS)], markersize=(9 if c % 2 == 0 else 6.5) if b == 0 else 5,
                 markerfacecolor=colour if b == 0 else "white", zorder=3 - min(b, 2))
     ax.set_xscale("log", base=2)
     ax.set_xticks(all_lengths, [_len_label(n, all_lengths) for n in all_lengths])
