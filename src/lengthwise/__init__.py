@@ -1,8 +1,8 @@
 """lengthwise: padding-free transformers at every sequence length."""
 from . import attention, kv, positions
 from .errors import LengthwiseError
-from .pipeline import CausalLM, Encoder, load
+from .pipeline import CausalLM, Encoder, from_hf, load
 from .ragged import RaggedBatch
 
 __version__ = "0.1.0"
-__all__ = ["load", "CausalLM", "Encoder", "RaggedBatch", "LengthwiseError", "positions", "attention", "kv"]
+__all__ = ["load", "from_hf", "CausalLM", "Encoder", "RaggedBatch", "LengthwiseError", "positions", "attention", "kv"]

@@ -340,29 +340,69 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
     dev = resolve_device(device)
     dtype = resolve_dtype(dtype, dev)
     chosen = Backend.resolve(backend, dev, dtype)
+    scheme, policy = _parse_options(positions, kv, trainable)
+    path = L.resolve(name_or_path)
+    ck = L.read_checkpoint(path)
+    kw = _family_options(ck.family, ck.arch, scheme, residual, policy)
+    module = L.build_module(ck, dtype, dev, trainable=trainable, **kw)
+    return _assemble(str(name_or_path), ck, module, L.load_tokenizer(path), dev, dtype, chosen, policy, compile)
+
+
+def from_hf(model, tokenizer=None, backend: "str | Backend" = "auto", compile: bool = False,
+            positions: "str | RoPE | None" = None, residual: str | None = None,
+            kv: "str | K.Policy | None" = None) -> CausalLM | Encoder:
+    """An in-memory HF model (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, BertModel, ...) as a
+    lengthwise CausalLM or Encoder that shares its parameters: no weight is copied, and the lengthwise
+    module's parameters are the HF model's own objects (models/hf.py says how q/k/v stay apart). It runs on the
+    model's device and dtype; backend, positions, residual, kv and compile are as in load(). tokenizer: the
+    model's HF tokenizer, for text in and out (None: token ids only). An Encoder pools by mean, unnormalized
+    (sentence-transformers' default for a plain transformers model).
+
+    HF's model is never changed: its parameters keep their requires_grad and its modules their mode; the
+    lengthwise inference methods run under torch.inference_mode, so they record no gradient either way.
+    """
+    from .models import hf
+    arch = hf.arch_of(model)
+    dev, dtype = hf.placement(model)
+    chosen = Backend.resolve(backend, dev, dtype)
+    scheme, policy = _parse_options(positions, kv, False)
+    family = L.HF_ARCHS[arch]
+    kw = _family_options(family, arch, scheme, residual, policy)
+    module = hf.share(model, **kw)
+    ck = L.Checkpoint(family, arch, module.cfg, {}, None, "memory")
+    name = getattr(model.config, "name_or_path", "") or arch
+    return _assemble(name, ck, module, tokenizer, dev, dtype, chosen, policy, compile)
+
+
+def _parse_options(positions, kv, trainable) -> tuple:
     scheme = parse_positions(positions) if positions is not None else None
     policy = K.parse(kv)
     if not isinstance(trainable, bool):
         raise LengthwiseError(f"trainable must be true or false, got {trainable!r}")
-    path = L.resolve(name_or_path)
-    ck = L.read_checkpoint(path)
-    if scheme is not None and ck.family != "llama":
-        raise LengthwiseError(f"--positions {scheme.spec()}: {ck.arch} models use learned absolute positions, "
+    return scheme, policy
+
+
+def _family_options(family: str, arch: str, scheme, residual, policy) -> dict:
+    """The family constructor's options, each refused where it does not apply."""
+    if scheme is not None and family != "llama":
+        raise LengthwiseError(f"--positions {scheme.spec()}: {arch} models use learned absolute positions, "
                               "not RoPE; position schemes apply to RoPE models (Llama, Qwen2, Mistral)")
-    if residual is not None and ck.family != "bert":
-        raise LengthwiseError(f"residual={residual!r}: {ck.arch} is a pre-LN model whose residual stream stays "
+    if residual is not None and family != "bert":
+        raise LengthwiseError(f"residual={residual!r}: {arch} is a pre-LN model whose residual stream stays "
                               "float32; the option applies to BERT-family encoders")
-    if policy.evicts and ck.family != "llama":
-        raise LengthwiseError(f"kv={policy.spec()}: {ck.arch} is an encoder, which keeps no KV cache; "
+    if policy.evicts and family != "llama":
+        raise LengthwiseError(f"kv={policy.spec()}: {arch} is an encoder, which keeps no KV cache; "
                               "KV policies apply to causal LMs")
-    kw = {"positions": scheme} if scheme is not None else {"residual": residual} if residual is not None else {}
-    module = L.build_module(ck, dtype, dev, trainable=trainable, **kw)
+    return {"positions": scheme} if scheme is not None else {"residual": residual} if residual is not None else {}
+
+
+def _assemble(name: str, ck: L.Checkpoint, module, tok, dev, dtype, chosen: Backend, policy,
+              compile: bool) -> CausalLM | Encoder:
     if ck.family == "llama":
         check_policy(module, policy)
     if compile:
         module.forward = torch.compile(module.forward, dynamic=True)
-    tok = L.load_tokenizer(path)
-    args = (str(name_or_path), ck, module, tok, dev, dtype, chosen)
+    args = (name, ck, module, tok, dev, dtype, chosen)
     if ck.family == "bert":
-        return Encoder(*args, settings=L.sentence_transformers_settings(path, ck.config.dim))
+        return Encoder(*args, settings=L.sentence_transformers_settings(ck.path, ck.config.dim))  # path None: in memory
     return CausalLM(*args, kv=policy)

@@ -15,6 +15,19 @@ def fuse(sd: dict, groups: dict[str, tuple[str, ...]]) -> dict:
     return out
 
 
+class SplitLinear(torch.nn.Module):
+    """One fused projection (q|k|v, gate|up) kept as its parts: the outputs of several Linears side by side,
+    [T, sum of out_features], laid out as the fused nn.Linear's. from_hf builds it where a model keeps the parts
+    as separate tensors, which one fused weight could only hold as a copy: one GEMM per part, then one concat."""
+
+    def __init__(self, *parts: torch.nn.Linear):
+        super().__init__()
+        self.parts = torch.nn.ModuleList(parts)
+
+    def forward(self, x):
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+
 def residual_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     """The residual stream stays at least float32: with 16-bit weights only GEMM inputs are rounded,
     not the running sum of 30 layers (in float32 and float64 nothing changes)."""

@@ -156,8 +156,16 @@ _RULES = [
 ]
 
 
+FUSED = {"attention.wqkv": ("attention.wq", "attention.wk", "attention.wv")}  # run as one GEMM
+
+
 def convert_checkpoint(sd: dict, cfg: BertConfig, fmt: str = "hf", arch: str = "bert") -> dict:
-    """The one load hook: HF names (with or without a 'bert.' prefix; old gamma/beta too) to ours."""
+    """The one load hook: HF names (with or without a 'bert.' prefix; old gamma/beta too) to ours, q/k/v fused."""
+    return fuse(rename(sd, cfg, fmt, arch), FUSED)
+
+
+def rename(sd: dict, cfg: BertConfig, fmt: str = "hf", arch: str = "bert") -> dict:
+    """HF names to ours, q, k and v still apart: what from_hf shares."""
     out = {}
     for name, t in sd.items():
         name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
@@ -166,4 +174,4 @@ def convert_checkpoint(sd: dict, cfg: BertConfig, fmt: str = "hf", arch: str = "
             if m:
                 out[ours.format(**m.groupdict())] = t
                 break
-    return fuse(out, {"attention.wqkv": ("attention.wq", "attention.wk", "attention.wv")})
+    return out

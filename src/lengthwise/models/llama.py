@@ -233,8 +233,18 @@ def _pattern(template: str) -> re.Pattern:
 _RULES = {fmt: [(_pattern(names[col]), names[0]) for names in _NAMES] for col, fmt in ((1, "hf"), (2, "gguf"))}
 
 
+# the projections that run as one GEMM: our fused name -> its parts, in order
+FUSED = {"attention.wqkv": ("attention.wq", "attention.wk", "attention.wv"),
+         "feed_forward.w13": ("feed_forward.w1", "feed_forward.w3")}
+
+
 def convert_checkpoint(sd: dict, cfg: LlamaConfig, fmt: str, arch: str = "llama") -> dict:
-    """The one load hook: checkpoint names (HF or GGUF) to ours. Unknown tensors are dropped."""
+    """The one load hook: checkpoint names (HF or GGUF) to ours, q/k/v and gate/up fused. Unknown tensors are dropped."""
+    return fuse(rename(sd, cfg, fmt, arch), FUSED)
+
+
+def rename(sd: dict, cfg: LlamaConfig, fmt: str, arch: str = "llama") -> dict:
+    """Checkpoint names to ours, each projection still apart (wq, wk, wv, w1, w3): what from_hf shares."""
     out = {}
     for name, t in sd.items():
         for pat, ours in _RULES[fmt]:
@@ -247,9 +257,7 @@ def convert_checkpoint(sd: dict, cfg: LlamaConfig, fmt: str, arch: str = "llama"
                 break
     if cfg.tie_embeddings:
         out.pop("output.weight", None)
-    return fuse(out, {"attention.wqkv": ("attention.wq", "attention.wk", "attention.wv"),
-                      "feed_forward.w13": ("feed_forward.w1", "feed_forward.w3")})
-
+    return out
 
 
 def _unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:

@@ -151,8 +151,8 @@ class Checkpoint:
     arch: str  # the architecture name as the checkpoint states it
     config: object  # LlamaConfig or BertConfig
     state: dict  # our parameter names -> float32 tensors
-    path: Path
-    fmt: str  # "hf" or "gguf"
+    path: Path | None  # None: an in-memory model (from_hf)
+    fmt: str  # "hf", "gguf" or "memory"
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
@@ -328,12 +328,13 @@ def load_tokenizer(path: Path):
     return None
 
 
-def sentence_transformers_settings(folder: Path, dim: int) -> dict:
+def sentence_transformers_settings(folder: Path | None, dim: int) -> dict:
     """The head (pooling, Dense, Normalize) and max length a sentence-transformers folder states (sentence.py).
 
-    Without such config: mean pooling, no normalization (sentence-transformers' own default).
+    Without such config, or without a folder (an in-memory model): mean pooling, no normalization
+    (sentence-transformers' own default).
     """
-    from .sentence import read_head
-    head = read_head(folder, dim)
+    from .sentence import SentenceHead, read_head
+    head = read_head(folder, dim) if folder is not None else SentenceHead(("mean",), [], dim, None)
     return {"head": head, "pooling": head.modes[0] if len(head.modes) == 1 else head.modes,
             "normalize": head.normalize, "max_seq_length": head.max_seq_length}
