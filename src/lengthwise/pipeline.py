@@ -172,13 +172,26 @@ class CausalLM(_Loaded):
 
     @torch.inference_mode()
     def logits(self, seqs: Sequence[Sequence[int]], max_tokens_per_forward: int = 32768,
-               truncate: bool = False) -> list[torch.Tensor]:
-        """Per-sequence logits [len_i, vocab], float32 on CPU, from packed forwards (no padding)."""
+               truncate: bool = False, last: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Per-sequence logits [len_i, vocab], float32 on CPU, from packed forwards (no padding).
+
+        last: only each sequence's last last[i] rows, [last_i, vocab]; the LM head then runs on those rows
+        alone (scoring a continuation needs its own tokens' logits, not the context's)."""
         seqs = self._fit(seqs, self.context_length, truncate, "tail", self._reach_text)
+        if last is not None:
+            last = list(last)
+            if len(last) != len(seqs) or not all(isinstance(n, int) and 1 <= n <= len(s) for n, s in zip(last, seqs)):
+                raise LengthwiseError("last must give, for each sequence, a row count from 1 to its length")
         out: list[torch.Tensor] = [None] * len(seqs)  # type: ignore[list-item]
         for group in self._groups([len(s) for s in seqs], max_tokens_per_forward):
             b = RaggedBatch.from_lists([seqs[i] for i in group], self.device, self.config.vocab_size)
-            for i, x in zip(group, b.split(self.module(b.tokens, b.positions, self.step(b)))):
+            if last is None:
+                parts = b.split(self.module(b.tokens, b.positions, self.step(b)))
+            else:
+                ends = b.cu_seqlens[1:].tolist()
+                rows = torch.cat([torch.arange(e - last[i], e) for i, e in zip(group, ends)]).to(self.device)
+                parts = self.module(b.tokens, b.positions, self.step(b), out_rows=rows).split([last[i] for i in group])
+            for i, x in zip(group, parts):
                 out[i] = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32).cpu()
         return out
 
