@@ -548,3 +548,16 @@ def report(path: str | Path | list, out_dir: str | Path | None = None, markdown_
         with atomic_write(markdown_path, "w") as f:
             f.write(md)
     return {"table": accuracy_table(records), "plots": written, "warnings": warnings, "markdown": md}
+
+
+class _Module(type(os)):
+    """This module, callable: `lw.report(path, ...)` is report(...), and `lw.report.accuracy_table` and the rest
+    stay where they are."""
+
+    def __call__(self, *args, **kwargs) -> dict:
+        return report(*args, **kwargs)
+
+
+import sys  # noqa: E402
+
+sys.modules[__name__].__class__ = _Module

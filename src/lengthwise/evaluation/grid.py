@@ -155,8 +155,9 @@ def run(cfg: EvalConfig, store: ResultStore, runner, yes: bool = False, allow_be
         if not allow_beyond_context:
             raise LengthwiseError(msg + ": pass --allow-beyond-context to run it anyway")
         warn(msg + "; running anyway (--allow-beyond-context)")
-    secs = estimate_seconds(cfg, runner.n_params, runner.n_layers, runner.width, todo, runner.on_cpu)
-    if runner.on_cpu and secs > 1800 and not yes:
+    secs = estimate_seconds(cfg, runner.n_params, runner.n_layers, runner.width, todo, True) if (
+        getattr(runner, "on_cpu", False) and not yes) else 0.0  # a runner of one's own may skip the estimate
+    if secs > 1800:
         raise LengthwiseError(f"this grid ({len(todo)} cells, up to {longest} tokens) would take about "
                               f"{secs / 3600:.1f} h on this CPU: shrink it, use a GPU, or pass --yes")
     new = not store.path.exists()
