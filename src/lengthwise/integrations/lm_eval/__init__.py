@@ -18,9 +18,9 @@ split, HFLM's BOS rules, its rolling windows and left truncation), so the two sc
   continuation's rows only (`CausalLM.logits(..., last=)`), and log-softmax in float32 scores them.
 - loglikelihood_rolling: the harness's disjoint rolling windows of `max_length` tokens, scored the same way.
 - generate_until: greedy (or sampled, as the request's gen_kwargs say) through `CausalLM.generate_ids`,
-  packed; the text is cut at the first `until` string and EOS here, as the `hf` model cuts its own, since
-  lengthwise's generate does not stop at stop strings yet (issue 21, item 2): a generation runs on to EOS or
-  max_gen_toks and the cut drops what follows the stop string.
+  packed; the text is cut at the first `until` string (EOS's text included) here, as the `hf` model cuts its
+  own. Where generate_ids takes `stop=` (issue 21, item 2) the until strings go to it too, so decoding ends
+  there; without it a generation runs on to EOS or max_gen_toks and the cut drops what follows the stop.
 
 --model_args: pretrained (an embedded name, an HF folder or a .gguf; or in Python a loaded lw.CausalLM or an
 in-memory HF causal LM, shared through lw.from_hf), positions, kv, device, dtype, backend, max_length (at
@@ -122,7 +122,9 @@ class LengthwiseLM(TemplateLM):
         self.add_bos_token = add_bos_token
         self.custom_prefix_token_id = _whole("prefix_token_id", prefix_token_id, 0)
         self._device = self.lm.device
-        self._generate_params = set(inspect.signature(self.lm.generate_ids).parameters)
+        params = inspect.signature(self.lm.generate_ids).parameters
+        self._generate_params = set(params)
+        self._open = any(p.kind is p.VAR_KEYWORD for p in params.values())  # **controls: the library checks them
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "LengthwiseLM":
@@ -247,6 +249,8 @@ class LengthwiseLM(TemplateLM):
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
             max_new = kwargs.pop("max_gen_toks")
             sampling = self._sampling(kwargs)
+            if "stop" in self._generate_params or self._open:  # a generate that stops at strings: no tokens past them
+                sampling["stop"] = [u for u in until if u]
             keep = self.max_length - max_new
             if keep < 1:
                 raise LengthwiseError(f"max_gen_toks {max_new} leaves no room for a prompt within max_length "
@@ -270,7 +274,7 @@ class LengthwiseLM(TemplateLM):
         out = {"temperature": float(temperature) if do_sample else 0.0}
         takes = sorted(self._generate_params - INTERNAL)
         for k, v in kwargs.items():
-            if k not in takes:
+            if k not in takes and not self._open:
                 raise LengthwiseError(f"gen_kwargs {k}={v!r}: lengthwise's generate does not take it (it takes "
                                       f"do_sample, {', '.join(takes)})")
             out[k] = v
