@@ -30,6 +30,7 @@ def test_logits_equal_hf_and_no_parameter_is_copied(tmp_path, kind):
     hf.train()  # the mode and requires_grad HF had are left as they were
     lm = lw.from_hf(hf)
     assert isinstance(lm, lw.CausalLM) and lm.arch == type(hf).__name__
+    assert hf.training and all(m.training for m in hf.modules()) and not lm.module.training
     for ours, ref in zip(lm.logits(SEQS), _hf_logits(hf.eval(), SEQS)):
         assert rel_err(ours, ref) <= 1e-4
     assert _shares(lm, hf)
