@@ -71,6 +71,7 @@ class Timing:
     summed over the sides a length gate runs apart."""
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    kv_bytes: list[int] = field(default_factory=list)  # each prompt's share of the storage its KV cache held
     _t: float = field(default=0.0, repr=False)
 
     def start(self) -> None:
@@ -85,32 +86,55 @@ class Timing:
         self.decode_s += time.perf_counter() - self._t
 
 
-def capacities(policy: Policy, prompts: list[int], max_new_tokens: int, chunk: int) -> list[int]:
-    """Each sequence's cache region: its whole need without eviction; with it, the most the policy ever lets it
-    hold: the budget plus one prefill chunk, or plus the decode steps between evictions (all of them, every=0)."""
+def capacities(policy: Policy, prompts: list[int], max_new_tokens: int, chunk: int, n_layers: int = 1,
+               context: list[int] | None = None) -> list[list[int]]:
+    """Each layer's cache region per sequence, [L][B]: its whole need without eviction; with it, the most the
+    policy ever lets it hold: the budget plus one prefill chunk, or plus the decode steps between evictions (all
+    of them, every=0). context: where each prompt's context ends; the tokens past it (the question, the
+    answer) are kept whole, so they add to the budget."""
     if not policy.evicts:
-        return [n + max_new_tokens for n in prompts]
+        return [[n + max_new_tokens for n in prompts]] * n_layers
     P = torch.tensor(prompts, dtype=torch.int64)
-    kept = policy.keep(P)
-    pre = torch.minimum(P, kept + chunk)
-    if policy.every:
-        dec = torch.minimum(P + max_new_tokens, policy.keep(P + max_new_tokens) + policy.every)
-    else:
-        dec = kept + max_new_tokens
+    C = P if context is None else torch.tensor(context, dtype=torch.int64)
+    kept = policy.layer_keep(C, n_layers)  # [L, B]
+    pre = torch.minimum(C, kept + chunk) if context is None else torch.maximum(torch.minimum(C, kept + chunk), kept + P - C)
+    if policy.every and context is None:
+        N = P + max_new_tokens
+        dec = torch.minimum(N, policy.layer_keep(N, n_layers) + policy.every)
+    else:  # the budget covers the context; the question and new tokens stay
+        dec = kept + (P - C) + max_new_tokens
     return torch.maximum(pre, dec).tolist()
 
 
 def new_cache(model, prompts: list[list[int]], max_new_tokens: int, policy: Policy = Full(),
-              chunk: int = PREFILL_CHUNK) -> RaggedKVCache:
-    """A ragged cache sized for these prompts, their new tokens and the policy."""
+              chunk: int = PREFILL_CHUNK, context: list[int] | None = None) -> RaggedKVCache:
+    """A ragged cache sized for these prompts, their new tokens and the policy; context: where each prompt's
+    context ends (the policy compresses that much, and keeps the rest)."""
     cfg, w = model.cfg, model.tok_embeddings.weight
     lens = [len(p) for p in prompts]
     longest = max(lens)
     check_policy(model, policy)
-    return RaggedKVCache(cfg.n_layers, capacities(policy, lens, max_new_tokens, chunk), cfg.n_kv_heads,
-                         cfg.head_dim, w.dtype, w.device,
-                         far_keys=model.rotary.far_keys_for(longest, longest + max_new_tokens),
-                         prompts=lens, evicting=policy.evicts)
+    context = check_context(context, lens)
+    caps = capacities(policy, lens, max_new_tokens, chunk, cfg.n_layers, context)
+    cache = RaggedKVCache(cfg.n_layers, [max(c) for c in zip(*caps)], cfg.n_kv_heads, cfg.head_dim, w.dtype,
+                          w.device, far_keys=model.rotary.far_keys_for(longest, longest + max_new_tokens),
+                          prompts=lens, evicting=policy.evicts, layer_capacities=caps if policy.evicts else None,
+                          scores=policy.accumulate)
+    if context is not None and policy.evicts:
+        cache.context = torch.tensor(context, dtype=torch.int64, device=w.device)
+    return cache
+
+
+def check_context(context, lens: list[int]) -> list[int] | None:
+    """Where each prompt's context ends: one count per prompt, from 1 to its length."""
+    if context is None:
+        return None
+    from .errors import LengthwiseError
+    context = list(context)
+    if len(context) != len(lens) or not all(isinstance(c, int) and 1 <= c <= n for c, n in zip(context, lens)):
+        raise LengthwiseError("context must give, per prompt, where its context ends: an integer from 1 to the "
+                              "prompt's length (the tokens after it are kept out of compression)")
+    return context
 
 
 def check_policy(model, policy: Policy) -> None:
@@ -125,8 +149,13 @@ def check_policy(model, policy: Policy) -> None:
 
 
 def _budgets(policy: Policy, cache: RaggedKVCache, seqs: torch.Tensor) -> torch.Tensor:
-    """[B'] what each sequence keeps after this forward: the policy's budget for all it has seen."""
-    return policy.keep(cache.length[seqs])
+    """[L, B'] what each layer keeps of each sequence after this forward: the policy's budget for all it has
+    seen, or, where the cache knows the context's end, for the context, plus everything after it."""
+    n = cache.length[seqs]
+    if cache.context is None:
+        return policy.layer_keep(n, cache.n_layers)
+    c = torch.minimum(n, cache.context[seqs])
+    return policy.layer_keep(c, cache.n_layers) + (n - c)[None, :]
 
 
 def prefill(model, prompts: list[list[int]], cache: RaggedKVCache, backend, policy: Policy = Full(),
@@ -135,7 +164,8 @@ def prefill(model, prompts: list[list[int]], cache: RaggedKVCache, backend, poli
 
     One packed forward, or, where the policy evicts, chunks of at most `chunk` tokens per sequence: each
     chunk attends to what the cache kept of the earlier ones, then the policy trims each sequence to its
-    budget."""
+    budget. Where the cache knows each context's end, the chunks stop there and the rest of each prompt (the
+    question) runs in one more forward that evicts nothing."""
     dev = cache.length.device
     batch = RaggedBatch.from_lists(prompts, dev, model.cfg.vocab_size)
     lens = batch.cu_seqlens.diff().long()
@@ -144,23 +174,32 @@ def prefill(model, prompts: list[list[int]], cache: RaggedKVCache, backend, poli
         slots, positions, meta = cache.plan(seqs, lens)
         return model(batch.tokens, positions, Step(meta, model.mask, backend, cache, slots),
                      out_rows=batch.last_index)
-    logits = torch.empty(len(prompts), model.cfg.vocab_size, dtype=cache.k.dtype, device=dev)
+    logits = torch.empty(len(prompts), model.cfg.vocab_size, dtype=cache.dtype, device=dev)
     host = [len(p) for p in prompts]
+    ends = host if cache.context is None else cache.context.tolist()  # where eviction stops
+    E = torch.tensor(ends, device=dev)
     starts = batch.cu_seqlens[:-1].long()
-    for a in range(0, max(host), chunk):
-        rows = [i for i, n in enumerate(host) if n > a]
+
+    def forward(rows: list[int], first: torch.Tensor, n_new: torch.Tensor, evict: bool):
         sel = torch.tensor(rows, device=dev)
-        n_new = (lens[sel] - a).clamp(max=chunk)
         slots, positions, meta = cache.plan(sel, n_new)
-        idx = torch.repeat_interleave(starts[sel], n_new) + positions  # the chunk's tokens in the packed prompts
+        idx = torch.repeat_interleave(starts[sel], n_new) + positions  # the forward's tokens in the packed prompts
         step = Step(meta, model.mask, backend, cache, slots, policy=policy, seqs=sel,
-                    budgets=_budgets(policy, cache, sel))
-        last = meta.cu_q[1:].long() - 1  # each sequence's last token of this chunk
-        out = model(batch.tokens[idx], positions, step, out_rows=last)
-        done = [j for j, i in enumerate(rows) if host[i] <= a + chunk]  # prompts that end in this chunk
+                    budgets=_budgets(policy, cache, sel) if evict else None)
+        out = model(batch.tokens[idx], positions, step, out_rows=meta.cu_q[1:].long() - 1)
+        done = [j for j, i in enumerate(rows) if int(first[j]) + int(n_new[j]) == host[i]]  # prompts that end here
         if done:
             d = torch.tensor(done, device=dev)
             logits[sel[d]] = out[d]
+
+    for a in range(0, max(ends), chunk):
+        rows = [i for i, n in enumerate(ends) if n > a]
+        sel = torch.tensor(rows, device=dev)
+        forward(rows, torch.full((len(rows),), a), (E[sel] - a).clamp(max=chunk), True)
+    rest = [i for i in range(len(prompts)) if host[i] > ends[i]]
+    if rest:
+        sel = torch.tensor(rest, device=dev)
+        forward(rest, E[sel].cpu(), lens[sel] - E[sel], False)
     return logits
 
 
@@ -169,7 +208,9 @@ def decode_step(model, cache: RaggedKVCache, tokens: torch.Tensor, seqs: torch.T
     """One new token for each cache sequence seqs [B'] (ascending): tokens [B'] -> logits [B', V]. evict: the
     policy trims each sequence to its budget after this step."""
     slots, positions, meta = cache.plan(seqs, torch.ones_like(seqs))
-    kw = dict(policy=policy, seqs=seqs, budgets=_budgets(policy, cache, seqs)) if evict and policy.evicts else {}
+    kw = {}
+    if policy.evicts:  # the policy sees every step (accumulated scores); it evicts on the steps asked
+        kw = dict(policy=policy, seqs=seqs, budgets=_budgets(policy, cache, seqs) if evict else None)
     return model(tokens, positions, Step(meta, model.mask, backend, cache, slots, **kw))
 
 
@@ -177,26 +218,35 @@ def decode_step(model, cache: RaggedKVCache, tokens: torch.Tensor, seqs: torch.T
 def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int],
                  sampling: Sampling = Sampling(), backend="reference",
                  on_step: Callable[[int], None] | None = None, cuda_graph: bool | None = None,
-                 policy: Policy = Full(), chunk: int = PREFILL_CHUNK, timing: Timing | None = None) -> list[list[int]]:
-    """New token ids per prompt (EOS included when hit).
+                 policy: Policy = Full(), chunk: int = PREFILL_CHUNK, timing: Timing | None = None,
+                 context: list[int] | None = None) -> list[list[int]]:
+    """New token ids per prompt (EOS included when hit). context: where each prompt's context ends; a policy
+    that evicts then compresses the context only and keeps the rest (the question) whole. timing, where given,
+    also receives each prompt's measured share of its cache's bytes (Timing.kv_bytes).
 
     Eager decode drops finished sequences from the batch; with a CUDA graph (the default on a GPU with the
     varlen backend and a cache that keeps everything) every sequence stays and one replay runs each step. A
     length-gated remap runs its two sides apart (positions/gate.py); the second side draws from its own seed
     and reports no steps (the caller's count runs once)."""
     parts = model.rotary.apart([len(p) for p in prompts])
+    context = check_context(context, [len(p) for p in prompts])
     out: list[list[int]] = [[] for _ in prompts]
+    shares: list[int] = [0] * len(prompts)
     for k, part in enumerate(parts):
         seeded = sampling if k == 0 or sampling.seed is None else Sampling(sampling.temperature, sampling.top_p,
                                                                             sampling.seed + k)
-        got = _generate([prompts[i] for i in part], model, max_new_tokens, eos_ids, seeded, backend,
-                        on_step if k == 0 else None, cuda_graph, policy, chunk, timing)
-        for i, ids in zip(part, got):
-            out[i] = ids
+        got, held = _generate([prompts[i] for i in part], model, max_new_tokens, eos_ids, seeded, backend,
+                              on_step if k == 0 else None, cuda_graph, policy, chunk, timing,
+                              None if context is None else [context[i] for i in part])
+        for i, ids, b in zip(part, got, held):
+            out[i], shares[i] = ids, b
+    if timing is not None:
+        timing.kv_bytes = shares
     return out
 
 
-def _generate(prompts, model, max_new_tokens, eos_ids, sampling, backend, on_step, cuda_graph, policy, chunk, timing):
+def _generate(prompts, model, max_new_tokens, eos_ids, sampling, backend, on_step, cuda_graph, policy, chunk, timing,
+              context=None):
     from .graphs import GraphDecoder
     backend = Backend.of(backend)
     dev = model.tok_embeddings.weight.device
@@ -204,7 +254,8 @@ def _generate(prompts, model, max_new_tokens, eos_ids, sampling, backend, on_ste
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timing.start()
-    cache = new_cache(model, prompts, max_new_tokens, policy, chunk)
+    cache = new_cache(model, prompts, max_new_tokens, policy, chunk, context)
+    held = cache.region_bytes()
     pick = sampling.sampler(dev)
     logits = prefill(model, prompts, cache, backend, policy, chunk)  # [B, V]
     if cuda_graph is None:
@@ -254,4 +305,4 @@ def _generate(prompts, model, max_new_tokens, eos_ids, sampling, backend, on_ste
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timing.end()
-    return out
+    return out, held

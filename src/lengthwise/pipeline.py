@@ -221,10 +221,12 @@ class CausalLM(_Loaded):
     def generate_ids(self, prompts, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
                      seed: int | None = None, chat: bool = False, truncate: bool = False,
                      progress: Progress = None, timing: Timing | None = None,
-                     check_context: bool = True) -> list[list[int]]:
+                     check_context: bool = True, context: Sequence[int] | None = None) -> list[list[int]]:
         """New token ids per prompt (EOS included when hit), under the model's KV policy (self.kv). timing: a
-        generate.Timing to add this call's prefill and decode seconds to. check_context=False runs prompts and
-        new tokens past the context the model reaches (an eval that measures what happens there)."""
+        generate.Timing to add this call's prefill and decode seconds to (and each prompt's KV-cache bytes).
+        check_context=False runs prompts and new tokens past the context the model reaches (an eval that
+        measures what happens there). context: per prompt, how many of its tokens are context; a KV policy
+        compresses those and keeps the rest (the question) whole, as kvpress's protocol does. None: all of it."""
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise LengthwiseError(f"max_new_tokens must be an integer of at least 1, got {max_new_tokens!r}")
         Sampling(temperature, top_p, seed)
@@ -241,10 +243,15 @@ class CausalLM(_Loaded):
         if room < 1:
             raise LengthwiseError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
                                   f"{self.context_length}-token context")
+        before = [len(s) for s in ids]
         ids = self._fit(ids, room, truncate, "tail", f"fit the context with {max_new_tokens} new tokens")
         ids = [s.tolist() if hasattr(s, "tolist") else list(s) for s in ids]  # arrays and tensors: plain int lists
+        if context is not None:  # a prompt cut at its head loses context first
+            context = list(context)
+            if len(context) == len(ids):
+                context = [c - (b - len(s)) if isinstance(c, int) else c for c, b, s in zip(context, before, ids)]
         return generate_ids(self.module, ids, max_new_tokens, self.eos_ids, Sampling(temperature, top_p, seed),
-                            self.backend, progress, policy=self.kv, timing=timing)
+                            self.backend, progress, policy=self.kv, timing=timing, context=context)
 
 
 class Encoder(_Loaded):

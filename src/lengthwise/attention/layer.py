@@ -49,8 +49,10 @@ class Step:
 
     slots: [T] cache slots of the new tokens, or [L, T] for a cache that evicts (each layer keeps its own
     count, so its own slots; meta.used_k is then [L, B]). lengths: what the length gate keys on (positions/
-    gate.py), by default the cache's last plan. policy, seqs, budgets: after this forward, keep at most
-    budgets [B'] tokens of each cache sequence seqs [B'] by the policy's scores; None: no eviction now.
+    gate.py), by default the cache's last plan. policy, seqs: the KV policy of an evicting cache and the cache
+    sequences seqs [B'] of this forward (a policy that accumulates attention scores every forward, H2O, sees
+    them all); budgets [B'] or [L, B']: after this forward keep at most that many tokens of each sequence (per
+    layer where the policy gives layers their own budgets); None: no eviction now.
     rots: the rotations, set by the model's forward."""
     meta: AttnMeta
     mask: MaskPattern
@@ -73,7 +75,8 @@ class Step:
     def of_layer(self, layer: int) -> tuple[AttnMeta, torch.Tensor | None]:
         """This layer's metadata and slots: an evicting cache's layers each keep their own count."""
         if self.slots is not None and self.slots.dim() == 2:
-            return replace(self.meta, used_k=self.meta.used_k[layer]), self.slots[layer]
+            cu_k = self.meta.cu_k[layer] if self.meta.cu_k.dim() == 2 else self.meta.cu_k
+            return replace(self.meta, cu_k=cu_k, used_k=self.meta.used_k[layer]), self.slots[layer]
         return self.meta, self.slots
 
 
@@ -93,9 +96,9 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv_heads: int, step: Step,
         q, k, v = qkv[:, :H], qkv[:, H:H + Hkv], qkv[:, H + Hkv:]
         if cache is not None:
             k, v = cache.write(layer, slots, k, v)
-        return _evict(step, layer, q, attend(q, k, v, meta, mask, backend, scale))
+        return _evict(step, layer, q, attend(q, k, v, meta, mask, backend, scale), scale)
     far = rots.rot.far
-    scored = step.budgets is not None and step.policy.window > 0  # the policy needs this forward's queries
+    scored = step.policy is not None and step.policy.needs_queries(step.budgets is not None)  # this forward's queries
     if (far is None and cache is not None and meta.used_k is not None and not scored
             and decode_kernel_applies(qkv[:, :H], meta, mask, backend)):
         from .triton_decode import rope_cache_decode
@@ -107,13 +110,13 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv_heads: int, step: Step,
         kv = () if cache is None else (cache.k[layer], cache.v[layer], slots)
         qk = rope_prefill(qkv, rots.near, Hkv, *kv)
         k, v = (qk[:, H:], qkv[:, H + Hkv:]) if cache is None else (cache.k[layer], cache.v[layer])
-        return _evict(step, layer, qk[:, :H], attend(qk[:, :H], k, v, meta, mask, backend, scale))
+        return _evict(step, layer, qk[:, :H], attend(qk[:, :H], k, v, meta, mask, backend, scale), scale)
     qk = rots.near.apply(qkv[:, :H + Hkv])  # queries and keys rotated in one pass
     q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]  # [T, H, D], [T, Hkv, D], [T, Hkv, D]
     if far is None:
         if cache is not None:
             k, v = cache.write(layer, slots, k, v)
-        return _evict(step, layer, q, attend(q, k, v, meta, mask, backend, scale))
+        return _evict(step, layer, q, attend(q, k, v, meta, mask, backend, scale), scale)
     # a remap: queries (and maybe keys) rotated again for the far region
     from .two_region import attend_two_region
     qf = rots.far_q.apply(qkv[:, :H])
@@ -127,9 +130,12 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv_heads: int, step: Step,
     return attend_two_region(q, k, v, qf, kf, meta, mask, far, backend, scale)
 
 
-def _evict(step: Step, layer: int, q, y):
-    """After this layer's attention: let the policy trim the layer's cache to the step's budgets."""
-    if step.budgets is not None:
-        from ..kv.policy import compress
-        compress(step.policy, step.cache, layer, step.seqs, step.budgets, q, step.meta.cu_q)
+def _evict(step: Step, layer: int, q, y, scale: float | None = None):
+    """After this layer's attention: let the policy see it (accumulated scores) and trim the layer's cache to
+    the step's budgets."""
+    if step.policy is not None and step.seqs is not None and step.policy.evicts:
+        from ..kv.policy import after_attention
+        b = step.budgets
+        after_attention(step.policy, step.cache, layer, step.seqs, None if b is None else (b[layer] if b.dim() == 2 else b),
+                        q, step.meta.cu_q, scale)
     return y

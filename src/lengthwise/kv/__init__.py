@@ -1,6 +1,8 @@
 """KV caches and the policies that decide what they keep.
 
     lw.load("smollm2-135m", kv="window:sinks=4,recent=512")
+    lw.load("smollm2-135m", kv="snapkv:ratio=0.5")       # kvpress's compression_ratio: 50% removed
+    lw.load("smollm2-135m", kv=lw.kv.H2O(tokens=1024, every=1))
 
 `RaggedKVCache` gives each sequence a region of its own size; a `Policy` scores the cached tokens and the
 cache keeps the best within a budget (kv/policy.py). POLICIES lists them by name.
@@ -10,9 +12,18 @@ from __future__ import annotations
 from .. import options
 from .cache import RaggedKVCache
 from .policy import Budget, Full, Policy, compress
+from .a2sf import A2SF
+from .h2o import H2O
+from .knorm import Knorm
+from .pyramidkv import PyramidKV
+from .random import Random
+from .snapkv import SnapKV
+from .streaming import Streaming
+from .tova import TOVA
 from .window import Window
 
-POLICIES: dict[str, type[Policy]] = {c.name: c for c in (Full, Window)}
+POLICIES: dict[str, type[Policy]] = {c.name: c for c in (Full, Window, Streaming, H2O, A2SF, TOVA, SnapKV,
+                                                          PyramidKV, Knorm, Random)}
 
 
 def parse(spec: "str | Policy | None") -> Policy:
@@ -24,4 +35,5 @@ def parse(spec: "str | Policy | None") -> Policy:
     return options.parse(spec, POLICIES, "KV policy")
 
 
-__all__ = ["RaggedKVCache", "Policy", "Budget", "Full", "Window", "POLICIES", "parse", "compress"]
+__all__ = ["RaggedKVCache", "Policy", "Budget", "Full", "Window", "Streaming", "H2O", "A2SF", "TOVA", "SnapKV",
+           "PyramidKV", "Knorm", "Random", "POLICIES", "parse", "compress"]

@@ -42,29 +42,54 @@ class RaggedKVCache:
 
     def __init__(self, n_layers: int, capacities: list[int], n_kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str, far_keys: bool = False,
-                 prompts: list[int] | None = None, evicting: bool = False):
+                 prompts: list[int] | None = None, evicting: bool = False,
+                 layer_capacities: list[list[int]] | None = None, scores: bool = False):
         """prompts: each sequence's prompt length, which a length-gated position scheme (beyond=true) keys on
         for the sequence's whole life; None: the capacities (a sequence that may outgrow the trained context
-        is treated as one that does). evicting: a policy may drop tokens (kept and pos are tracked)."""
+        is treated as one that does). evicting: a policy may drop tokens (kept and pos are tracked).
+        layer_capacities [L][B]: an evicting cache's regions per layer, where a policy gives layers budgets of
+        their own (PyramidKV); each layer's pool is then sized to its own regions. scores: keep an
+        accumulated-attention score per cached token and kv head (H2O, A2SF), compacted with the tokens."""
         cap = torch.tensor(capacities, dtype=torch.int64)
         prompts = list(capacities) if prompts is None else list(prompts)
         if len(prompts) != len(capacities) or (not evicting and any(p > c for p, c in zip(prompts, capacities))):
             raise LengthwiseError("RaggedKVCache: prompts must give one length per sequence, within its capacity")
         if evicting and far_keys:
             raise LengthwiseError("a KV policy that evicts cannot run with a remap's far keys yet: drop --kv or --positions")
+        if layer_capacities is not None and (not evicting or len(layer_capacities) != n_layers):
+            raise LengthwiseError("RaggedKVCache: layer_capacities need an evicting cache and one row per layer")
+        self.n_layers, self.dtype = n_layers, dtype
         self.prompt_len = torch.tensor(prompts, dtype=torch.int64, device=device)  # [B]
         self.prompt_max = max(prompts, default=0)
         self.capacity = cap.to(device)  # [B]
         self.start = (torch.cumsum(cap, 0) - cap).to(device)  # [B] region starts
         self.length = torch.zeros(len(capacities), dtype=torch.int64, device=device)  # [B]
-        total = int(cap.sum())
-        _check_fits(n_layers * total * n_kv_heads * head_dim * dtype.itemsize * (3 if far_keys else 2), total, device)
-        self.k = torch.empty(n_layers, total, n_kv_heads, head_dim, dtype=dtype, device=device)  # [L, S, Hkv, D]
-        self.v = torch.empty_like(self.k)
-        # keys rotated for a remap's far pass (positions/rope.py: Remap), when those differ from k
-        self.k_far = torch.empty_like(self.k) if far_keys else None
-        self.kept = torch.zeros(n_layers, len(capacities), dtype=torch.int64, device=device) if evicting else None
-        self.pos = torch.zeros(n_layers, total, n_kv_heads, dtype=torch.int32, device=device) if evicting else None
+        self.context = None  # [B] where set: tokens past it are never evicted (the question, the answer)
+        self.kept = self.pos = self.acc = None
+        self.k_far = None
+        per_slot = n_kv_heads * head_dim * dtype.itemsize * (3 if far_keys else 2)
+        if not evicting:
+            total = int(cap.sum())
+            _check_fits(n_layers * total * per_slot, total, device)
+            self.k = torch.empty(n_layers, total, n_kv_heads, head_dim, dtype=dtype, device=device)  # [L, S, Hkv, D]
+            self.v = torch.empty_like(self.k)
+            # keys rotated for a remap's far pass (positions/rope.py: Remap), when those differ from k
+            self.k_far = torch.empty_like(self.k) if far_keys else None
+        else:
+            # an evicting cache: each layer a pool of its own, sized to its regions; each slot its token's
+            # position per kv head (heads keep different tokens), and each (layer, sequence) its own count
+            lc = torch.tensor(layer_capacities if layer_capacities is not None else [capacities] * n_layers,
+                              dtype=torch.int64)  # [L, B]
+            totals = lc.sum(1).tolist()
+            per_slot += n_kv_heads * (4 + (4 if scores else 0))
+            _check_fits(sum(totals) * per_slot, max(totals, default=0), device)
+            self.k = [torch.empty(t, n_kv_heads, head_dim, dtype=dtype, device=device) for t in totals]
+            self.v = [torch.empty_like(k) for k in self.k]
+            self.pos = [torch.zeros(t, n_kv_heads, dtype=torch.int32, device=device) for t in totals]
+            self.acc = [torch.zeros(t, n_kv_heads, dtype=torch.float32, device=device) for t in totals] if scores else None
+            self.capacity_l = lc.to(device)  # [L, B]
+            self.start_l = (torch.cumsum(lc, 1) - lc).to(device)  # [L, B]
+            self.kept = torch.zeros(n_layers, len(capacities), dtype=torch.int64, device=device)
         self.max_capacity = int(cap.max())
         self.cu_k_all = torch.cat([self.start, self.start[-1:] + self.capacity[-1:]]).to(torch.int32)  # [B+1]
         self.planned = Lengths(self.prompt_len, self.prompt_max, self.max_capacity)  # of the last plan
@@ -72,12 +97,24 @@ class RaggedKVCache:
     @property
     def nbytes(self) -> int:
         """Bytes the cache holds on its device (keys, values, far keys, positions)."""
-        return sum(t.untyped_storage().nbytes() for t in (self.k, self.v, self.k_far, self.pos) if t is not None)
+        parts = [self.k, self.v, self.k_far, self.pos, self.acc]
+        return sum(t.untyped_storage().nbytes() for p in parts if p is not None for t in (p if isinstance(p, list) else [p]))
+
+    def region_bytes(self) -> list[int]:
+        """Each sequence's share of nbytes: the storage its regions hold in every layer."""
+        if self.kept is None:
+            share = self.capacity.double() / float(self.capacity.sum())
+        else:
+            per_layer = torch.tensor([float(t.untyped_storage().nbytes()) for t in self.k], dtype=torch.float64,
+                                     device=self.capacity_l.device)
+            slots = self.capacity_l.double()  # [L, B]
+            share = (slots / slots.sum(1, keepdim=True).clamp(min=1) * per_layer[:, None]).sum(0) / per_layer.sum()
+        return [round(x) for x in (share * self.nbytes).tolist()]
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store one layer's new keys and values [T, Hkv, D] at slots [T]; -> the layer's pools to attend over."""
-        self.k[layer, slots] = k
-        self.v[layer, slots] = v
+        self.k[layer][slots] = k
+        self.v[layer][slots] = v
         return self.k[layer], self.v[layer]
 
     def write_far(self, layer: int, slots: torch.Tensor, kf: torch.Tensor) -> torch.Tensor:
@@ -110,20 +147,27 @@ class RaggedKVCache:
         old = self.length[seqs]
         held = old if self.kept is None else self.kept[:, seqs]  # [B'] or [L, B'] tokens cached now
         new_len = held + n_new
-        if bool((new_len > self.capacity[seqs]).any()):
+        room = self.capacity[seqs] if self.kept is None else self.capacity_l[:, seqs]
+        if bool((new_len > room).any()):
             raise LengthwiseError("KV cache region overflow: a sequence outgrew the space reserved for it")
         cu_q = torch.zeros(len(seqs) + 1, dtype=torch.int32, device=seqs.device)
         cu_q[1:] = torch.cumsum(n_new, 0)
         offset = torch.arange(int(cu_q[-1]), device=seqs.device) - torch.repeat_interleave(cu_q[:-1].long(), n_new)
         positions = torch.repeat_interleave(old, n_new) + offset  # [T]
-        start = self.start[seqs]
         if self.kept is None:
+            start = self.start[seqs]
             slots = torch.repeat_interleave(start, n_new) + positions  # [T]
-        else:  # each layer appends after what it kept
+            cu_k = torch.cat([start, (start[-1] + self.capacity[seqs[-1]]).view(1)]).to(torch.int32)
+        else:  # each layer appends after what it kept, in its own pool
+            start = self.start_l[:, seqs]  # [L, B']
             slots = torch.repeat_interleave(start + held, n_new, dim=-1) + offset  # [L, T]
-            self.pos[torch.arange(self.pos.shape[0], device=seqs.device)[:, None], slots] = positions.to(torch.int32)[None, :, None]
+            p32 = positions.to(torch.int32)[:, None]
+            for layer in range(self.n_layers):
+                self.pos[layer][slots[layer]] = p32
+                if self.acc is not None:
+                    self.acc[layer][slots[layer]] = 0.0
             self.kept[:, seqs] = new_len
-        cu_k = torch.cat([start, (start[-1] + self.capacity[seqs[-1]]).view(1)]).to(torch.int32)
+            cu_k = torch.cat([start, start[:, -1:] + self.capacity_l[:, seqs[-1:]]], dim=1).to(torch.int32)  # [L, B'+1]
         meta = AttnMeta(cu_q, int(n_new.max()), cu_k, int(new_len.max()), new_len.to(torch.int32))
         # the gate's lengths: the cache's largest prompt and region, so a subset needs no sync
         self.planned = Lengths(self.prompt_len[seqs], self.prompt_max, self.max_capacity,

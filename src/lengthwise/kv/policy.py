@@ -1,15 +1,23 @@
 """KV policies: what the cache keeps. A policy scores the cached tokens; the cache keeps the best within a budget.
 
-In the spirit of kvpress's ScorerPress: a policy only says how much to keep (`keep`) and how to rank what is
-cached (`score`); `compress` does the keeping for every policy alike. It gathers each sequence's cached keys
-of one layer, asks for scores [B, Hkv, S], keeps the top `keep` tokens of every kv head (in their cache
-order), and compacts them to the front of the sequence's region. The cache is allocated for the budget, not
-the prompt (kv/cache.py), so what is dropped is memory never held.
+In the spirit of kvpress's ScorerPress: a policy only says how much to keep (`keep`, or `layer_keep` for
+budgets per layer) and how to rank what is cached (`score`); `after_attention` does the keeping for every
+policy alike. It gathers each sequence's cached keys of one layer into a `Cached` view, asks for scores
+[B, Hkv, S], keeps the top `keep` tokens of every kv head (in their cache order), and compacts them to the
+front of the sequence's region. The cache is allocated for the budget, not the prompt (kv/cache.py), so what
+is dropped is memory never held.
 
 A policy acts at the end of every prefill chunk (`generate.prefill` cuts long prompts in chunks, so the prefill
-peak is the budget plus one chunk) and, if `every` > 0, after every `every`-th decode step. A policy that scores
-with attention sets `window` to the number of last queries it needs; it then receives those queries and their
-attention weights over the cached keys, computed for it alone (attention/weights.py): nobody else pays.
+peak is the budget plus one chunk) and, if `every` > 0, after every `every`-th decode step. What a policy
+reads, it asks for, and only it pays:
+- `observe` > 0: the last `observe` queries of the forward that evicts and their attention weights over the
+  cached keys (attention/weights.py);
+- `accumulate`: a running sum of the attention every cached token has received, from every query of every
+  forward (prefill chunks and decode steps), decayed by `decay` per token (H2O, A2SF); the cache stores it
+  per token and kv head and compacts it with the tokens.
+
+Where the cache knows where each prompt's context ends (`RaggedKVCache.context`, set when the question is
+kept out of compression), the tokens past it are never evicted: the budget covers the context only.
 """
 from __future__ import annotations
 
@@ -23,11 +31,46 @@ from ..errors import LengthwiseError
 from ..options import check_fields, spec_of
 
 
+@dataclass
+class Cached:
+    """One layer's cached tokens of the sequences a policy ranks, padded past each sequence's count.
+
+    keys, values [B, S, Hkv, D] (RoPE applied), positions [B, S, Hkv] int64, valid [B, S] bool, budgets [B]
+    (what each keeps); with `observe`: queries [B, w, H, D] and weights [B, H, w, S] (softmax over the valid
+    keys); with `accumulate`: attention [B, Hkv, S] float32, the accumulated scores; layer and n_layers."""
+    keys: torch.Tensor
+    values: torch.Tensor
+    positions: torch.Tensor
+    valid: torch.Tensor
+    budgets: torch.Tensor
+    layer: int = 0
+    n_layers: int = 1
+    queries: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.keys.shape[2]
+
+    def per_kv_head(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, S] over query heads -> [B, Hkv, S]: the mean over each kv head's group (GQA)."""
+        B, H, S = x.shape
+        return x.view(B, self.n_kv_heads, H // self.n_kv_heads, S).mean(2)
+
+    def newest(self, count: torch.Tensor) -> torch.Tensor:
+        """count [B] -> [B, Hkv, S] bool: each sequence's `count` newest tokens (by position)."""
+        p = self.positions.transpose(1, 2)  # [B, Hkv, S]
+        top = torch.where(self.valid[:, None, :], p, -1).amax(-1, keepdim=True)  # [B, Hkv, 1]
+        return self.valid[:, None, :] & (p > top - count[:, None, None])
+
+
 @dataclass(frozen=True)
 class Policy:
     """Base: keep everything (the budget is the whole sequence). Subclasses set a budget and a score."""
     name: ClassVar[str] = ""
-    window: ClassVar[int] = 0  # last queries whose attention weights score() needs; 0: none
+    observe: ClassVar[int] = 0  # last queries whose attention weights score() needs; 0: none
+    accumulate: ClassVar[bool] = False  # score() reads the accumulated attention (Cached.attention)
     # decode: evict after every `every`-th step (0: the policy acts in prefill only); keyword-only, so it
     # follows each policy's own options
     every: int = field(default=0, kw_only=True)
@@ -45,22 +88,34 @@ class Policy:
     def evicts(self) -> bool:
         return True
 
+    @property
+    def decay(self) -> float:
+        """With `accumulate`: the factor an accumulated score is multiplied by per token seen since (1: none)."""
+        return 1.0
+
     def keep(self, n: torch.Tensor) -> torch.Tensor:
-        """n [B] int64 prompt lengths -> [B] tokens each sequence keeps (at most n)."""
+        """n [B] int64 tokens seen -> [B] tokens each sequence keeps (at most n)."""
         return n
 
-    def score(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
-              queries: torch.Tensor | None, weights: torch.Tensor | None) -> torch.Tensor:
-        """keys, values [B, S, Hkv, D] (one layer's cached tokens, RoPE applied; padded past each sequence's
-        count), positions [B, S, Hkv] int64, valid [B, S] bool; with `window`: queries [B, w, H, D] and weights
-        [B, H, w, S] (softmax over the valid keys) -> scores [B, Hkv, S], higher kept first. Padding is masked
-        by the caller."""
+    def layer_keep(self, n: torch.Tensor, n_layers: int) -> torch.Tensor:
+        """n [B] -> [L, B]: what each layer keeps; the same everywhere unless the policy says (PyramidKV)."""
+        return self.keep(n).expand(n_layers, -1)
+
+    def needs_queries(self, evicting: bool) -> bool:
+        """This forward's queries are read after attention (so the fused decode kernel steps aside)."""
+        return self.evicts and (self.accumulate or (evicting and self.observe > 0))
+
+    def score(self, c: Cached) -> torch.Tensor:
+        """-> scores [B, Hkv, S], higher kept first; padding is masked by the caller."""
         raise NotImplementedError
 
     def spec(self) -> str:
         """The policy as it parses back: its own options, then `every` where it is not the default."""
         from dataclasses import fields
-        return spec_of(self, self.name, {f.name for f in fields(self) if not f.kw_only})
+        return spec_of(self, self.name, {f.name for f in fields(self) if not f.kw_only} - self._unused())
+
+    def _unused(self) -> set:
+        return set()
 
 
 @dataclass(frozen=True)
@@ -71,17 +126,20 @@ class Budget(Policy):
     tokens: int = 0
 
     def check(self) -> None:
-        if (self.ratio > 0) == (self.tokens > 0):
-            raise LengthwiseError(f"{self.name}: give exactly one budget, ratio=R (the fraction removed, 0 < R < 1) "
-                                  "or tokens=N (the count kept)")
         if not 0 <= self.ratio < 1 or self.tokens < 0:
             raise LengthwiseError(f"{self.name}: ratio must be in [0, 1) and tokens >= 0, got ratio={self.ratio:g}, "
                                   f"tokens={self.tokens}")
+        if (self.ratio > 0) == (self.tokens > 0):
+            raise LengthwiseError(f"{self.name}: give exactly one budget, ratio=R (the fraction removed, 0 < R < 1) "
+                                  "or tokens=N (the count kept)")
 
     def keep(self, n: torch.Tensor) -> torch.Tensor:
         if self.tokens:
             return n.clamp(max=self.tokens)
         return (n.double() * (1 - self.ratio)).floor().long().clamp(min=1)  # kvpress: int(n * (1 - ratio))
+
+    def _unused(self) -> set:
+        return {"tokens"} if self.ratio else {"ratio"}
 
 
 @dataclass(frozen=True)
@@ -94,6 +152,38 @@ class Full(Policy):
         return False
 
 
+def _gather(cache, layer: int, seqs: torch.Tensor, n: torch.Tensor):
+    """One layer's cached tokens of seqs [B'] holding n [B'] each -> slots [B', S], valid [B', S]."""
+    S = int(n.max())
+    idx = torch.arange(S, device=n.device)
+    valid = idx[None, :] < n[:, None]  # [B, S]
+    start = cache.start_l[layer, seqs][:, None]
+    return torch.where(valid, start + idx[None, :], start), valid
+
+
+def after_attention(policy: Policy, cache, layer: int, seqs: torch.Tensor, budgets: torch.Tensor | None,
+                    q: torch.Tensor | None = None, cu_q: torch.Tensor | None = None, scale: float | None = None) -> None:
+    """After one layer's attention over this forward's cache sequences seqs [B']: add this forward's attention
+    to the accumulated scores (a policy with `accumulate`), then keep at most budgets [B'] tokens of each
+    sequence (None: no eviction now). q [T, H, D] and cu_q [B'+1]: this forward's queries."""
+    n = cache.kept[layer, seqs]  # [B'] cached now, this forward's tokens included
+    if policy.accumulate:
+        from ..attention.weights import column_sums
+        slots, valid = _gather(cache, layer, seqs, n)
+        rows = torch.arange(len(seqs), device=n.device)
+        sc = q.shape[-1] ** -0.5 if scale is None else scale
+        cs = column_sums(q, cu_q, rows, cache.k[layer][slots], valid, sc, policy.decay)  # [B', H, S]
+        B, H, S = cs.shape
+        cs = cs.view(B, cache.k[layer].shape[1], -1, S).mean(2).transpose(1, 2)  # [B', S, Hkv]
+        m = (cu_q[1:] - cu_q[:-1]).long()  # queries of this forward per sequence
+        old = torch.arange(S, device=n.device)[None, :] < (n - m)[:, None]  # tokens cached before it
+        fade = (policy.decay ** m.double()).float()[:, None, None]
+        acc = cache.acc[layer]
+        acc[slots[valid]] = (torch.where(old[..., None], acc[slots] * fade, 0) + cs)[valid]
+    if budgets is not None:
+        compress(policy, cache, layer, seqs, budgets, q, cu_q, scale)
+
+
 def compress(policy: Policy, cache, layer: int, seqs: torch.Tensor, budgets: torch.Tensor,
              q: torch.Tensor | None = None, cu_q: torch.Tensor | None = None, scale: float | None = None) -> None:
     """Keep at most budgets [B'] tokens of each sequence seqs [B'] in one layer of the cache, chosen by the
@@ -103,32 +193,35 @@ def compress(policy: Policy, cache, layer: int, seqs: torch.Tensor, budgets: tor
     over = n > budgets
     if not bool(over.any()):
         return
-    seqs, n, budgets = seqs[over], n[over], budgets[over]
-    S = int(n.max())
-    idx = torch.arange(S, device=n.device)
-    valid = idx[None, :] < n[:, None]  # [B, S]
-    slots = torch.where(valid, cache.start[seqs][:, None] + idx[None, :], cache.start[seqs][:, None])  # [B, S]
+    rows = over.nonzero().squeeze(1)
+    seqs, n, budgets = seqs[rows], n[rows], budgets[rows]
+    slots, valid = _gather(cache, layer, seqs, n)
+    S = slots.shape[1]
     k, v, pos = cache.k[layer][slots], cache.v[layer][slots], cache.pos[layer][slots]  # [B, S, Hkv, D], [B, S, Hkv]
-    queries = weights = None
-    if policy.window:
+    c = Cached(k, v, pos.long(), valid, budgets, layer, cache.n_layers)
+    if policy.observe:
         from ..attention.weights import last_queries, window_weights
-        rows = over.nonzero().squeeze(1)
-        queries = last_queries(q, cu_q, rows, policy.window)  # [B, w, H, D]
-        weights = window_weights(queries, k, valid, q.shape[-1] ** -0.5 if scale is None else scale)
-    scores = policy.score(k, v, pos.long(), valid, queries, weights).float()  # [B, Hkv, S]
+        c.queries = last_queries(q, cu_q, rows, policy.observe)  # [B, w, H, D]
+        c.weights = window_weights(c.queries, k, valid, q.shape[-1] ** -0.5 if scale is None else scale)
+    if policy.accumulate:
+        c.attention = cache.acc[layer][slots].transpose(1, 2)  # [B, Hkv, S]
+    scores = policy.score(c).float()  # [B, Hkv, S]
     scores = scores.masked_fill(~valid[:, None, :], -math.inf)
+    if cache.context is not None:  # the question and what follows it stay
+        past = c.positions.transpose(1, 2) >= cache.context[seqs][:, None, None]
+        scores = scores.masked_fill(past & valid[:, None, :], math.inf)
     K = int(budgets.max())
-    top = scores.topk(K, dim=-1).indices  # [B, Hkv, K], best first
+    # best first; a stable sort breaks ties by cache order, so a sequence keeps the same tokens in any batch
+    top = scores.sort(dim=-1, descending=True, stable=True).indices[..., :K]  # [B, Hkv, K]
     rank = torch.arange(K, device=n.device)
     chosen = rank[None, None, :] < budgets[:, None, None]
     top = torch.where(chosen, top, S + rank).sort(dim=-1).values.clamp(max=S - 1)  # kept ones in cache order
     sel = top.transpose(1, 2)  # [B, K, Hkv]
-    gk = k.gather(1, sel[..., None].expand(-1, -1, -1, k.shape[-1]))  # [B, K, Hkv, D]
-    gv = v.gather(1, sel[..., None].expand(-1, -1, -1, v.shape[-1]))
-    gp = pos.gather(1, sel)
     write = rank[None, :] < budgets[:, None]  # [B, K]
-    dst = (cache.start[seqs][:, None] + rank[None, :])[write]
-    cache.k[layer][dst] = gk[write]
-    cache.v[layer][dst] = gv[write]
-    cache.pos[layer][dst] = gp[write]
+    dst = (cache.start_l[layer, seqs][:, None] + rank[None, :])[write]
+    cache.k[layer][dst] = k.gather(1, sel[..., None].expand(-1, -1, -1, k.shape[-1]))[write]  # [B, K, Hkv, D]
+    cache.v[layer][dst] = v.gather(1, sel[..., None].expand(-1, -1, -1, v.shape[-1]))[write]
+    cache.pos[layer][dst] = pos.gather(1, sel)[write]
+    if cache.acc is not None:
+        cache.acc[layer][dst] = cache.acc[layer][slots].gather(1, sel)[write]
     cache.kept[layer, seqs] = budgets

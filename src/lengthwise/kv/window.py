@@ -28,7 +28,7 @@ class Window(Policy):
     def keep(self, n: torch.Tensor) -> torch.Tensor:
         return n.clamp(max=self.sinks + self.recent)
 
-    def score(self, keys, values, positions, valid, queries, weights):
-        """positions [B, S, Hkv] -> [B, Hkv, S]: the sinks first, then newest first."""
-        p = positions.transpose(1, 2).double()
+    def score(self, c):
+        """The sinks first, then newest first."""
+        p = c.positions.transpose(1, 2).double()
         return torch.where(p < self.sinks, torch.inf, p)

@@ -1,0 +1,270 @@
+"""The KV-compression policies against an independent reference: HF transformers' own eager attention weights and
+cached keys (LlamaForCausalLM, float64), scored by each paper's formula in plain torch here, top-k per kv head.
+
+What lengthwise's cache keeps after prefill must be exactly that set, in packed batches of mixed lengths, per
+layer and kv head; accumulated scores (H2O, A2SF) must equal HF's column sums across prefill chunks and decode
+steps; the question stays out of compression where the context's end is given; the bytes follow the budgets.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lengthwise as lw
+from lengthwise import kv
+from lengthwise.generate import capacities, decode_step, new_cache, prefill
+
+from conftest import rel_err, tiny_hf_causal
+
+LENS = (41, 9, 30, 23)
+LAYERS, H, HKV = 3, 4, 2
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    hf, folder = tiny_hf_causal("llama", tmp_path_factory.mktemp("policies"), num_hidden_layers=LAYERS)
+    return hf.double(), folder
+
+
+def prompts_of(seed: int, lens=LENS):
+    """Distinct token ids within a prompt: two copies of a token would tie on key norm up to rounding."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randperm(211, generator=g)[:n].tolist() for n in lens]
+
+
+def top(scores, k):
+    """The k best of scores [S], ties to the older token (as the cache breaks them)."""
+    return set(scores.sort(descending=True, stable=True).indices[:k].tolist())
+
+
+def hf_run(hf, ids):
+    """-> attentions [L][H, n, n] and post-RoPE keys [L][Hkv, n, D] of HF's model on one sequence."""
+    with torch.no_grad():
+        out = hf(torch.tensor([ids]), output_attentions=True, use_cache=True)
+    cache = out.past_key_values
+    keys = [cache.layers[i].keys[0] for i in range(LAYERS)]
+    return [a[0] for a in out.attentions], keys
+
+
+def group_mean(x):  # [H, S] -> [Hkv, S]
+    return x.view(HKV, H // HKV, -1).mean(1)
+
+
+def newest(n, count):  # [S] bool: the count newest of n
+    return torch.arange(n) >= n - count
+
+
+def reference_scores(name, spec, att, keys, n, budget):
+    """[Hkv, n] float64 scores by the paper's formula, from HF's weights att [H, n, n] and keys [Hkv, n, D]."""
+    if name == "streaming":
+        p = torch.arange(n, dtype=torch.float64)
+        return torch.where(p < spec.get("sinks", 4), torch.inf, p).expand(HKV, -1)
+    if name == "knorm":
+        return -keys.norm(dim=-1)
+    if name == "tova":
+        return att[:, -1, :].mean(0).expand(HKV, -1)
+    if name in ("snapkv", "pyramidkv"):
+        w, k = spec.get("window", 64), spec.get("kernel", 5)
+        s = group_mean(att[:, -w:, :].mean(1))  # [Hkv, n]
+        s = F.avg_pool1d(s[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
+        return torch.where(newest(n, w), torch.inf, s)
+    if name in ("h2o", "a2sf"):
+        factor = spec.get("factor", 0.99) if name == "a2sf" else 1.0
+        wt = factor ** torch.arange(n - 1, -1, -1, dtype=torch.float64)  # query i weighs factor**(n-1-i)
+        s = group_mean((att * wt[None, :, None]).sum(1))
+        share = spec.get("recent", 0.5 if name == "h2o" else 0.0)
+        return torch.where(newest(n, int(budget * share)), torch.inf, s)
+    raise AssertionError(name)
+
+
+def kept_sets(cache, layer, i):
+    """The positions sequence i keeps in one layer, per kv head: [Hkv] sets."""
+    a, m = int(cache.start_l[layer, i]), int(cache.kept[layer, i])
+    pos = cache.pos[layer][a:a + m]  # [m, Hkv]
+    return [set(pos[:, h].tolist()) for h in range(pos.shape[1])]
+
+
+def pyramid_budgets(n, ratio, window, beta, layers):
+    """kvpress's PyramidKV layer budgets (KVCache-Factory's formula), written out by hand for one prompt."""
+    b = n * (1 - ratio)
+    lo, hi = b / beta, 2 * b - b / beta
+    if hi >= n - window:
+        hi, lo = n - window, 2 * b - (n - window)
+    if not (n >= hi >= lo >= window):
+        return [int(n * (1 - ratio))] * layers
+    return [round(hi - l * (hi - lo) / (layers - 1)) for l in range(layers)]
+
+
+CASES = [("streaming", "tokens=12,sinks=3", {"sinks": 3}), ("knorm", "tokens=10", {}),
+         ("tova", "tokens=11", {}), ("snapkv", "tokens=14,window=4,kernel=3", {"window": 4, "kernel": 3}),
+         ("h2o", "tokens=12", {}), ("a2sf", "tokens=12,factor=0.9", {"factor": 0.9}),
+         ("h2o", "ratio=0.5,recent=0.25", {"recent": 0.25})]
+
+
+@pytest.mark.parametrize("name,opts,spec", CASES, ids=[f"{n}:{o}" for n, o, _ in CASES])
+def test_prefill_keeps_the_reference_top_k_per_layer_and_head(models, name, opts, spec):
+    hf, folder = models
+    lm = lw.load(folder, device="cpu", dtype="float64", backend="reference", kv=f"{name}:{opts}")
+    prompts = prompts_of(0)
+    cache = new_cache(lm.module, prompts, 4, lm.kv, chunk=64)  # one chunk: every layer attends to the whole prompt
+    with torch.inference_mode():
+        prefill(lm.module, prompts, cache, lm.backend, lm.kv, chunk=64)
+    for i, p in enumerate(prompts):
+        att, keys = hf_run(hf, p)
+        n = len(p)
+        budget = int(lm.kv.keep(torch.tensor([n]))[0])
+        for layer in range(LAYERS):
+            assert int(cache.kept[layer, i]) == budget
+            ref = reference_scores(name, spec, att[layer], keys[layer], n, budget)
+            want = [top(ref[h], budget) for h in range(HKV)]
+            assert kept_sets(cache, layer, i) == want, (name, i, layer)
+
+
+def test_pyramidkv_budgets_per_layer_and_pools_sized_to_them(models):
+    hf, folder = models
+    lens = (200, 120, 90)
+    lm = lw.load(folder, device="cpu", dtype="float64", backend="reference", kv="pyramidkv:ratio=0.5,window=8,beta=4")
+    prompts = prompts_of(5, lens)
+    cache = new_cache(lm.module, prompts, 1, lm.kv, chunk=256)
+    with torch.inference_mode():
+        prefill(lm.module, prompts, cache, lm.backend, lm.kv, chunk=256)
+    for i, p in enumerate(prompts):
+        want_b = pyramid_budgets(len(p), 0.5, 8, 4, LAYERS)
+        assert cache.kept[:, i].tolist() == want_b
+        att, keys = hf_run(hf, p)
+        for layer in range(LAYERS):
+            ref = reference_scores("pyramidkv", {"window": 8, "kernel": 5}, att[layer], keys[layer], len(p), 0)
+            assert kept_sets(cache, layer, i) == [top(ref[h], want_b[layer]) for h in range(HKV)]
+    # each layer's pool holds that layer's regions only (with a prefill chunk smaller than the prompts, so the
+    # region is the budget plus one chunk): the storage falls layer by layer, as the budgets do
+    cache = new_cache(lm.module, prompts, 1, lm.kv, chunk=16)
+    per_layer = [cache.k[l].untyped_storage().nbytes() for l in range(LAYERS)]
+    assert per_layer == sorted(per_layer, reverse=True) and per_layer[0] > 1.5 * per_layer[-1]
+    slots = [sum(c) for c in capacities(lm.kv, list(lens), 1, 16, LAYERS)]
+    assert per_layer == [s * HKV * lm.config.head_dim * 8 for s in slots]
+
+
+@pytest.mark.parametrize("name,factor", [("h2o", 1.0), ("a2sf", 0.8)])
+def test_accumulated_scores_equal_hf_column_sums_across_chunks_and_decode(models, name, factor):
+    """A budget that evicts nothing, so the attention is the full model's: the running scores after a chunked
+    prefill (chunk 8) and 5 decode steps equal HF's column sums over every query, decayed per token."""
+    hf, folder = models
+    opts = "tokens=400" + (f",factor={factor}" if name == "a2sf" else "")
+    lm = lw.load(folder, device="cpu", dtype="float64", backend="reference", kv=f"{name}:{opts},every=1")
+    prompts = prompts_of(1, (29, 6, 17))
+    feed = [torch.randint(0, 211, (5,), generator=torch.Generator().manual_seed(i)).tolist() for i in range(3)]
+    cache = new_cache(lm.module, prompts, 6, lm.kv, chunk=8)
+    seqs = torch.arange(3)
+    with torch.inference_mode():
+        prefill(lm.module, prompts, cache, lm.backend, lm.kv, chunk=8)
+        for t in range(5):
+            decode_step(lm.module, cache, torch.tensor([f[t] for f in feed]), seqs, lm.backend, lm.kv, evict=True)
+    for i, (p, f) in enumerate(zip(prompts, feed)):
+        ids = p + f
+        n = len(ids)
+        att, _ = hf_run(hf, ids)
+        wt = factor ** torch.arange(n - 1, -1, -1, dtype=torch.float64)
+        for layer in range(LAYERS):
+            ref = group_mean((att[layer] * wt[None, :, None]).sum(1)).T  # [n, Hkv]
+            a = int(cache.start_l[layer, i])
+            assert int(cache.kept[layer, i]) == n
+            assert rel_err(cache.acc[layer][a:a + n].double(), ref) <= 1e-5, (i, layer)
+
+
+def test_decode_eviction_keeps_a_fixed_budget(models):
+    """TOVA as in its paper: a fixed token budget, one eviction per decode step, scored by the newest query."""
+    hf, folder = models
+    lm = lw.load(folder, device="cpu", dtype="float64", backend="reference", kv="tova:tokens=10,every=1")
+    prompts = prompts_of(2, (25, 7, 16))
+    got = lm.generate_ids(prompts, max_new_tokens=8)
+    cache = new_cache(lm.module, prompts, 8, lm.kv)
+    # one decode step after a prefill that evicted: the new token attends to the 10 kept by the reference
+    m = lm.module
+    with torch.inference_mode():
+        cache = new_cache(m, prompts[:1], 2, lm.kv)
+        prefill(m, prompts[:1], cache, lm.backend, lm.kv)
+        att, _ = hf_run(hf, prompts[0])
+        kept = top(att[0][:, -1, :].mean(0), 10)
+        assert kept_sets(cache, 0, 0) == [kept, kept]  # TOVA: all heads keep the same tokens
+        decode_step(m, cache, torch.tensor([got[0][0]]), torch.arange(1), lm.backend, lm.kv, evict=True)
+        assert cache.kept[:, 0].tolist() == [10] * LAYERS
+
+
+def test_packed_equals_per_sequence_with_chunked_prefill(models):
+    _, folder = models
+    for spec in ("snapkv:ratio=0.5,window=4", "h2o:ratio=0.6", "pyramidkv:ratio=0.5,window=4,beta=2"):
+        lm = lw.load(folder, device="cpu", dtype="float64", kv=spec)  # cpu_flash
+        prompts = prompts_of(3, (37, 4, 26, 15))
+        packed = lm.generate_ids(prompts, max_new_tokens=6)
+        m = lm.module
+        with torch.inference_mode():
+            both = new_cache(m, prompts, 1, lm.kv, chunk=8)
+            lp = prefill(m, prompts, both, lm.backend, lm.kv, chunk=8)
+            for i, p in enumerate(prompts):
+                alone = new_cache(m, [p], 1, lm.kv, chunk=8)
+                la = prefill(m, [p], alone, lm.backend, lm.kv, chunk=8)
+                assert rel_err(lp[i], la[0]) <= 1e-9, (spec, i)
+                for layer in range(LAYERS):
+                    assert kept_sets(both, layer, i) == kept_sets(alone, layer, 0), (spec, i, layer)
+            assert lm.generate_ids([prompts[1]], max_new_tokens=6)[0] == packed[1]
+
+
+def test_the_question_stays_out_of_compression(models):
+    """context=[c]: SnapKV compresses the first c tokens with the context's last queries as its window (kvpress's
+    question-agnostic protocol); every token after c is kept, and the budget counts the context only."""
+    hf, folder = models
+    lm = lw.load(folder, device="cpu", dtype="float64", backend="reference", kv="snapkv:ratio=0.5,window=4")
+    prompts = prompts_of(4, (40, 22))
+    context = [31, 15]
+    cache = new_cache(lm.module, prompts, 3, lm.kv, chunk=64, context=context)
+    with torch.inference_mode():
+        prefill(lm.module, prompts, cache, lm.backend, lm.kv, chunk=64)
+    for i, (p, c) in enumerate(zip(prompts, context)):
+        budget = c // 2
+        att, keys = hf_run(hf, p[:c])  # the context alone: what the compression may see
+        for layer in range(LAYERS):
+            ref = reference_scores("snapkv", {"window": 4, "kernel": 5}, att[layer], keys[layer], c, budget)
+            want = [top(ref[h], budget) | set(range(c, len(p))) for h in range(HKV)]
+            assert kept_sets(cache, layer, i) == want
+    # the user's path: generate_ids(context=...) gives the same first token as this prefill's logits
+    got = lm.generate_ids(prompts, max_new_tokens=1, context=context)
+    with torch.inference_mode():
+        c2 = new_cache(lm.module, prompts, 1, lm.kv, context=context)
+        ref = prefill(lm.module, prompts, c2, lm.backend, lm.kv).argmax(-1).tolist()
+    assert [g[0] for g in got] == ref
+
+
+def test_full_is_the_cache_without_a_policy(models):
+    _, folder = models
+    prompts = prompts_of(6)
+    a = lw.load(folder, device="cpu", dtype="float32").generate_ids(prompts, max_new_tokens=5)
+    b = lw.load(folder, device="cpu", dtype="float32", kv="full").generate_ids(prompts, max_new_tokens=5)
+    assert a == b
+
+
+def test_cache_bytes_fall_with_the_ratio(models):
+    _, folder = models
+    prompts = [[1] * 300, [2] * 180]
+    sizes = []
+    for spec in ("full", "snapkv:ratio=0.25", "snapkv:ratio=0.5", "snapkv:ratio=0.875"):
+        lm = lw.load(folder, device="cpu", kv=spec)
+        sizes.append(new_cache(lm.module, prompts, 16, lm.kv, chunk=32).nbytes)
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 4
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ("snapkv", "exactly one budget"), ("snapkv:ratio=1", "ratio must be in"), ("h2o:ratio=-0.1", "ratio must be in"),
+    ("tova:ratio=0.5,tokens=3", "exactly one budget"), ("streaming:tokens=4", "must pass them"),
+    ("snapkv:ratio=0.5,kernel=4", "odd number"), ("pyramidkv:ratio=0.5,beta=0.5", "beta must be >= 1"),
+    ("a2sf:ratio=0.5,factor=0", "forgetting factor"), ("h2o:ratio=0.5,recent=1", "share of the budget"),
+    ("snapkv:ratio=0.5,windw=3", "no option 'windw'"), ("snapkv2:ratio=0.5", "unknown KV policy")])
+def test_bad_specs_get_one_line(bad, needle):
+    with pytest.raises(lw.LengthwiseError, match=needle):
+        kv.parse(bad)
+
+
+def test_bad_context_is_refused(models):
+    _, folder = models
+    lm = lw.load(folder, device="cpu", kv="snapkv:ratio=0.5")
+    for ctx in ([0, 3], [5], [3, 99]):
+        with pytest.raises(lw.LengthwiseError, match="where its context ends"):
+            lm.generate_ids([[1] * 10, [2] * 8], max_new_tokens=2, context=ctx)
