@@ -357,6 +357,11 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
                               "KV policies apply to causal LMs")
     kw = {"positions": scheme} if scheme is not None else {"residual": residual} if residual is not None else {}
     module = L.build_module(ck, dtype, dev, trainable=trainable, **kw)
+    if getattr(module, "pe", None) is not None and module.pe.has_bias and chosen.kernel != "reference":
+        if backend != "auto":
+            raise LengthwiseError(f"{name_or_path} adds an attention bias ({ck.config.pe}), which runs on the "
+                                  f"reference kernel, not {chosen.kernel}: use backend='reference' (or auto)")
+        chosen = Backend.resolve("reference", dev, dtype)
     if ck.family == "llama":
         check_policy(module, policy)
     if compile:

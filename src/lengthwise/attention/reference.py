@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 
 
-def attend_reference(q, k, v, meta, mask, scale, return_lse: bool = False):
-    """Queries are aligned to the end of their keys; a query with no visible key gets 0 (lse -inf)."""
+def attend_reference(q, k, v, meta, mask, scale, return_lse: bool = False, bias=None):
+    """Queries are aligned to the end of their keys; a query with no visible key gets 0 (lse -inf).
+    bias: bias(i, n_q, n_k) -> [H, n_q, n_k], added to sequence i's logits (ALiBi, T5, FIRE:
+    positions/scratch/)."""
     out = torch.zeros_like(q)  # [Tq, H, D]
     work = torch.float64 if q.dtype == torch.float64 else torch.float32
     lse = torch.full(q.shape[:2], float("-inf"), dtype=work, device=q.device)  # [Tq, H]
@@ -20,6 +22,8 @@ def attend_reference(q, k, v, meta, mask, scale, return_lse: bool = False):
         v_i = v[cu_k[i]:cu_k[i] + n_k].to(work).repeat_interleave(rep, dim=1)
         n_q = q_i.shape[0]
         s = torch.einsum("qhd,khd->hqk", q_i, k_i) * scale  # [H, Lq, Lk]
+        if bias is not None:
+            s = s + bias(i, n_q, n_k).to(work)
         ok = mask.allowed(torch.arange(n_k - n_q, n_k, device=q.device), torch.arange(n_k, device=q.device))
         s = s.masked_fill(~ok, float("-inf"))
         l_i = torch.logsumexp(s, dim=-1)  # [H, Lq]; -inf where a query sees nothing
