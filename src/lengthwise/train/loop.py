@@ -95,11 +95,9 @@ def build_model(cfg: TrainConfig) -> Llama:
 
 
 def backend_for(module: Llama, device: torch.device) -> Backend:
-    """The attention kernel a training forward runs on: the reference wherever the scheme adds a bias or the
-    device has no fused float32 kernel, torch's fused CPU kernel otherwise."""
-    if module.pe is not None and module.pe.has_bias:
-        return Backend.resolve("reference", device, torch.float32)
-    return Backend.resolve("auto", device, torch.float32)
+    """The attention kernel training runs on: the reference, which batches a pack's sequences of one length
+    together and takes every scheme's bias (float32 has no fused GPU kernel to prefer)."""
+    return Backend.resolve("reference", device, torch.float32)
 
 
 def loss_of(module: Llama, tb: TrainBatch, backend) -> tuple[torch.Tensor, int]:
