@@ -127,3 +127,20 @@ def test_teacher_forced_score_is_greedy_decoding():
                 ids.append(int(logits([ids])[0][-1].argmax()))
             slow.append(float(ids == e.ids))
         assert fast == slow and 0 < sum(fast) < len(fast)
+
+
+def test_reference_kernel_batched_by_length_equals_its_loop():
+    """Packs with many sequences of one length take the batched path; the per-sequence loop (return_lse) is its twin."""
+    from lengthwise.attention import AttnMeta, MaskPattern, attend
+    from lengthwise.positions.scratch import ALiBi, Shape, SequenceBias
+    g = torch.Generator().manual_seed(0)
+    lens = [5, 3, 5, 5, 1, 3, 8]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    T = int(cu[-1])
+    q, k, v = (torch.randn(T, n, 8, generator=g, dtype=torch.float64) for n in (4, 2, 2))
+    meta = AttnMeta.packed(cu, max(lens))
+    pos = torch.cat([torch.arange(n) for n in lens])
+    for bias in (None, SequenceBias(ALiBi(Shape(32, 4, 8)), pos, cu.tolist())):
+        fast = attend(q, k, v, meta, MaskPattern(causal=True), "reference", bias=bias)
+        slow, _ = attend(q, k, v, meta, MaskPattern(causal=True), "reference", return_lse=True, bias=bias)
+        assert torch.allclose(fast, slow, atol=1e-12)
