@@ -74,6 +74,9 @@ def test_bad_input_is_one_line(tmp_path):
     one_error(run("train", "--steps", "2", "--dim", "32", "-o", tmp_path / "c"), "holds another run's config",
               "steps is 1 there, 2 here")
     one_error(run("lab", "--preset", "fast", "-o", tmp_path / "d"), "unknown preset 'fast'")
+    lab = ("lab", "--tasks", "copy", "--pes", "nope", "--train-max-len", "2", "--samples", "2", "--dim", "32")
+    assert run(*lab, "--steps", "1", "-o", tmp_path / "e").exit_code == 0
+    one_error(run(*lab, "--steps", "2", "-o", tmp_path / "e"), "holds another lab's results")
     assert not (tmp_path / "b").exists() and not (tmp_path / "a").exists()  # refused before anything is written
 
 

@@ -81,6 +81,13 @@ def run_lab(lab: LabConfig, out: Path, events: Events | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / RESULTS)
     config = lab.store_config()
+    head = store.header()
+    if head is not None and head["config"] != json.loads(json.dumps(config)):
+        from ..evaluation.store import config_diff
+        have, want = head["config"], json.loads(json.dumps(config))
+        shown = "; ".join(f"{k} is {json.dumps(have.get(k))} there, {json.dumps(want.get(k))} here"
+                          for k in config_diff(have, want)[:3])
+        raise LengthwiseError(f"{out} holds another lab's results ({shown}): write to a new --out")
     store.open_for_append(config)
     written = 0
     try:
