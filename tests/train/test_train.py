@@ -144,3 +144,14 @@ def test_reference_kernel_batched_by_length_equals_its_loop():
         fast = attend(q, k, v, meta, MaskPattern(causal=True), "reference", bias=bias)
         slow, _ = attend(q, k, v, meta, MaskPattern(causal=True), "reference", return_lse=True, bias=bias)
         assert torch.allclose(fast, slow, atol=1e-12)
+
+
+def test_eval_every_logs_accuracy_and_a_budget_stops(tmp_path):
+    import json
+    from lengthwise.train.loop import METRICS, train
+    r = train(TrainConfig(task="parity", pe="nope", dim=32, steps=10**6, budget_s=1.5, eval_every=3,
+                          tokens_per_step=128, train_max_len=4), tmp_path / "r")
+    assert 1.5 <= r["seconds"] < 6 and r["steps"] >= 3
+    recs = [json.loads(x) for x in (tmp_path / "r" / METRICS).read_text().splitlines()]
+    assert len(recs) == r["steps"] and "accuracy" in recs[2] and "accuracy" in recs[-1]
+    assert all(0 <= x["accuracy"] <= 1 for x in recs if "accuracy" in x)

@@ -179,6 +179,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> dict
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.98))
     t0, tokens, step, loss_avg = time.perf_counter(), 0, 0, float("nan")
+    paused = 0.0  # seconds spent on accuracy checks: not training time
     done = 0.0
     with open(out / METRICS, "w", encoding="utf-8") as log:
         while done < 1.0:
@@ -194,23 +195,25 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> dict
             tokens += tb.batch.num_tokens
             loss = loss_sum.item() / max(n, 1)
             loss_avg = loss if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * loss
-            elapsed = time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0 - paused
             done = max(step / cfg.steps, elapsed / cfg.budget_s if cfg.budget_s else 0.0)
             rec = {"step": step, "time_s": round(elapsed, 4), "loss": loss, "tokens": tokens,
                    "tokens_per_s": tokens / max(elapsed, 1e-9), "lr": opt.param_groups[0]["lr"],
                    "seqs": tb.batch.num_seqs}
             if cfg.eval_every and (step % cfg.eval_every == 0 or done >= 1.0):
+                t_eval = time.perf_counter()
                 module.eval()
                 rec["accuracy"] = exact_match(forward_logits(module, backend), task, range(cfg.train_min_len, cfg.train_max_len + 1),
                                               16, cfg.seed)
                 module.train()
+                paused += time.perf_counter() - t_eval
             log.write(json.dumps(rec) + "\n")
             if progress:
                 progress(step, loss_avg, rec["tokens_per_s"], min(done, 1.0))
     module.eval()
     save_model(module, cfg, out / MODEL)
     return {"skipped": False, "model": str(out / MODEL), "steps": step, "loss": loss_avg,
-            "seconds": time.perf_counter() - t0, "tokens": tokens}
+            "seconds": time.perf_counter() - t0 - paused, "tokens": tokens}
 
 
 def forward_logits(module: Llama, backend) -> Callable[[list[list[int]]], list[torch.Tensor]]:
