@@ -1,6 +1,5 @@
 """lengthwise train, lab and report: a checkpoint lw.load scores the same, one-line errors, the smoke preset."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +95,16 @@ def test_smoke_preset_resumes_and_reports(tmp_path):
     assert "MRR" in rep.stdout and "nope" in rep.stdout
     assert (tmp_path / "rep" / "lab_copy.png").stat().st_size > 10_000
     assert "lab_copy" in (tmp_path / "lab.md").read_text()
+
+
+@pytest.mark.parametrize("pe", ["nope", "learned", "rope"])
+def test_cache_free_schemes_generate_as_they_score(tmp_path, pe):
+    """Schemes that run against a KV cache generate what greedy decoding by full forwards gives."""
+    train(TrainConfig(task="copy", pe=pe, steps=2, dim=32), tmp_path / "r")
+    lm = lw.load(tmp_path / "r" / "model", device="cpu", dtype="float32")
+    prompt = get_task("copy").sample(5, 0).encode().ids[:7]
+    got = lm.generate_ids([prompt], max_new_tokens=4)[0]
+    ids = list(prompt)
+    for _ in range(len(got)):
+        ids.append(int(lm.logits([ids])[0][-1].argmax()))
+    assert got == ids[len(prompt):]

@@ -8,7 +8,7 @@ import torch
 from lengthwise.positions import scratch
 from lengthwise.tasks.algorithmic import get_task
 from lengthwise.train.batches import IGNORE, Filler, Piece, grow_odds, pack
-from lengthwise.train.loop import TrainConfig, backend_for, build_model, forward_logits, loss_of, score_length
+from lengthwise.train.loop import TrainConfig, backend_for, build_model, loss_of, score_length
 
 
 def pieces(task="addition:reverse=true", lens=(3, 7, 1, 12, 7)):

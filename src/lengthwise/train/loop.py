@@ -8,7 +8,6 @@ divided by their count: a packed batch gives the same loss as its documents one 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random

@@ -4,7 +4,6 @@ b(i, j) = f(psi(i - j) / psi(max(L, i))), psi(x) = log(c x + 1), f a small MLP (
 threshold L are learned. Normalizing by the query's own position maps every distance into [0, 1], at any length.
 Initial values (c = 1, L = 8, width 32) are ours.
 """
-import math
 
 import torch
 import torch.nn as nn

@@ -3,7 +3,6 @@
 A table of one vector per position, added to the token embeddings; rows past the training length stay at their
 random init, which is why APE fails to extrapolate.
 """
-import torch
 import torch.nn as nn
 
 from ...errors import LengthwiseError

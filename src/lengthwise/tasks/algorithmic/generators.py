@@ -6,7 +6,6 @@ duplicate_string, odds_first and bucket_sort (Ruoss et al. 2023); selective copy
 """
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass
 
