@@ -534,6 +534,169 @@ def eval_(
     typer.echo(f"ran {n} cells; {out} now holds {len(store.done_ids() & ids)} of this grid's {total}", err=True)
 
 
+@contextmanager
+def _train_progress(description: str) -> Iterator:
+    """A rich bar for training: the fraction of the step or time budget done, the running loss and tokens/s.
+    Yields a callback (description, step, loss, tokens/s, fraction)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                        TextColumn("step {task.fields[step]}"), TextColumn("loss {task.fields[loss]}"),
+                        TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), console=Console(stderr=True))
+    task = progress.add_task(description, total=1.0, step=0, loss="-", tps="-")
+    live = progress.console.is_terminal
+    if live:
+        progress.start()
+    ok = False
+    try:
+        yield lambda desc, step, loss, tps, frac: progress.update(task, description=desc, completed=frac, step=step,
+                                                                  loss=f"{loss:.4f}", tps=f"{tps:,.0f}")
+        ok = True
+    finally:
+        if live:
+            progress.live.transient = not ok
+            progress.stop()
+        elif ok:
+            progress.start()
+            progress.stop()
+
+
+def _ints(text: str, what: str) -> list[int]:
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        a, dash, b = part.partition("-")
+        try:
+            out += list(range(int(a), int(b) + 1)) if dash and a else [int(part)]
+        except ValueError:
+            raise LengthwiseError(f"cannot read {what} {part!r}: give whole numbers like 1,2,3 or a range 1-40") from None
+    if not out:
+        raise LengthwiseError(f"no {what} given")
+    return out
+
+
+TRAIN_HELP = """\
+Train one small transformer from scratch on an algorithmic task, packed (no padding), with fresh samples every
+step and document masks.
+
+[bold]Outputs[/bold] (in OUT/): model/ (config.json + model.safetensors; lw.load reads it), train_config.json,
+metrics.jsonl (one line per step: loss, tokens/s, learning rate). A folder holding another run's config is
+refused; the same config again finds its model and stops.
+
+[bold]Tasks[/bold]: {tasks}.  [bold]Position encodings[/bold]: {pes}
+(see docs/length-lab.md).
+
+[bold]Examples[/bold]
+  lengthwise train --task copy --pe nope --train-max-len 20 --steps 2000 -o runs/copy-nope
+  lengthwise train --task addition:reverse=true --pe abacus --budget 600 --device cuda -o runs/add
+"""
+
+
+def _train_help() -> str:
+    from .positions.scratch import SCHEMES
+    from .tasks.algorithmic import TASKS
+    return TRAIN_HELP.format(tasks=", ".join(TASKS), pes=", ".join(SCHEMES))
+
+
+@app.command("train", help=_train_help())
+def train_(
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="OUT", help="The run's folder.")],
+    task: Annotated[str, typer.Option("--task", help="An algorithmic task, options after a colon.")] = "copy",
+    pe: Annotated[str, typer.Option("--pe", help="A position encoding, options after a colon.")] = "nope",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the weights and the samples.")] = 0,
+    layers: Annotated[int, typer.Option("--layers")] = 2,
+    dim: Annotated[int, typer.Option("--dim")] = 64,
+    heads: Annotated[int, typer.Option("--heads")] = 4,
+    train_max_len: Annotated[int, typer.Option("--train-max-len", help="Training sizes are drawn from 1 to this.")] = 8,
+    steps: Annotated[int, typer.Option("--steps", help="At most this many steps.")] = 200,
+    budget: Annotated[Optional[float], typer.Option("--budget", metavar="SECONDS", help="At most this much wall-clock training time.")] = None,
+    tokens_per_step: Annotated[int, typer.Option("--tokens-per-step")] = 1024,
+    lr: Annotated[float, typer.Option("--lr")] = 3e-3,
+    fill: Annotated[str, typer.Option("--fill", help="docs (whole samples), buckets (Dataset Decomposition, Grow-P2), chunk or chunk_masked (concat-and-chunk without or with document masks).")] = "docs",
+    chunk: Annotated[int, typer.Option("--chunk", help="Chunk length of concat-and-chunk; the largest bucket.")] = 256,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Steps between accuracy checks at the training lengths, in metrics.jsonl (0: none).")] = 0,
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE")] = "cpu",
+):
+    from .train.loop import TrainConfig, train
+    cfg = TrainConfig(task=task, pe=pe, seed=seed, n_layers=layers, dim=dim, n_heads=heads, train_max_len=train_max_len,
+                      steps=steps, budget_s=budget, tokens_per_step=tokens_per_step, lr=lr, fill=fill, chunk=chunk,
+                      eval_every=eval_every, device=device)
+    with _train_progress(f"{cfg.task} · {cfg.pe}") as show:
+        r = train(cfg, out, progress=lambda step, loss, tps, frac: show(f"{cfg.task} · {cfg.pe}", step, loss, tps, frac))
+    if r["skipped"]:
+        typer.echo(f"{out} already holds this run's model: {r['model']}", err=True)
+    else:
+        typer.echo(f"trained {r['steps']} steps in {r['seconds']:.1f} s (loss {r['loss']:.4f}); model in {r['model']}",
+                   err=True)
+
+
+@app.command(help="""\
+Run the length-generalization lab: tasks x position encodings x seeds, each model trained (as
+`lengthwise train`) and tested at lengths up to 5x its training length by exact match.
+
+Results go to OUT/results.jsonl, one line per (task, pe, seed, length): task, pe, seed, train_max_len, length,
+accuracy, n. Rerunning the same command skips finished records and reloads trained models from OUT/runs/, so a
+killed lab resumes where it stopped.
+
+[bold]Presets[/bold]: smoke (CPU, under a minute: copy x nope/rope/alibi, 2 layers, d=64, trained at <= 8,
+tested at <= 16); gpu (deliverable 5 of issue 19: 6 layers, d=384, 8 minutes a cell; see benchmarks/lab_gpu.sh).
+Options given beside a preset replace its values.
+
+[bold]Examples[/bold]
+  lengthwise lab --preset smoke -o runs/smoke
+  lengthwise lab --tasks copy,reverse --pes nope,rope,alibi --seeds 0,1,2 --train-max-len 20 --steps 3000 -o runs/lab
+  lengthwise report runs/lab/results.jsonl
+""")
+def lab(
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="OUT", help="The lab's folder (created or resumed).")],
+    preset: Annotated[Optional[str], typer.Option("--preset", help="smoke or gpu.")] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated tasks (options after a colon).")] = None,
+    pes: Annotated[Optional[str], typer.Option("--pes", help="Comma-separated position encodings.")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="e.g. 0,1,2 or 0-2.")] = None,
+    lengths: Annotated[Optional[str], typer.Option("--lengths", help="Test lengths, e.g. 1-40 or 10,20,40. [default: 1 to 5x the training length]")] = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", help="Test samples per length.")] = None,
+    train_max_len: Annotated[Optional[int], typer.Option("--train-max-len")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps")] = None,
+    budget: Annotated[Optional[float], typer.Option("--budget", metavar="SECONDS", help="Wall-clock training time per model.")] = None,
+    layers: Annotated[Optional[int], typer.Option("--layers")] = None,
+    dim: Annotated[Optional[int], typer.Option("--dim")] = None,
+    heads: Annotated[Optional[int], typer.Option("--heads")] = None,
+    tokens_per_step: Annotated[Optional[int], typer.Option("--tokens-per-step")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", metavar="DEVICE")] = None,
+):
+    import copy
+    from .train.lab import PRESETS, LabConfig, run_lab
+    if preset is not None and preset not in PRESETS:
+        raise LengthwiseError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    base = copy.deepcopy(PRESETS[preset]) if preset else dict(tasks=None, pes=None, seeds=[0], samples=64, train={})
+    if tasks is not None:
+        base["tasks"] = _split_tasks(tasks)
+    if pes is not None:
+        base["pes"] = _split_tasks(pes)
+    if base.get("tasks") is None or base.get("pes") is None:
+        raise LengthwiseError("name the grid: --tasks and --pes (or a --preset)")
+    if seeds is not None:
+        base["seeds"] = _ints(seeds, "seeds")
+    if lengths is not None:
+        base["lengths"] = _ints(lengths, "lengths")
+    elif train_max_len is not None:
+        base.pop("lengths", None)  # 1 .. 5x the new training length
+    if samples is not None:
+        base["samples"] = samples
+    over = dict(train_max_len=train_max_len, steps=steps, budget_s=budget, n_layers=layers, dim=dim, n_heads=heads,
+                tokens_per_step=tokens_per_step, device=device)
+    base["train"].update({k: v for k, v in over.items() if v is not None})
+    cfg = LabConfig(**base)
+    n_cells = len(cfg.tasks) * len(cfg.pes) * len(cfg.seeds)
+    with _train_progress(f"lab (0/{n_cells})") as show:
+        def events(kind, e):
+            if kind == "train":
+                show(f"lab {e['cell'] + 1}/{e['cells']}: {e['task']} · {e['pe']} · seed {e['seed']}", e["step"],
+                     e["loss"], e["tokens_per_s"], e["done"])
+        n = run_lab(cfg, out, events)
+    typer.echo(f"wrote {n} records to {out / 'results.jsonl'} ({n_cells} models, lengths "
+               f"{min(cfg.lengths)}-{max(cfg.lengths)}); lengthwise report {out / 'results.jsonl'}", err=True)
+
+
 @app.command(help="""\
 Summarize an eval results file: accuracy by task x length with each row's effective length
 (RULER's: the longest tested length up to which every tested length meets --threshold), depth x
@@ -547,7 +710,14 @@ def report(
     markdown: Annotated[Optional[Path], typer.Option("--markdown", metavar="FILE.md", help="Also write a markdown summary.")] = None,
     threshold: Annotated[float, typer.Option("--threshold", metavar="PERCENT", help="The bar for each row's effective length: the longest tested length up to which every tested length scores at least this (RULER's bar, Llama-2-7B at 4k, by default).")] = 85.6,
 ):
-    from .report import format_table, report as make_report
+    from .report import format_table, is_lab, lab_report, report as make_report
+    if results and results[0].is_file() and is_lab(results[0]):  # a lab store: curves per PE and the MRR table
+        r = lab_report(results, out_dir, markdown)
+        typer.echo(r["text"])
+        for w in r["warnings"]:
+            _warn(w)
+        typer.echo(f"wrote {len(r['plots'])} plots" + (f" and {markdown}" if markdown else ""), err=True)
+        return
     if not 0 <= threshold <= 100:  # NaN fails too
         raise LengthwiseError(f"--threshold {threshold:.10g} is outside 0-100: it is an accuracy in percent, e.g. --threshold 95")
     r = make_report(results, out_dir, markdown, threshold / 100)

@@ -365,6 +365,11 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
     ck = L.read_checkpoint(path)
     kw = _family_options(ck.family, ck.arch, scheme, residual, policy)
     module = L.build_module(ck, dtype, dev, trainable=trainable, **kw)
+    if getattr(module, "pe", None) is not None and module.pe.has_bias and chosen.kernel != "reference":
+        if backend != "auto":
+            raise LengthwiseError(f"{name_or_path} adds an attention bias ({ck.config.pe}), which runs on the "
+                                  f"reference kernel, not {chosen.kernel}: use backend='reference' (or auto)")
+        chosen = Backend.resolve("reference", dev, dtype)
     return _assemble(str(name_or_path), ck, module, L.load_tokenizer(path), dev, dtype, chosen, policy, compile)
 
 

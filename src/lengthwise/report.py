@@ -550,6 +550,145 @@ def report(path: str | Path | list, out_dir: str | Path | None = None, markdown_
     return {"table": accuracy_table(records), "plots": written, "warnings": warnings, "markdown": md}
 
 
+# ---------------------------------------------------------------- the length lab (train/lab.py)
+
+LAB_REQUIRED = ("task", "pe", "seed", "train_max_len", "length", "accuracy", "n")
+
+
+def is_lab(path: str | Path) -> bool:
+    """Whether a results file is a lab store (its records name a pe), judged by its first record."""
+    from .evaluation.store import ResultStore
+    records, _ = ResultStore(path).records()
+    return bool(records) and "pe" in records[0] and "accuracy" in records[0]
+
+
+def read_lab(paths: list[Path]) -> tuple[list[dict], list[str]]:
+    from .evaluation.store import ResultStore
+    records, warnings = [], []
+    for p in paths:
+        if not Path(p).exists():
+            raise LengthwiseError(f"results file {p} does not exist")
+        recs, w = ResultStore(p).records()
+        warnings += w
+        for r in recs:
+            missing = [k for k in LAB_REQUIRED if k not in r]
+            if missing:
+                warnings.append(f"record {r.get('id')!r}: missing {', '.join(missing)}; skipped")
+            elif _is_number(r["accuracy"]) and 0 <= r["accuracy"] <= 1:
+                records.append(r)
+    if not records:
+        raise LengthwiseError(f"{', '.join(map(str, paths))} hold no lab records")
+    return _keep_last(records, lambda r: str(r["id"]), "an earlier id", warnings), warnings
+
+
+def lab_curves(records: list[dict]) -> dict[tuple[str, str], dict[int, tuple[float, float]]]:
+    """{(task, pe): {length: (median over seeds, best seed)}} of accuracy."""
+    by: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by[(r["task"], r["pe"])][int(r["length"])].append(float(r["accuracy"]))
+    out = {}
+    for key, per in by.items():
+        out[key] = {n: (_median(v), max(v)) for n, v in sorted(per.items())}
+    return out
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    m = len(s) // 2
+    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2
+
+
+def mrr_table(records: list[dict]) -> tuple[list[str], list[str], dict[tuple[str, str], tuple[float, int]], dict[str, float]]:
+    """The PE study's ranking: per task, each PE's mean accuracy (median over seeds) at the lengths past its
+    training length, ranked (ties share the better rank); the mean reciprocal rank of each PE over the tasks.
+    Returns (tasks, pes, {(task, pe): (accuracy, rank)}, {pe: mrr})."""
+    curves = lab_curves(records)
+    train = {(r["task"], r["pe"]): int(r["train_max_len"]) for r in records}
+    tasks = sorted({t for t, _ in curves}, key=_natural)
+    pes = list(dict.fromkeys(r["pe"] for r in records))
+    cell: dict[tuple[str, str], tuple[float, int]] = {}
+    for t in tasks:
+        acc = {}
+        for p in pes:
+            c = curves.get((t, p))
+            if c:
+                far = [m for n, (m, _) in c.items() if n > train[(t, p)]] or [m for m, _ in c.values()]
+                acc[p] = sum(far) / len(far)
+        for p, a in acc.items():
+            cell[(t, p)] = (a, 1 + sum(b > a + 1e-12 for b in acc.values()))
+    mrr = {p: _mean(1 / cell[(t, p)][1] for t in tasks if (t, p) in cell) for p in pes}
+    pes.sort(key=lambda p: -mrr[p] if not math.isnan(mrr[p]) else 1)
+    return tasks, pes, cell, mrr
+
+
+def format_mrr(tasks, pes, cell, mrr) -> str:
+    head = ["task"] + pes
+    rows = [head] + [[t] + [f"{_pct(cell[(t, p)][0])} (#{cell[(t, p)][1]})" if (t, p) in cell else "-" for p in pes]
+                     for t in tasks]
+    rows.append(["MRR"] + [f"{mrr[p]:.2f}" for p in pes])
+    widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
+    lines = ["  ".join([r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])]) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    return ("accuracy past the training length, % (median over seeds; #rank per task); MRR over tasks\n"
+            + "\n".join(lines))
+
+
+def _lab_curve(task: str, curves: dict, pes: list[str], train_len: int):
+    from matplotlib import colormaps
+    fig = _figure(7.6, 4.5)
+    ax = fig.add_subplot()
+    palette = colormaps["viridis"]
+    for i, p in enumerate(pes):
+        pts = curves.get((task, p))
+        if not pts:
+            continue
+        colour = palette(0.85 * i / max(len(pes) - 1, 1))
+        xs = list(pts)
+        ax.plot(xs, [100 * m for m, _ in pts.values()], label=p, color=colour, linewidth=1.8,
+                marker=MARKERS[i % len(MARKERS)], markersize=5 if i % 2 else 7, zorder=3)
+        if any(b != m for m, b in pts.values()):  # several seeds: the best drawn thin
+            ax.plot(xs, [100 * b for _, b in pts.values()], color=colour, linewidth=0.8, linestyle=":", zorder=2)
+    ax.axvline(train_len, color="black", linestyle=(0, (4, 3)), linewidth=1.0, label=f"training length ({train_len})")
+    ax.axvspan(0, train_len, color="grey", alpha=0.08, zorder=0)
+    ax.set_ylim(0.0, 102.0)
+    ax.set_xlim(0.5, max(n for c in curves.values() for n in c) + 0.5)
+    ax.set_xlabel("length (task size)")
+    ax.set_ylabel("exact match (%)")
+    ax.set_title(f"{task}: accuracy against length (median over seeds; dotted: best seed)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    return fig
+
+
+def lab_report(paths: list[Path], out_dir: Path | None = None, markdown_path: Path | None = None) -> dict:
+    """Curves of accuracy against length per PE (one plot per task, training length marked) and the task x PE
+    mean-reciprocal-rank table; plots in `out_dir` (default `<stem>_report/` beside the first file)."""
+    paths = [Path(p) for p in paths]
+    out_dir = Path(out_dir) if out_dir is not None else paths[0].with_name(f"{paths[0].stem}_report")
+    check_folder(out_dir)
+    records, warnings = read_lab(paths)
+    tasks, pes, cell, mrr = mrr_table(records)
+    curves = lab_curves(records)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for t in tasks:
+        train_len = max(int(r["train_max_len"]) for r in records if r["task"] == t)
+        p = out_dir / f"{_safe('lab', t)}.png"
+        with atomic_write(p, "wb") as f:
+            _lab_curve(t, curves, pes, train_len).savefig(f, format="png")
+        written.append(p)
+    text = format_mrr(tasks, pes, cell, mrr)
+    md = "# Length lab\n\n```\n" + text + "\n```\n"
+    if markdown_path is not None:
+        markdown_path = Path(markdown_path)
+        md += plot_links(written, markdown_path.parent)
+        with atomic_write(markdown_path, "w") as f:
+            f.write(md)
+    return {"text": text, "plots": written, "warnings": warnings, "mrr": mrr, "markdown": md}
+
+
 class _Module(type(os)):
     """This module, callable: `lw.report(path, ...)` is report(...), and `lw.report.accuracy_table` and the rest
     stay where they are."""

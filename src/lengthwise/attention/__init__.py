@@ -62,13 +62,22 @@ def decode_kernel_applies(q, meta: "AttnMeta", mask: MaskPattern, backend: Backe
 
 
 def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: "Backend | str" = "reference",
-           scale: float | None = None, return_lse: bool = False, splits: int | None = None):
+           scale: float | None = None, return_lse: bool = False, splits: int | None = None, bias=None):
     """-> out [Tq, H, D], and with return_lse the log-sum-exp of each query's scores [Tq, H] float32.
+
+    bias: an additive attention bias per sequence, bias(i, n_q, n_k) -> [H, n_q, n_k] (positions/scratch/);
+    only the reference kernel takes one.
 
     splits: cut each sequence's keys into that many chunks (decode steps only: one query per sequence);
     None lets split_kv.auto_splits decide."""
     backend = Backend.of(backend)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if bias is not None:
+        if backend.kernel != "reference":
+            from ..errors import LengthwiseError
+            raise LengthwiseError(f"an attention bias (ALiBi, T5, FIRE) runs on the reference kernel, not "
+                                  f"{backend.kernel}: load with backend='reference'")
+        return attend_reference(q, k, v, meta, mask, scale, return_lse, bias)
     s = auto_splits(q, meta, mask, backend) if splits is None else splits
     if splits is None and s == 1 and _triton_decode_applies(q, meta, mask, backend):  # decode_kernel_applies
         # a decode step split-KV leaves whole (short keys, or many sequences): the GQA-grouped kernel

@@ -64,6 +64,7 @@ class Step:
     seqs: torch.Tensor | None = None
     budgets: torch.Tensor | None = None
     rots: Rotations | None = None
+    bias: object | None = None  # positions.scratch.SequenceBias: an additive bias per sequence, set by the forward
 
     def __post_init__(self):
         self.backend = Backend.of(self.backend)
@@ -96,10 +97,11 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv_heads: int, step: Step,
         q, k, v = qkv[:, :H], qkv[:, H:H + Hkv], qkv[:, H + Hkv:]
         if cache is not None:
             k, v = cache.write(layer, slots, k, v)
-        return _evict(step, layer, q, attend(q, k, v, meta, mask, backend, scale), scale)
+        return _evict(step, layer, q, attend(q, k, v, meta, mask, backend, scale, bias=step.bias), scale)
     far = rots.rot.far
     scored = step.policy is not None and step.policy.needs_queries(step.budgets is not None)  # this forward's queries
-    if (far is None and cache is not None and meta.used_k is not None and not scored
+    fused = fused and step.bias is None  # a bias runs the plain path (attend takes it on the reference kernel)
+    if (far is None and step.bias is None and cache is not None and meta.used_k is not None and not scored
             and decode_kernel_applies(qkv[:, :H], meta, mask, backend)):
         from .triton_decode import rope_cache_decode
         y = rope_cache_decode(qkv, rots.near, cache.k[layer], cache.v[layer], slots, meta.cu_k, meta.used_k,
@@ -116,7 +118,7 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv_heads: int, step: Step,
     if far is None:
         if cache is not None:
             k, v = cache.write(layer, slots, k, v)
-        return _evict(step, layer, q, attend(q, k, v, meta, mask, backend, scale), scale)
+        return _evict(step, layer, q, attend(q, k, v, meta, mask, backend, scale, bias=step.bias), scale)
     # a remap: queries (and maybe keys) rotated again for the far region
     from .two_region import attend_two_region
     qf = rots.far_q.apply(qkv[:, :H])

@@ -34,6 +34,7 @@ class LlamaConfig:
     sliding_window: int | None = None
     window_layers: tuple[bool, ...] | None = None  # which layers slide (HF layer_types); None: all, if a window is set
     rope: RoPE | None = None  # the checkpoint's own RoPE scaling (HF rope_scaling), if any
+    pe: str | None = None  # a from-scratch position encoding (positions/scratch/), e.g. "alibi"; None: RoPE
 
     def window_of(self, layer: int) -> int | None:
         """The sliding window of one layer, or None for full attention."""
@@ -70,6 +71,7 @@ class LlamaConfig:
             window_layers=None if types is None else tuple(t == "sliding_attention" for t in types),
             rope=from_hf(rope, c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
                          c.get("max_position_embeddings"), c.get("original_max_position_embeddings")),
+            pe=c.get("lengthwise_pe"),
         )
 
     @classmethod
@@ -170,6 +172,13 @@ class Llama(nn.Module):
         if self.rotary.far_needed and cfg.windowed:
             raise LengthwiseError(f"{self.rotary.scheme.name} remaps far keys, but this model attends within a "
                                   f"{cfg.sliding_window}-token sliding window: use a RoPE scaling instead")
+        self.pe = None
+        if cfg.pe is not None:
+            from ..positions import scratch
+            self.pe = scratch.build(cfg.pe, scratch.Shape(cfg.dim, cfg.n_heads, cfg.head_dim))
+            if not own and not self.pe.rotary:
+                raise LengthwiseError(f"{self.rotary.scheme.spec()} re-scales RoPE, and this model was trained with "
+                                      f"{cfg.pe}: drop --positions")
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -183,8 +192,11 @@ class Llama(nn.Module):
     def forward(self, tokens, positions, step: Step, out_rows=None):
         """tokens, positions [T] -> logits [T, vocab], or [len(out_rows), vocab] for just those rows."""
         dtype = self.tok_embeddings.weight.dtype
-        step.rots = Rotations.of(self.rotary(positions, step.meta, step.lengths), dtype)
         x = self.tok_embeddings(tokens).to(residual_dtype(dtype))  # [T, dim]
+        if self.pe is None:
+            step.rots = Rotations.of(self.rotary(positions, step.meta, step.lengths), dtype)
+        else:
+            x, positions = self._scratch_positions(tokens, positions, step, x, dtype)
         if fused_applies(x, step.backend):
             x = self._fused_layers(x, step, out_rows, dtype)
         else:
@@ -194,6 +206,20 @@ class Llama(nn.Module):
                 x = x[out_rows]
             x = self.norm(x)
         return F.linear(x, self.tok_embeddings.weight if self.output is None else self.output.weight)
+
+    def _scratch_positions(self, tokens, positions, step: Step, x, dtype):
+        """A from-scratch scheme's hooks (positions/scratch/base.py): remap, embed, rotate, bias."""
+        if step.cache is not None and not self.pe.cached:
+            raise LengthwiseError(f"position encoding {self.cfg.pe} runs on packed forwards (training, scoring, "
+                                  "logits), not against a KV cache: score with lm.logits")
+        cu = step.meta.cu_q
+        positions = self.pe.remap(positions, cu)
+        e = self.pe.embed(tokens, positions, cu)
+        if e is not None:
+            x = x + e.to(x.dtype)
+        step.rots = Rotations.of(self.rotary(positions, step.meta, step.lengths), dtype) if self.pe.rotary else None
+        step.bias = self.pe.biases(positions, step.meta)
+        return x, positions
 
     def _fused_layers(self, x, step, out_rows, dtype):
         """The layers with each residual add fused into the norm after it, and SiLU(gate) * up fused
@@ -247,6 +273,9 @@ def rename(sd: dict, cfg: LlamaConfig, fmt: str, arch: str = "llama") -> dict:
     """Checkpoint names to ours, each projection still apart (wq, wk, wv, w1, w3): what from_hf shares."""
     out = {}
     for name, t in sd.items():
+        if fmt == "hf" and name.startswith(PE_PREFIX):  # a from-scratch position encoding's own weights
+            out["pe." + name[len(PE_PREFIX):]] = t
+            continue
         for pat, ours in _RULES[fmt]:
             m = pat.match(name)
             if m:
@@ -258,6 +287,38 @@ def rename(sd: dict, cfg: LlamaConfig, fmt: str, arch: str = "llama") -> dict:
     if cfg.tie_embeddings:
         out.pop("output.weight", None)
     return out
+
+
+PE_PREFIX = "lengthwise.pe."
+
+
+def to_hf(state: dict, cfg: LlamaConfig) -> dict:
+    """Our state dict in HF's names (q/k/v and gate/up apart again), the inverse of convert_checkpoint: how
+    `lengthwise train` writes a checkpoint that `lw.load` reads back. A scheme's own weights keep PE_PREFIX."""
+    sd = {}
+    qkv = [cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim]
+    for name, t in state.items():
+        t = t.detach().contiguous()
+        if name.startswith("pe."):
+            sd[PE_PREFIX + name[3:]] = t
+            continue
+        if ".attention.wqkv." in name:
+            parts = dict(zip("qkv", t.split(qkv)))
+            pieces = {name.replace("wqkv", f"w{x}"): parts[x] for x in "qkv"}
+        elif ".feed_forward.w13." in name:
+            g, u = t.chunk(2)
+            pieces = {name.replace("w13", "w1"): g, name.replace("w13", "w3"): u}
+        else:
+            pieces = {name: t}
+        for ours, tensor in pieces.items():
+            for names in _NAMES:
+                m = _pattern(names[0]).match(ours)
+                if m:
+                    sd[names[1].format(**m.groupdict())] = tensor.contiguous()
+                    break
+            else:
+                raise LengthwiseError(f"no HF name for tensor {ours}")
+    return sd
 
 
 def _unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:

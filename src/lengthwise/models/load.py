@@ -43,7 +43,7 @@ EMBEDDED = {
 
 # HF architectures and GGUF general.architecture values, by family.
 HF_ARCHS = {
-    "LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "llama",
+    "LlamaForCausalLM": "llama", "LengthwiseLabForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "llama",
     "BertModel": "bert", "BertForMaskedLM": "bert", "BertForPreTraining": "bert",
 }
 GGUF_ARCHS = {"llama": "llama", "qwen2": "llama", "mistral": "llama"}

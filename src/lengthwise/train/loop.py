@@ -1,0 +1,251 @@
+"""One training run: a from-scratch Llama with a lab position encoding, fitted on fresh samples every step.
+
+    cfg = TrainConfig(task="copy", pe="nope", train_max_len=8, steps=200)
+    result = train(cfg, Path("runs/copy-nope"))          # model/ (lw.load reads it), train_config.json, metrics.jsonl
+
+The loss is next-token cross-entropy on answer tokens only (batches.py), summed over the step's targets and
+divided by their count: a packed batch gives the same loss as its documents one at a time.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..attention import AttnMeta, Backend
+from ..attention.layer import Step
+from ..errors import LengthwiseError
+from ..models import init_weights
+from ..models.llama import Llama, LlamaConfig, to_hf
+from ..outputs import atomic_write, check_folder
+from ..positions import scratch
+from ..tasks.algorithmic import get_task
+from ..tasks.algorithmic.vocab import SIZE
+from .batches import FILLS, IGNORE, Filler, Piece, TrainBatch
+
+ARCH = "LengthwiseLabForCausalLM"
+RUN_CONFIG = "train_config.json"
+METRICS = "metrics.jsonl"
+MODEL = "model"
+
+
+@dataclass
+class TrainConfig:
+    task: str
+    pe: str
+    seed: int = 0
+    n_layers: int = 2
+    dim: int = 64
+    n_heads: int = 4
+    train_min_len: int = 1
+    train_max_len: int = 8
+    steps: int = 200  # at most this many steps
+    budget_s: float | None = None  # and at most this many seconds of training (wall clock)
+    tokens_per_step: int = 1024
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    fill: str = "docs"
+    chunk: int = 256  # concat-and-chunk's chunk, and the largest bucket of Dataset Decomposition
+    max_positions: int = 2048  # the model's context: tables and randomized positions reach this far
+    eval_every: int = 0  # steps between accuracy checks at the training lengths (0: none)
+    device: str = "cpu"
+
+    def __post_init__(self):
+        for k in ("seed", "n_layers", "dim", "n_heads", "train_min_len", "train_max_len", "steps", "tokens_per_step",
+                  "chunk", "max_positions", "eval_every"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k in ("seed", "eval_every") else 1):
+                raise LengthwiseError(f"{k} must be a whole number >= {0 if k in ('seed', 'eval_every') else 1}, got {v!r}")
+        if self.budget_s is not None and not (isinstance(self.budget_s, (int, float)) and self.budget_s > 0
+                                              and math.isfinite(self.budget_s)):
+            raise LengthwiseError(f"the wall-clock budget must be a positive number of seconds, got {self.budget_s!r}")
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+            raise LengthwiseError(f"dim {self.dim} must split into {self.n_heads} heads of an even size")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            raise LengthwiseError(f"lr must be a number in (0, 1), got {self.lr!r}")
+        if self.fill not in FILLS:
+            raise LengthwiseError(f"unknown fill {self.fill!r}: choose one of {', '.join(FILLS)}")
+        task = get_task(self.task)
+        self.task = task.spec()
+        self.pe = scratch.canonical(self.pe)
+        if self.train_min_len > self.train_max_len:
+            raise LengthwiseError(f"train_min_len {self.train_min_len} is above train_max_len {self.train_max_len}")
+        task.check_length(self.train_min_len)
+        task.check_length(self.train_max_len)
+        from ..pipeline import resolve_device
+        resolve_device(self.device)
+
+    def model_config(self) -> LlamaConfig:
+        hidden = 8 * ((8 * self.dim // 3 + 7) // 8)  # SwiGLU at 8/3 of the width, as Llama sizes it
+        return LlamaConfig(vocab_size=SIZE, dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads,
+                           n_kv_heads=self.n_heads, hidden_dim=hidden, context_length=self.max_positions,
+                           tie_embeddings=False, pe=self.pe)
+
+
+def build_model(cfg: TrainConfig) -> Llama:
+    return init_weights(Llama(cfg.model_config()), seed=cfg.seed)
+
+
+def backend_for(module: Llama, device: torch.device) -> Backend:
+    """The attention kernel training runs on: the reference, which batches a pack's sequences of one length
+    together and takes every scheme's bias (float32 has no fused GPU kernel to prefer)."""
+    return Backend.resolve("reference", device, torch.float32)
+
+
+def loss_of(module: Llama, tb: TrainBatch, backend) -> tuple[torch.Tensor, int]:
+    """(sum of the cross-entropy over the batch's targets, how many targets)."""
+    b = tb.batch
+    logits = module(b.tokens, b.positions, Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), module.mask, backend))
+    keep = tb.targets != IGNORE
+    return F.cross_entropy(logits[keep].float(), tb.targets[keep], reduction="sum"), int(keep.sum())
+
+
+def save_model(module: Llama, cfg: TrainConfig, folder: Path) -> None:
+    """An HF-style folder: config.json (architecture LengthwiseLabForCausalLM) and model.safetensors."""
+    from safetensors.torch import save_file
+    mc = module.cfg
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"architectures": [ARCH], "model_type": "llama", "vocab_size": mc.vocab_size, "hidden_size": mc.dim,
+              "num_hidden_layers": mc.n_layers, "num_attention_heads": mc.n_heads,
+              "num_key_value_heads": mc.n_kv_heads, "intermediate_size": mc.hidden_dim, "head_dim": mc.head_dim,
+              "rms_norm_eps": mc.norm_eps, "rope_theta": mc.rope_theta, "max_position_embeddings": mc.context_length,
+              "tie_word_embeddings": mc.tie_embeddings, "lengthwise_pe": mc.pe,
+              "lengthwise_task": cfg.task, "lengthwise_train_max_len": cfg.train_max_len}
+    sd = to_hf({k: v.float().cpu() for k, v in module.state_dict().items()}, mc)
+    tmp = folder / ".model.safetensors.tmp"
+    save_file(sd, str(tmp), metadata={"format": "pt"})
+    tmp.replace(folder / "model.safetensors")
+    with atomic_write(folder / "config.json", "w") as f:
+        json.dump(config, f, indent=1)
+
+
+def claim(out: Path, cfg: TrainConfig) -> bool:
+    """Check the output folder and write the run's config into it. True: this config's model is already there."""
+    check_folder(out)
+    want = json.loads(json.dumps(asdict(cfg)))
+    path = out / RUN_CONFIG
+    if path.exists():
+        from ..models.load import read_json
+        have = read_json(path)
+        if have != want:
+            diff = [k for k in list(want) + [k for k in have if k not in want] if have.get(k) != want.get(k)]
+            shown = "; ".join(f"{k} is {json.dumps(have.get(k))} there, {json.dumps(want.get(k))} here" for k in diff[:3])
+            raise LengthwiseError(f"{out} holds another run's config ({shown}): train into a new folder")
+        return (out / MODEL / "model.safetensors").exists()
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w") as f:
+        json.dump(want, f, indent=1)
+    return False
+
+
+def schedule(progress: float, warm: float = 0.05) -> float:
+    """Learning-rate factor: linear warm-up over the first 5%, then cosine to 10%."""
+    if progress < warm:
+        return max(progress / warm, 0.02)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (progress - warm) / (1 - warm))))
+
+
+Progress = Callable[[int, float, float, float], None]  # (step, loss, tokens/s, fraction done)
+
+
+def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> dict:
+    """Fit one model; writes out/model/, out/train_config.json and out/metrics.jsonl. Returns a summary."""
+    out = Path(out)
+    if claim(out, cfg):
+        return {"skipped": True, "model": str(out / MODEL)}
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)  # randomized positions and Abacus offsets draw from torch's generator
+    module = build_model(cfg).to(device)
+    backend = backend_for(module, device)
+    task = get_task(cfg.task)
+    rng = random.Random(f"train-{cfg.seed}")
+
+    def draw() -> Piece:
+        s = task.sample(rng.randint(cfg.train_min_len, cfg.train_max_len), rng.getrandbits(32), stream="train")
+        e = s.encode()
+        return Piece(e.ids, e.scored)
+
+    filler = Filler(cfg.fill, draw, cfg.tokens_per_step, cfg.chunk, random.Random(f"fill-{cfg.seed}"))
+    decay = [p for n, p in module.named_parameters() if p.dim() >= 2]
+    rest = [p for n, p in module.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.98))
+    t0, tokens, step, loss_avg = time.perf_counter(), 0, 0, float("nan")
+    paused = 0.0  # seconds spent on accuracy checks: not training time
+    done = 0.0
+    with open(out / METRICS, "w", encoding="utf-8") as log:
+        while done < 1.0:
+            tb = filler.step(device, done)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * schedule(done)
+            loss_sum, n = loss_of(module, tb, backend)
+            opt.zero_grad(set_to_none=True)
+            (loss_sum / max(n, 1)).backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+            opt.step()
+            step += 1
+            tokens += tb.batch.num_tokens
+            loss = loss_sum.item() / max(n, 1)
+            loss_avg = loss if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * loss
+            elapsed = time.perf_counter() - t0 - paused
+            done = max(step / cfg.steps, elapsed / cfg.budget_s if cfg.budget_s else 0.0)
+            rec = {"step": step, "time_s": round(elapsed, 4), "loss": loss, "tokens": tokens,
+                   "tokens_per_s": tokens / max(elapsed, 1e-9), "lr": opt.param_groups[0]["lr"],
+                   "seqs": tb.batch.num_seqs}
+            if cfg.eval_every and (step % cfg.eval_every == 0 or done >= 1.0):
+                t_eval = time.perf_counter()
+                module.eval()
+                rec["accuracy"] = exact_match(forward_logits(module, backend), task, range(cfg.train_min_len, cfg.train_max_len + 1),
+                                              16, cfg.seed)
+                module.train()
+                paused += time.perf_counter() - t_eval
+            log.write(json.dumps(rec) + "\n")
+            if progress:
+                progress(step, loss_avg, rec["tokens_per_s"], min(done, 1.0))
+    module.eval()
+    save_model(module, cfg, out / MODEL)
+    return {"skipped": False, "model": str(out / MODEL), "steps": step, "loss": loss_avg,
+            "seconds": time.perf_counter() - t0 - paused, "tokens": tokens}
+
+
+def forward_logits(module: Llama, backend) -> Callable[[list[list[int]]], list[torch.Tensor]]:
+    """lm.logits for a module in memory: packed forwards without gradients."""
+    from ..ragged import RaggedBatch
+
+    @torch.no_grad()
+    def logits(seqs):
+        b = RaggedBatch.from_lists(seqs, next(module.parameters()).device)
+        return b.split(module(b.tokens, b.positions, Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), module.mask,
+                                                           backend)).float().cpu())
+    return logits
+
+
+def exact_match(logits: Callable, task, lengths, samples: int, seed: int, max_tokens: int = 16384) -> float:
+    """Mean exact match over `samples` evaluation samples per length. Greedy decoding reproduces the answer
+    exactly when, fed the answer, every answer position's argmax is the next answer token (by induction on the
+    position), so one teacher-forced forward scores it: no KV cache, and any position encoding."""
+    scores = []
+    for n in lengths:
+        scores += score_length(logits, task, n, samples, seed, max_tokens)
+    return sum(scores) / len(scores)
+
+
+def score_length(logits: Callable, task, n: int, samples: int, seed: int, max_tokens: int = 16384) -> list[float]:
+    """0/1 per evaluation sample of size n (eval stream, seeds seed * 1_000_003 + i)."""
+    encs = [task.sample(n, seed * 1_000_003 + i, stream="eval").encode() for i in range(samples)]
+    out = []
+    per = max(1, max_tokens // len(encs[0].ids))
+    for i in range(0, len(encs), per):
+        group = encs[i:i + per]
+        for e, lg in zip(group, logits([e.ids for e in group])):
+            a = e.answer_start
+            pred = lg[a - 1:len(e.ids) - 1].argmax(-1)
+            out.append(float(torch.equal(pred, torch.tensor(e.ids[a:]))))
+    return out

@@ -1,0 +1,97 @@
+"""From-scratch position encodings against their papers' formulas and reference code."""
+import math
+
+import pytest
+import torch
+
+from lengthwise import LengthwiseError
+from lengthwise.positions import scratch
+from lengthwise.positions.scratch import FIRE, ALiBi, Shape, T5Bias
+from lengthwise.positions.scratch.alibi import slopes
+from lengthwise.positions.scratch.t5 import bucket
+
+SHAPE = Shape(dim=32, n_heads=8, head_dim=4)
+
+
+def test_alibi_slopes_follow_the_paper():
+    # Press et al.: for n heads a power of two, m_k = 2^(-8k/n), k = 1..n
+    for n in (1, 2, 4, 8, 16):
+        assert slopes(n) == pytest.approx([2 ** (-8 * k / n) for k in range(1, n + 1)], rel=1e-12)
+    # 6 heads: the 4 slopes of 4 heads, then every other slope of 8 heads (2^-1, 2^-3, ... -> 2^-0.5, 2^-1.5)
+    assert slopes(6) == pytest.approx([2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3], rel=1e-12)
+
+
+def test_alibi_bias_is_minus_slope_times_distance():
+    a = ALiBi(SHAPE)
+    pos = torch.arange(5)
+    b = a.bias(pos, pos)  # [H, 5, 5]
+    for h, m in enumerate(slopes(8)):
+        for i in range(5):
+            for j in range(i + 1):
+                assert b[h, i, j].item() == pytest.approx(-m * (i - j))
+
+
+def test_t5_buckets_match_hf():
+    from transformers.models.t5.modeling_t5 import T5Attention
+    rel = torch.arange(-600, 600)[None, :] - torch.zeros(1, dtype=torch.long)[:, None]
+    for bidirectional in (False, True):
+        for nb, md in ((32, 128), (16, 32), (8, 20)):
+            ours = bucket(rel, bidirectional, nb, md)
+            theirs = T5Attention._relative_position_bucket(rel, bidirectional=bidirectional, num_buckets=nb,
+                                                           max_distance=md)
+            assert torch.equal(ours, theirs), (bidirectional, nb, md)
+
+
+def test_t5_bias_looks_up_its_table():
+    t5 = T5Bias(SHAPE)
+    pos = torch.arange(40)
+    b = t5.bias(pos, pos)
+    assert torch.equal(b[:, 39, 0], t5.table.weight[bucket(torch.tensor(-39))].float())
+    assert torch.equal(b[:, 3, 3], t5.table.weight[0].float())
+
+
+def test_fire_normalizes_by_the_query_position():
+    f = FIRE(SHAPE, c=1.0, threshold=8.0)
+    x = f.normalized(torch.tensor([5, 10]), torch.tensor([2, 3]))
+    # i=5, j=2: log(3 + 1) / log(max(8, 5) + 1);  i=10, j=3: log(7 + 1) / log(10 + 1)
+    assert x[0, 0].item() == pytest.approx(math.log(4) / math.log(9), rel=1e-6)
+    assert x[1, 1].item() == pytest.approx(math.log(8) / math.log(11), rel=1e-6)
+    f2 = FIRE(SHAPE, c=2.0, threshold=8.0)
+    assert f2.normalized(torch.tensor([10]), torch.tensor([3]))[0, 0].item() == pytest.approx(
+        math.log(15) / math.log(21), rel=1e-6)
+    # any length maps into [0, 1]
+    far = f.normalized(torch.tensor([5000]), torch.arange(5001)).detach()
+    assert float(far.min()) == 0.0 and float(far.max()) == pytest.approx(1.0)
+
+
+def test_abacus_places_count_within_each_number():
+    from lengthwise.tasks.algorithmic.vocab import ID
+    ab = scratch.build("abacus", SHAPE)
+    seq = ["<s>", "1", "2", "3", "+", "4", "5", "=", "<sep>", "9"]
+    tokens = torch.tensor([ID[s] for s in seq] * 2)
+    places = ab.places(tokens, torch.tensor([0, 10, 20], dtype=torch.int32))
+    assert places.tolist() == [0, 1, 2, 3, 0, 1, 2, 0, 0, 1] * 2
+
+
+def test_randomized_positions_are_sorted_and_reach_far():
+    r = scratch.build("randomized:max_positions=512", SHAPE).train()
+    torch.manual_seed(0)
+    p = r.remap(torch.arange(30), torch.tensor([0, 10, 30], dtype=torch.int32))
+    for part in (p[:10], p[10:]):
+        assert torch.all(part[1:] > part[:-1]) and int(part.max()) < 512
+    assert int(p.max()) > 100  # positions far past the sequence's own length are trained
+    r.eval()
+    a = r.remap(torch.arange(10), torch.tensor([0, 10], dtype=torch.int32))
+    b = r.remap(torch.arange(30), torch.tensor([0, 20, 30], dtype=torch.int32))
+    assert torch.equal(a, b[20:])  # evaluation: a sequence's positions depend on its length alone
+
+
+def test_specs_and_errors():
+    assert scratch.canonical("randomized") == "randomized:base=rope"
+    assert scratch.canonical("t5:max_distance=64") == "t5:max_distance=64"
+    with pytest.raises(LengthwiseError, match="unknown position encoding 'alibii'"):
+        scratch.parse("alibii")
+    with pytest.raises(LengthwiseError, match="not a plain position encoding"):
+        scratch.parse("randomized:base=abacus")
+    with pytest.raises(LengthwiseError, match="cannot read option"):
+        scratch.parse("alibi:slope=2")

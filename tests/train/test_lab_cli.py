@@ -1,0 +1,110 @@
+"""lengthwise train, lab and report: a checkpoint lw.load scores the same, one-line errors, the smoke preset."""
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import lengthwise as lw
+import lengthwise.cli as cli
+from lengthwise.tasks.algorithmic import get_task
+from lengthwise.train.loop import TrainConfig, backend_for, build_model, forward_logits, score_length, train
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(cli.app, [str(a) for a in args])
+
+
+def one_error(result, *needles):
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.mark.parametrize("pe", ["t5", "abacus:base=fire"])
+def test_a_trained_checkpoint_reloads_and_scores_the_same(tmp_path, pe):
+    out = tmp_path / "run"
+    r = run("train", "--task", "addition:reverse=true", "--pe", pe, "--steps", "6", "--dim", "32",
+            "--tokens-per-step", "256", "--train-max-len", "5", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in out.iterdir()} >= {"model", "train_config.json", "metrics.jsonl"}
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 6 and all(m["loss"] > 0 and m["tokens_per_s"] > 0 for m in metrics)
+    cfg = TrainConfig(**json.loads((out / "train_config.json").read_text()))
+    lm = lw.load(out / "model", device="cpu", dtype="float32")
+    assert lm.backend.kernel == "reference" and lm.module.cfg.pe == cfg.pe
+    # the same weights: rebuild the model from the run's config and the reloaded state
+    model = build_model(cfg).eval()
+    model.load_state_dict(lm.module.state_dict())
+    task = get_task(cfg.task)
+    for n in (3, 10):  # inside and past the training length
+        ids = [task.sample(n, i).encode().ids for i in range(6)]
+        for a, b in zip(lm.logits(ids), forward_logits(model, backend_for(model, torch.device("cpu")))(ids)):
+            assert torch.equal(a, b)
+        assert score_length(lm.logits, task, n, 6, 0) == score_length(forward_logits(model, lm.backend), task, n, 6, 0)
+    # the same config again: the model is there, nothing is trained
+    again = run("train", "--task", "addition:reverse=true", "--pe", pe, "--steps", "6", "--dim", "32",
+                "--tokens-per-step", "256", "--train-max-len", "5", "-o", out)
+    assert again.exit_code == 0 and "already holds" in again.stderr
+
+
+def test_bias_models_refuse_a_kv_cache(tmp_path):
+    train(TrainConfig(task="copy", pe="alibi", steps=1, dim=32), tmp_path / "r")
+    lm = lw.load(tmp_path / "r" / "model", device="cpu", dtype="float32")
+    with pytest.raises(lw.LengthwiseError, match="not against a KV cache"):
+        lm.generate_ids([[0, 5, 6, 1]], max_new_tokens=2)
+    with pytest.raises(lw.LengthwiseError, match="reference kernel"):
+        lw.load(tmp_path / "r" / "model", device="cpu", dtype="float32", backend="cpu_flash")
+
+
+def test_bad_input_is_one_line(tmp_path):
+    one_error(run("train", "--task", "kopy", "-o", tmp_path / "a"), "unknown algorithmic task 'kopy'")
+    one_error(run("train", "--pe", "rope2", "-o", tmp_path / "a"), "unknown position encoding 'rope2'")
+    one_error(run("lab", "--tasks", "copy:unique=true", "--pes", "nope", "--lengths", "1-30", "-o", tmp_path / "b"),
+              "cannot make length 27")
+    one_error(run("train", "--budget", "0", "-o", tmp_path / "a"), "wall-clock budget must be a positive")
+    one_error(run("lab", "--preset", "smoke", "--budget", "-5", "-o", tmp_path / "b"), "wall-clock budget")
+    assert run("train", "--steps", "1", "--dim", "32", "-o", tmp_path / "c").exit_code == 0
+    one_error(run("train", "--steps", "2", "--dim", "32", "-o", tmp_path / "c"), "holds another run's config",
+              "steps is 1 there, 2 here")
+    one_error(run("lab", "--preset", "fast", "-o", tmp_path / "d"), "unknown preset 'fast'")
+    lab = ("lab", "--tasks", "copy", "--pes", "nope", "--train-max-len", "2", "--samples", "2", "--dim", "32")
+    assert run(*lab, "--steps", "1", "-o", tmp_path / "e").exit_code == 0
+    one_error(run(*lab, "--steps", "2", "-o", tmp_path / "e"), "holds another lab's results")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "a").exists()  # refused before anything is written
+
+
+def test_smoke_preset_resumes_and_reports(tmp_path):
+    out = tmp_path / "lab"
+    r = run("lab", "--preset", "smoke", "-o", out)
+    assert r.exit_code == 0, r.output
+    recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()[1:]]
+    assert len(recs) == 3 * 16
+    assert {r["pe"] for r in recs} == {"nope", "rope", "alibi"} and {r["length"] for r in recs} == set(range(1, 17))
+    assert all(r["train_max_len"] == 8 and r["n"] == 16 and 0 <= r["accuracy"] <= 1 and r["seed"] == 0 for r in recs)
+    assert max(r["accuracy"] for r in recs if r["length"] == 1) > 0  # it learned something
+    again = run("lab", "--preset", "smoke", "-o", out)
+    assert again.exit_code == 0 and "wrote 0 records" in again.stderr
+    rep = run("report", out / "results.jsonl", "-o", tmp_path / "rep", "--markdown", tmp_path / "lab.md")
+    assert rep.exit_code == 0, rep.output
+    assert "MRR" in rep.stdout and "nope" in rep.stdout
+    assert (tmp_path / "rep" / "lab_copy.png").stat().st_size > 10_000
+    assert "lab_copy" in (tmp_path / "lab.md").read_text()
+
+
+@pytest.mark.parametrize("pe", ["nope", "learned", "rope"])
+def test_cache_free_schemes_generate_as_they_score(tmp_path, pe):
+    """Schemes that run against a KV cache generate what greedy decoding by full forwards gives."""
+    train(TrainConfig(task="copy", pe=pe, steps=2, dim=32), tmp_path / "r")
+    lm = lw.load(tmp_path / "r" / "model", device="cpu", dtype="float32")
+    prompt = get_task("copy").sample(5, 0).encode().ids[:7]
+    got = lm.generate_ids([prompt], max_new_tokens=4)[0]
+    ids = list(prompt)
+    for _ in range(len(got)):
+        ids.append(int(lm.logits([ids])[0][-1].argmax()))
+    assert got == ids[len(prompt):]

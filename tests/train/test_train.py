@@ -1,0 +1,157 @@
+"""Training on packed batches: the same loss as one sequence at a time, for every position encoding; the fills
+of Dataset Decomposition and concat-and-chunk; scoring by one teacher-forced forward equals greedy decoding."""
+import random
+
+import pytest
+import torch
+
+from lengthwise.positions import scratch
+from lengthwise.tasks.algorithmic import get_task
+from lengthwise.train.batches import IGNORE, Filler, Piece, grow_odds, pack
+from lengthwise.train.loop import TrainConfig, backend_for, build_model, loss_of, score_length
+
+
+def pieces(task="addition:reverse=true", lens=(3, 7, 1, 12, 7)):
+    t = get_task(task)
+    out = []
+    for i, n in enumerate(lens):
+        e = t.sample(n, i).encode()
+        out.append(Piece(e.ids, e.scored))
+    return out
+
+
+@pytest.mark.parametrize("pe", list(scratch.SCHEMES))
+def test_packed_loss_equals_one_at_a_time(pe):
+    cfg = TrainConfig(task="addition:reverse=true", pe=pe, dim=32, n_heads=4, train_max_len=12)
+    model = build_model(cfg)
+    if pe in ("randomized", "abacus"):
+        model.eval()  # their training draws are random per forward; evaluation draws are fixed per sequence
+    backend = backend_for(model, torch.device("cpu"))
+    ps = pieces()
+    total, n = loss_of(model, pack(ps), backend)
+    alone = [loss_of(model, pack([p]), backend) for p in ps]
+    assert n == sum(k for _, k in alone)
+    ref = sum(s for s, _ in alone) / n
+    assert abs(total.item() / n - ref.item()) <= 1e-5 * abs(ref.item())
+    # and the gradients agree too
+    model.zero_grad()
+    (total / n).backward()
+    g_packed = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    ref.backward()
+    g_alone = [p.grad for p in model.parameters() if p.grad is not None]
+    for a, b in zip(g_packed, g_alone):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_targets_are_answer_tokens_only():
+    ps = pieces(lens=(2, 3))
+    tb = pack(ps)
+    t = tb.targets.tolist()
+    at = 0
+    for p in ps:
+        a = p.scored.index(True)
+        assert t[at:at + a - 1] == [IGNORE] * (a - 1)
+        assert t[at + a - 1:at + len(p.ids) - 1] == p.ids[a:]
+        assert t[at + len(p.ids) - 1] == IGNORE
+        at += len(p.ids)
+
+
+def _filler(fill, tokens=256, chunk=32):
+    t = get_task("copy")
+    rng = random.Random(0)
+
+    def draw():
+        e = t.sample(rng.randint(1, 40), rng.getrandbits(32)).encode()
+        return Piece(e.ids, e.scored)
+    return Filler(fill, draw, tokens, chunk, random.Random(1))
+
+
+def test_dataset_decomposition_buckets():
+    f = _filler("buckets")
+    for step in range(20):
+        tb = f.step("cpu", step / 20)
+        lens = tb.batch.lens
+        assert len(set(lens)) == 1 and lens[0] & (lens[0] - 1) == 0 and lens[0] <= 32  # one bucket of 2^k
+        assert tb.batch.num_tokens == 256  # equal tokens per step
+
+
+def test_concat_and_chunk_with_and_without_masks():
+    plain, masked = _filler("chunk"), _filler("chunk_masked")
+    a, b = plain.step("cpu", 0), masked.step("cpu", 0)
+    assert a.batch.lens == [32] * 8  # one document per chunk: attention crosses samples
+    assert torch.equal(a.batch.tokens, b.batch.tokens)
+    assert b.batch.num_seqs > 8 and sum(b.batch.lens) == 256  # each sample's piece its own document
+    assert b.n_targets <= a.n_targets
+
+
+def test_grow_odds_run_short_to_long_each_cycle():
+    early, late = grow_odds(4, 0.0), grow_odds(4, 0.124)
+    assert early[0] > early[-1] and late[-1] > late[0]
+    assert grow_odds(4, 0.125) == pytest.approx(early)  # a new cycle starts short again
+    assert late[-1] / late[0] == pytest.approx(2.0, rel=0.02)  # P2: odds of the longest up to 2x
+
+
+def test_teacher_forced_score_is_greedy_decoding():
+    """A causal predictor that copies but errs on some letters: one forward's score equals decoding token by token."""
+    from lengthwise.tasks.algorithmic.vocab import EOS, ID, SEP, SIZE
+    wrong = {ID["q"], ID["e"], ID["a"]}
+
+    def predict(prefix):
+        sep = prefix.index(ID[SEP]) if ID[SEP] in prefix else None
+        if sep is None:
+            return 0
+        k = len(prefix) - 1 - sep
+        prompt = prefix[1:sep]
+        if k >= len(prompt):
+            return ID[EOS]
+        return ID["z"] if prompt[k] in wrong else prompt[k]
+
+    def logits(seqs):
+        out = []
+        for s in seqs:
+            lg = torch.zeros(len(s), SIZE)
+            for j in range(len(s)):
+                lg[j, predict(s[:j + 1])] = 1.0
+            out.append(lg)
+        return out
+
+    task = get_task("copy")
+    for n in (1, 2, 4):
+        fast = score_length(logits, task, n, 24, seed=0, max_tokens=40)
+        slow = []
+        for i in range(24):
+            e = task.sample(n, i, stream="eval").encode()
+            ids = e.ids[:e.answer_start]
+            while len(ids) < len(e.ids):
+                ids.append(int(logits([ids])[0][-1].argmax()))
+            slow.append(float(ids == e.ids))
+        assert fast == slow and 0 < sum(fast) < len(fast)
+
+
+def test_reference_kernel_batched_by_length_equals_its_loop():
+    """Packs with many sequences of one length take the batched path; the per-sequence loop (return_lse) is its twin."""
+    from lengthwise.attention import AttnMeta, MaskPattern, attend
+    from lengthwise.positions.scratch import ALiBi, Shape, SequenceBias
+    g = torch.Generator().manual_seed(0)
+    lens = [5, 3, 5, 5, 1, 3, 8]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    T = int(cu[-1])
+    q, k, v = (torch.randn(T, n, 8, generator=g, dtype=torch.float64) for n in (4, 2, 2))
+    meta = AttnMeta.packed(cu, max(lens))
+    pos = torch.cat([torch.arange(n) for n in lens])
+    for bias in (None, SequenceBias(ALiBi(Shape(32, 4, 8)), pos, cu.tolist())):
+        fast = attend(q, k, v, meta, MaskPattern(causal=True), "reference", bias=bias)
+        slow, _ = attend(q, k, v, meta, MaskPattern(causal=True), "reference", return_lse=True, bias=bias)
+        assert torch.allclose(fast, slow, atol=1e-12)
+
+
+def test_eval_every_logs_accuracy_and_a_budget_stops(tmp_path):
+    import json
+    from lengthwise.train.loop import METRICS, train
+    r = train(TrainConfig(task="parity", pe="nope", dim=32, steps=10**6, budget_s=1.5, eval_every=3,
+                          tokens_per_step=128, train_max_len=4), tmp_path / "r")
+    assert 1.5 <= r["seconds"] < 6 and r["steps"] >= 3
+    recs = [json.loads(x) for x in (tmp_path / "r" / METRICS).read_text().splitlines()]
+    assert len(recs) == r["steps"] and "accuracy" in recs[2] and "accuracy" in recs[-1]
+    assert all(0 <= x["accuracy"] <= 1 for x in recs if "accuracy" in x)
