@@ -12,7 +12,7 @@ from . import kv as K
 from .attention import AttnMeta
 from .attention.backend import Backend
 from .attention.layer import Step
-from .chat import chat_ids, chat_text, is_conversation
+from .chat import chat_ids, chat_text, is_conversation, messages
 from .errors import InputTooLong, LengthwiseError
 from .generate import Timing, check_policy, generate
 from .sampling import (Completion, Sampling, stop_criteria, check_logprobs, check_stop, check_token_ids,
@@ -176,8 +176,8 @@ class CausalLM(_Loaded):
             raise LengthwiseError(f"prompt {i} is {type(prompts[i]).__name__} while other prompts are chat messages: "
                                   "give one kind per call")
         if chat or system is not None or any(convo):
-            texts = [m["content"] for p in prompts for m in (p if is_conversation(p) else [{"content": p}])]
-            _encode(tok, [t for t in texts if isinstance(t, str)])  # a text no tokenizer encodes is named first
+            convos = [messages(p, system, i) for i, p in enumerate(prompts)]  # bad roles and contents, named
+            _encode(tok, [m["content"] for c in convos for m in c])  # a text no tokenizer encodes is named first
             return [chat_ids(tok, p, self.name, system, i) for i, p in enumerate(prompts)]
         return _encode(tok, prompts)
 
@@ -229,6 +229,8 @@ class CausalLM(_Loaded):
         stop_token_ids, n (samples per prompt), logprobs (None, or how many top alternatives per token),
         system (a system turn), max_batch_tokens (the KV-cache tokens of one group of prompts; default: from
         free memory). details=True: a Completion per sample (text, token_ids, finish_reason, logprobs)."""
+        if not details:
+            self._need_tokenizer()
         out = self._complete(prompts, max_new_tokens, temperature, top_p, seed, chat, truncate, progress, **controls)
         return out if details else [c.text for c in out]
 
@@ -284,7 +286,7 @@ class CausalLM(_Loaded):
         done = (lambda d: progress(d // n)) if progress else None
         out = generate(self.module, runs, max_new_tokens, ends, sampling, self.backend, policy=self.kv,
                        timing=timing, stop=criteria, logprobs=k, max_batch_tokens=max_batch_tokens, on_done=done)
-        if text or stops:
+        if (text or stops) and self.tokenizer is not None:  # complete() on a model without one: ids only
             texts = self._need_tokenizer().batch_decode([c.token_ids for c in out], skip_special_tokens=True)
             for c, t in zip(out, texts):
                 c.text, hit = cut_at_stop(t, stops)
