@@ -11,9 +11,11 @@ def is_conversation(p) -> bool:
     return isinstance(p, (list, tuple)) and len(p) > 0 and all(isinstance(m, dict) for m in p)
 
 
-def messages(prompt, system: str | None = None, index: int = 0) -> list[dict]:
+def messages(prompt, system: str | None = None, index: int = 0, where: str | None = None) -> list[dict]:
     """A prompt as checked chat messages: a string is one user turn, after the system turn if one is given; a
-    list of {"role", "content"} dicts is checked as it is (system= then adds its first turn)."""
+    list of {"role", "content"} dicts is checked as it is (system= then adds its first turn). where: how an
+    error names the prompt (default: "prompt {index}")."""
+    where = where or f"prompt {index}"
     if system is not None and not isinstance(system, str):
         raise LengthwiseError(f"system must be a string, got {type(system).__name__}")
     if isinstance(prompt, str):
@@ -21,15 +23,15 @@ def messages(prompt, system: str | None = None, index: int = 0) -> list[dict]:
     else:
         msgs = list(prompt)
         for k, m in enumerate(msgs):
-            where = f"message {k} of prompt {index}"
+            at = f"message {k} of {where}"
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise LengthwiseError(f'{where} is not a {{"role": ..., "content": ...}} dict: got {str(m)[:60]}')
+                raise LengthwiseError(f'{at} is not a {{"role": ..., "content": ...}} dict: got {str(m)[:60]}')
             if m["role"] not in ROLES:
-                raise LengthwiseError(f"{where} has role {m['role']!r}: roles are {', '.join(ROLES)}")
+                raise LengthwiseError(f"{at} has role {m['role']!r}: roles are {', '.join(ROLES)}")
             if not isinstance(m["content"], str):
-                raise LengthwiseError(f"{where}: content must be a string, not {type(m['content']).__name__}")
+                raise LengthwiseError(f"{at}: content must be a string, not {type(m['content']).__name__}")
         if system is not None and msgs[0]["role"] == "system":
-            raise LengthwiseError(f"prompt {index} has its own system turn and system= gives another: keep one")
+            raise LengthwiseError(f"{where} has its own system turn and system= gives another: keep one")
     return ([{"role": "system", "content": system}] if system is not None else []) + msgs
 
 

@@ -15,7 +15,7 @@ from .attention.layer import Step
 from .chat import chat_ids, chat_text, is_conversation, messages
 from .errors import InputTooLong, LengthwiseError
 from .generate import Timing, check_policy, generate
-from .sampling import (Completion, Sampling, stop_criteria, check_logprobs, check_stop, check_token_ids,
+from .sampling import (Completion, Sampling, stop_criteria, check_logprobs, check_n, check_stop, check_token_ids,
                        cut_at_stop)
 from .models import load as L
 from .packing import token_budget
@@ -171,10 +171,12 @@ class CausalLM(_Loaded):
         convo = [is_conversation(p) for p in prompts]
         if not any(convo):
             prompts = _texts(prompts, "prompts (strings)")
-        elif not all(convo):
+        elif not all(convo) and not (chat or system is not None):
             i = convo.index(False)
             raise LengthwiseError(f"prompt {i} is {type(prompts[i]).__name__} while other prompts are chat messages: "
-                                  "give one kind per call")
+                                  "pass chat=True (--chat) to render text as a user turn, or give one kind per call")
+        elif not all(convo):
+            _texts([p for p in prompts if not is_conversation(p)], "prompts (strings, or lists of chat messages)")
         if chat or system is not None or any(convo):
             convos = [messages(p, system, i) for i, p in enumerate(prompts)]  # bad roles and contents, named
             _encode(tok, [m["content"] for c in convos for m in c])  # a text no tokenizer encodes is named first
@@ -256,8 +258,7 @@ class CausalLM(_Loaded):
             raise LengthwiseError(f"max_new_tokens must be an integer of at least 1, got {max_new_tokens!r}")
         sampling = Sampling(temperature, top_p, seed, top_k, min_p, repetition_penalty)
         check_sampling(temperature)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise LengthwiseError(f"n must be an integer of at least 1 (samples per prompt), got {n!r}")
+        check_n(n)
         if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int) or isinstance(max_batch_tokens, bool)
                                              or max_batch_tokens < 1):
             raise LengthwiseError(f"max_batch_tokens must be an integer of at least 1, got {max_batch_tokens!r}")

@@ -104,18 +104,24 @@ class Completion:
     stop: str | int | None = None  # the stop string or token id that ended it, if any
 
 
-def check_stop(stop) -> list[str]:
+def check_n(n, what: str = "n") -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise LengthwiseError(f"{what} must be an integer of at least 1 (samples per prompt), got {n!r}")
+    return n
+
+
+def check_stop(stop, what: str = "stop") -> list[str]:
     """Stop strings as a list: one string or a list of non-empty strings."""
     if stop is None:
         return []
     items = [stop] if isinstance(stop, str) else stop
     if not isinstance(items, (list, tuple)):
-        raise LengthwiseError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
+        raise LengthwiseError(f"{what} must be a string or a list of strings, got {type(stop).__name__}")
     for i, s in enumerate(items):
         if not isinstance(s, str):
-            raise LengthwiseError(f"stop string {i} is {type(s).__name__}, not a string")
+            raise LengthwiseError(f"{what} string {i} is {type(s).__name__}, not a string")
         if s == "":
-            raise LengthwiseError(f"stop string {i} is empty: an empty string would stop before the first token")
+            raise LengthwiseError(f"{what} string {i} is empty: an empty string would stop before the first token")
     return list(dict.fromkeys(items))
 
 
@@ -131,13 +137,13 @@ def check_token_ids(ids, what: str, vocab: int) -> set[int]:
     return set(items)
 
 
-def check_logprobs(logprobs) -> int | None:
+def check_logprobs(logprobs, what: str = "logprobs") -> int | None:
     if logprobs is None or logprobs is False:
         return None
     if logprobs is True:
         return 0
     if not isinstance(logprobs, int) or logprobs < 0 or logprobs > 100:
-        raise LengthwiseError(f"logprobs must be an integer from 0 to 100 (the top alternatives per token), "
+        raise LengthwiseError(f"{what} must be an integer from 0 to 100 (the top alternatives per token), "
                               f"got {logprobs!r}")
     return logprobs
 
