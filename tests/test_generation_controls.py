@@ -59,7 +59,7 @@ def test_seeded_sampling_matches_hf_draw_for_draw(tiny, kw):
     global generator as seed=s seeds ours, so one prompt's samples are equal token for token."""
     hf, lm = tiny
     kw = {"temperature": 1.0, **kw}
-    for seed in (0, 1, 2):
+    for seed in (0, 1):
         for p in PROMPTS[:2]:
             ours = lm.generate_ids([p], max_new_tokens=20, seed=seed, **kw)[0]
             torch.manual_seed(seed)
@@ -269,3 +269,24 @@ def test_two_thousand_prompts_in_bounded_memory(tmp_path, smol_path):
     r = json.loads(run.stdout.strip().splitlines()[-1])
     assert r["n"] == 2000 and r["lens"] == [4] and r["order"]
     assert r["grew_mib"] < 150, r
+
+
+def test_rows_that_stop_leave_the_penalty_and_stop_state_of_the_others_intact(smolish):
+    """Rows finish at different steps (eager decode drops them): each survivor's repetition-penalty ids and
+    stop-string window must stay its own. Batched against HF one prompt at a time."""
+    hf, lm = smolish
+    tok = lm.tokenizer
+    prompts = ["Once upon a time", "The weather", "In a quiet village far away there lived", "Numbers: 1, 2,"]
+    free = lm.generate_ids(prompts, max_new_tokens=12, repetition_penalty=1.4)
+    stop_id = free[1][2]  # ends prompt 1 early, and any other that makes it
+    out = lm.complete(prompts, max_new_tokens=12, repetition_penalty=1.4, stop_token_ids=[stop_id], stop=["zzq"])
+    assert len({len(c.token_ids) for c in out}) > 1
+    for c, p in zip(out, prompts):
+        ids = tok(p)["input_ids"]
+        assert c.token_ids == _hf(hf, ids, 12, do_sample=False, repetition_penalty=1.4,
+                                  eos_token_id=sorted(lm.eos_ids | {stop_id}), stop_strings=["zzq"], tokenizer=tok)
+
+
+@pytest.mark.slow
+def test_gguf_eos_ids(smol):
+    assert smol.generation_eos == (2,) and smol.eos_ids == {2}  # tokenizer.ggml.eos_token_id of SmolLM2's GGUF
