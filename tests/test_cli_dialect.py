@@ -38,7 +38,8 @@ def test_version():
 
 def test_stdin_and_stdout_dash(model, prompts, tmp_path):
     a = run("generate", prompts, "--model", model, "--max-new-tokens", "5")
-    b = run("generate", "-", "--model", model, "--max-new-tokens", "5", "-o", "-", input=prompts.read_text())
+    b = run("generate", "-", "--model", model, "--max-new-tokens", "5", "-o", "-", "--max-batch-tokens", "12",
+            input=prompts.read_text())  # one prompt per group: the same lines, in input order
     assert a.exit_code == b.exit_code == 0, b.stderr
     assert a.stdout == b.stdout and len(a.stdout.splitlines()) == 2
     jl = "".join(json.dumps({"prompt": p}) + "\n" for p in prompts.read_text().splitlines())
