@@ -7,12 +7,12 @@ out=${1:-runs}
 mkdir -p "$out"
 lw() { python3 -m lengthwise.cli eval --model smollm2-135m --tasks passkey,niah_single --lengths 1k,2k,4k,8k \
         --depths 5 --samples 4 "$@"; }
-lw --seed 1 --out "$out/tune_plain.jsonl"
-lw --seed 1 --chat --out "$out/tune_chat.jsonl"
+lw --seed 1 --output "$out/tune_plain.jsonl"
+lw --seed 1 --chat --output "$out/tune_chat.jsonl"
 for mode in plain chat; do
   flag=$([ $mode = chat ] && echo --chat || true)
-  lw --seed 0 $flag --out "$out/native_${mode}_lengthwise.jsonl"
-  lw --seed 0 $flag --backend hf --out "$out/native_${mode}_hf.jsonl"
+  lw --seed 0 $flag --output "$out/native_${mode}_lengthwise.jsonl"
+  lw --seed 0 $flag --engine hf --output "$out/native_${mode}_hf.jsonl"
   python3 benchmarks/agreement.py "$out/native_${mode}_lengthwise.jsonl" "$out/native_${mode}_hf.jsonl" \
     --json "$out/native_${mode}_agreement.json"
 done

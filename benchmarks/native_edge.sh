@@ -18,7 +18,7 @@ mkdir -p "$ev"
 for f in benchmarks/results/eval/*.jsonl; do [ -e "$ev/$(basename "$f")" ] || cp "$f" "$ev/"; done
 bash benchmarks/eval_native.sh "$ev"
 python3 -m lengthwise.cli eval --chat --tasks passkey --lengths 4k,5k,6k,7k,7.5k,8k --depths 0% --samples 8 --seed 2 \
-  --out "$ev/passkey_depth0_sweep.jsonl"
+  --output "$ev/passkey_depth0_sweep.jsonl"
 tar czf "${OUT:-/tmp}/eval.tar.gz" -C "$ev" .
 left() { echo $(( end - $(date +%s) )); }
 bash benchmarks/ext_device.sh python3 benchmarks/extension.py --phases native --deadline "$(left)"
@@ -26,4 +26,4 @@ bash benchmarks/ext_device.sh python3 benchmarks/extension.py --phases full --de
 # static YaRN x8, an earlier pick that the full phase no longer lists, at 8k like the rest of its row
 bash benchmarks/ext_device.sh python3 -m lengthwise.cli eval --model smollm2-135m --chat --positions yarn:factor=8 \
   --tasks passkey,niah_single,niah_multikey,variable_tracking --lengths 8k --depths 5 --samples 4 --seed 0 \
-  --max-batch-tokens 131072 --out /tmp/lw-ext/full.jsonl
+  --max-batch-tokens 131072 --output /tmp/lw-ext/full.jsonl

@@ -9,6 +9,6 @@ out=${1:?usage: bash benchmarks/passkey_edge.sh OUT_DIR}
 export PYTHONPATH=/tmp/site:src LENGTHWISE_MODEL_DIR=/tmp/lw-models PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1
 depths=0,2.5,5,7.5,10,12.5,15,20,25
 python3 -m lengthwise.cli eval --chat --tasks passkey --lengths 8k --depths "$depths" --samples 8 --seed 2 \
-  --out "$out/passkey_edge_8k_chat.jsonl"
+  --output "$out/passkey_edge_8k_chat.jsonl"
 python3 -m lengthwise.cli eval --tasks passkey --lengths 8k --depths "$depths" --samples 8 --seed 2 \
-  --out "$out/passkey_edge_8k_plain.jsonl"
+  --output "$out/passkey_edge_8k_plain.jsonl"

@@ -67,7 +67,7 @@ def test_a_read_only_output_is_refused_for_root_too(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda *a, **k: True)  # what root is told, whatever the mode
     r = CliRunner().invoke(cli.app, ["generate", str(src), "-o", str(out)])
     _one_line(r, "read-only")
-    r = CliRunner().invoke(cli.app, ["eval", "--out", str(out), "--model", "no/such"])
+    r = CliRunner().invoke(cli.app, ["eval", "--output", str(out), "--model", "no/such"])
     assert out.read_text() == "earlier results\n"
 
 
@@ -76,7 +76,7 @@ def test_names_past_the_system_limit(tmp_path):
     src.write_text("hello\n")
     long = "x" * 300
     for args in (["embed", str(tmp_path / f"{long}.txt")], ["embed", str(src), "-o", str(tmp_path / f"{long}.npy")],
-                 ["eval", "--out", str(tmp_path / f"{long}.jsonl")], ["report", str(tmp_path / f"{long}.jsonl")],
+                 ["eval", "--output", str(tmp_path / f"{long}.jsonl")], ["report", str(tmp_path / f"{long}.jsonl")],
                  ["embed", str(src), "--model", str(tmp_path / long)]):
         _one_line(CliRunner().invoke(cli.app, args))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
@@ -135,7 +135,7 @@ def test_a_malformed_config_json(tmp_path, tiny_lm, edit, needle):
     out = tmp_path / "o.jsonl"
     _one_line(CliRunner().invoke(cli.app, ["generate", str(src), "--model", str(folder), "-o", str(out),
                                            "--max-new-tokens", "1"]), "")
-    err = _one_line(CliRunner().invoke(cli.app, ["eval", "--model", str(folder), "--out", str(out),
+    err = _one_line(CliRunner().invoke(cli.app, ["eval", "--model", str(folder), "--output", str(out),
                                                  "--lengths", "100", "--samples", "1", "--depths", "1"]))
     import re
     assert re.search(needle, err), err

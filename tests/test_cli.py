@@ -249,9 +249,9 @@ def test_positions_on_an_encoder_is_refused(tmp_path):
 
 def test_eval_positions_errors(tmp_path):
     out = tmp_path / "r.jsonl"
-    one_error(run("eval", "--backend", "hf", "--positions", "self_extend:group=4", "--out", out),
+    one_error(run("eval", "--engine", "hf", "--positions", "self_extend:group=4", "--output", out),
               "'self_extend' is not among them", "linear, dynamic_ntk and yarn", "--hf-rope")
-    one_error(run("eval", "--positions", "nope:factor=2", "--out", out), "unknown position scheme")
+    one_error(run("eval", "--positions", "nope:factor=2", "--output", out), "unknown position scheme")
     assert not out.exists()
 
 

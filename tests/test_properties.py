@@ -138,7 +138,7 @@ def stub_model(tmp_path_factory, monkeypatch):
 
 def _eval(model, out: Path, **opts):
     args = {"--tasks": "passkey", "--lengths": "200", "--depths": "1", "--samples": "1", "--device": "cpu", **opts}
-    return CliRunner().invoke(cli.app, ["eval", "--model", str(model), "--out", str(out),
+    return CliRunner().invoke(cli.app, ["eval", "--model", str(model), "--output", str(out),
                                         *[x for kv in args.items() for x in kv]])
 
 
@@ -203,7 +203,7 @@ def test_any_bytes_as_a_store(tmp_path_factory, stub_model, data):
     if _works_or_one_line(r, folder, before):
         assert out.read_bytes().startswith(data.split(b"\n")[0])  # what it held is kept
     before = _snapshot(folder)
-    r = CliRunner().invoke(cli.app, ["report", str(out), "--out-dir", str(folder / "plots")])
+    r = CliRunner().invoke(cli.app, ["report", str(out), "--output", str(folder / "plots")])
     assert "Traceback" not in r.output and r.exit_code in (0, 2), (r.exit_code, r.output, r.exception)
     if r.exit_code == 2:
         assert len([x for x in r.stderr.splitlines() if x.startswith("error: ")]) == 1, r.stderr

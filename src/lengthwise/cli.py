@@ -44,15 +44,42 @@ def _warn(msg: str) -> None:
     typer.echo(f"warning: {msg}", err=True)
 
 
+# Old spellings that keep working for one release (0.2 drops them), each with one deprecation line.
+RENAMED = {"eval": {"--out": "--output"}, "report": {"--out-dir": "--output"},
+           "embed": {"--max-tokens-per-forward": "--max-batch-tokens"}}
+ENGINES = ("lengthwise", "hf")
+
+
+def _modernize(args: list[str]) -> list[str]:
+    """The argument list with deprecated spellings replaced by today's; eval's `--backend lengthwise|hf` (the
+    engine, before --backend meant the kernel everywhere) becomes --engine."""
+    cmd = next((a for a in args if not a.startswith("-")), None)
+    out = []
+    for k, a in enumerate(args):
+        name, eq, value = a.partition("=")
+        new = RENAMED.get(cmd, {}).get(name)
+        if new is None and cmd == "eval" and name == "--backend":
+            given = value if eq else args[k + 1] if k + 1 < len(args) else None
+            new = "--engine" if given in ENGINES else None
+        if new is not None and k > args.index(cmd):
+            _warn(f"{cmd} {name}{' ' + (value if eq else args[k + 1]) if new == '--engine' else ''} is deprecated "
+                  f"and goes in the next release: use {new}" + (" (--backend is the attention kernel)"
+                                                                if new == "--engine" else ""))
+            a = new + eq + value
+        out.append(a)
+    return out
+
+
 class _Group(TyperGroup):
     """Turns exceptions into one-line errors, unless --debug was given."""
 
-    def main(self, *args, standalone_mode: bool = True, **kwargs):
+    def main(self, args=None, *rest, standalone_mode: bool = True, **kwargs):
         """Usage errors (a bad option or value) print as one line too, not typer's boxed panel."""
+        args = _modernize(list(sys.argv[1:] if args is None else args))
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, *rest, standalone_mode=False, **kwargs)
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            rv = super().main(args, *rest, standalone_mode=False, **kwargs)
         except NoArgsIsHelpError as e:
             e.show()
             sys.exit(e.exit_code)
@@ -108,9 +135,17 @@ app = typer.Typer(cls=_Group, help=APP_HELP, pretty_exceptions_enable=False, no_
                   add_completion=False)
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lengthwise {lw.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(ctx: typer.Context,
-          debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False):
+          debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+          version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False):
     ctx.obj = {"debug": debug}
 
 
@@ -119,7 +154,8 @@ def _root(ctx: typer.Context,
 
 INPUT_RULES = """\
 [bold]Input rules[/bold]
-  .txt: one {what} per line.  .jsonl: one JSON object per line with a "{field}" string field.
+  .txt: one {what} per line.  .jsonl: one JSON object per line with a "{field}" string field.{more}
+  - reads standard input: JSON lines when its first character is "{{", else one {what} per line.
   The file must exist and not be empty; a final newline at the end of the file is not a line.
   An empty or whitespace-only line (or "{field}") is an error naming its line number,
   unless --skip-empty, which skips it with a warning.
@@ -127,27 +163,26 @@ INPUT_RULES = """\
   when lines are skipped."""
 
 
+MESSAGES_RULE = """
+  A .jsonl line may hold "messages" instead: a chat conversation, [{"role": "system"|"user"|"assistant"|"tool",
+  "content": "..."}, ...], rendered by the model's chat template."""
+
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
-def _read_inputs(path: Path, field: str, skip_empty: bool) -> tuple[list[int], list[str]]:
-    """(0-based line numbers, texts) of the input file, by the rules in INPUT_RULES."""
-    try:
-        exists = path.exists()
-    except OSError as e:  # a name past the system's limit
-        raise LengthwiseError(f"input file {str(path)[:60]}...: {e.strerror}") from None
-    if not exists:
-        raise LengthwiseError(f"input file {path} does not exist")
-    if path.is_dir():
-        raise LengthwiseError(f"input {path} is a directory: give a .txt or .jsonl file")
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        raise LengthwiseError(f"input {path} is .json: give .jsonl (one JSON object per line) or .txt (one text per line)")
-    jsonl = suffix in (".jsonl", ".ndjson")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise LengthwiseError(f"cannot read {path}: {e.strerror}") from None
+def _stdin(path: Path) -> bool:
+    return str(path) == "-"
+
+
+def _read_inputs(path: Path, field: str, skip_empty: bool, messages: bool = False) -> tuple[list[int], list]:
+    """(0-based line numbers, texts) of the input file, by the rules in INPUT_RULES. messages: a .jsonl line
+    may give "messages" (a chat conversation, checked here) instead of the field."""
+    if _stdin(path):
+        raw = sys.stdin.buffer.read()
+        jsonl = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{"
+        path = Path("<stdin>")
+    else:
+        raw, jsonl = _read_file(path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -173,6 +208,13 @@ def _read_inputs(path: Path, field: str, skip_empty: bool) -> tuple[list[int], l
             except (ValueError, RecursionError) as e:  # nested past the recursion limit, an integer past 4300 digits
                 raise LengthwiseError(f"{where} is JSON past what the parser takes "
                                       f"({'nested too deeply' if isinstance(e, RecursionError) else str(e)[:80]})") from None
+            if messages and isinstance(obj, dict) and field not in obj and "messages" in obj:
+                from .chat import messages as check_messages
+                if not isinstance(obj["messages"], list) or not obj["messages"]:
+                    raise LengthwiseError(f'{where}: "messages" must be a non-empty list of {{"role", "content"}} objects')
+                linenos.append(i)
+                texts.append(check_messages(obj["messages"], where=where))
+                continue
             if not isinstance(obj, dict) or field not in obj:
                 raise LengthwiseError(f'{where} has no "{field}" field: each line must be an object like '
                                       f'{{"{field}": "..."}}')
@@ -200,7 +242,31 @@ def _read_inputs(path: Path, field: str, skip_empty: bool) -> tuple[list[int], l
     return linenos, texts
 
 
+def _read_file(path: Path) -> tuple[bytes, bool]:
+    """The input file's bytes, and whether it is JSON lines."""
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name past the system's limit
+        raise LengthwiseError(f"input file {str(path)[:60]}...: {e.strerror}") from None
+    if not exists:
+        raise LengthwiseError(f"input file {path} does not exist")
+    if path.is_dir():
+        raise LengthwiseError(f"input {path} is a directory: give a .txt or .jsonl file")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        raise LengthwiseError(f"input {path} is .json: give .jsonl (one JSON object per line) or .txt (one text per line)")
+    try:
+        return path.read_bytes(), suffix in (".jsonl", ".ndjson")
+    except OSError as e:
+        raise LengthwiseError(f"cannot read {path}: {e.strerror}") from None
+
+
 # ---------------------------------------------------------------- outputs
+
+
+def _stdout(out: Path | None) -> Path | None:
+    """-o - is standard output, as no -o is."""
+    return None if out is None or str(out) == "-" else out
 
 
 def _emit_lines(out: Path | None, lines: list[str]) -> None:
@@ -226,6 +292,7 @@ def _load(ctx: typer.Context, model: str, device, dtype, backend, positions: str
 @contextmanager
 def _too_long(path: Path, linenos: list[int], fix: str) -> Iterator:
     """The library names an input by its position; the user needs its line."""
+    path = Path("<stdin>") if _stdin(path) else path
     try:
         yield
     except InputTooLong as e:
@@ -265,7 +332,8 @@ ModelOpt = typer.Option("--model", "-m", metavar="NAME|PATH",
                         help="An embedded model name (see `lengthwise models`), an HF model folder "
                              "(config.json + *.safetensors) or a .gguf file.")
 OutOpt = typer.Option("--output", "-o", metavar="OUT",
-                      help="Output file (see Output above). Without it: JSON lines on stdout.")
+                      help="Output file (see Output above). Without it, or with -: JSON lines on stdout.")
+BatchTokensOpt = "--max-batch-tokens"
 SkipOpt = typer.Option("--skip-empty", help="Skip empty or whitespace-only lines (with a warning) instead of failing.")
 DeviceOpt = typer.Option("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, ... \\[default: cuda when available, else cpu]")
 PositionsOpt = typer.Option(
@@ -275,7 +343,7 @@ PositionsOpt = typer.Option(
          "to a scaling or remap to use it only for prompts past the trained context. "
          "\\[default: the checkpoint's own]")
 DtypeOpt = typer.Option("--dtype", help="Weights and compute dtype. \\[default: bfloat16 on GPU, float32 on CPU]")
-BackendOpt = typer.Option("--backend", help="Attention: reference (pure torch, any device), cpu_flash "
+BackendOpt = typer.Option("--backend", help="Attention kernel: reference (pure torch, any device), cpu_flash "
                                             "(torch's fused CPU kernel) or varlen (FlashAttention, CUDA + 16-bit); "
                                             "auto picks.")
 Dtype = Optional[Literal[tuple(DTYPES)]]  # type: ignore[valid-type]
@@ -345,7 +413,7 @@ Embed each text of INPUT as one vector (pooled and normalized as the model's own
   OUT is checked before the model loads and written atomically: a failed run never leaves a
   half-written file and never overwrites an earlier result.
 
-{INPUT_RULES.format(what="text", field="text")}
+{INPUT_RULES.format(what="text", field="text", more="")}
   A text longer than the model takes (256 tokens for minilm-l6) is an error unless --truncate.
 
 [bold]Examples[/bold]
@@ -354,7 +422,7 @@ Embed each text of INPUT as one vector (pooled and normalized as the model's own
 """)
 def embed(
     ctx: typer.Context,
-    input: Annotated[Path, typer.Argument(metavar="INPUT", help="A .txt (one text per line) or .jsonl ({\"text\": ...} per line) file.", show_default=False)],
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="A .txt (one text per line) or .jsonl ({\"text\": ...} per line) file, or - for standard input.", show_default=False)],
     model: Annotated[str, ModelOpt] = "minilm-l6",
     output: Annotated[Optional[Path], OutOpt] = None,
     truncate: Annotated[bool, typer.Option("--truncate", help="Cut texts that are too long to their first tokens instead of failing.")] = False,
@@ -362,20 +430,22 @@ def embed(
     device: Annotated[Optional[str], DeviceOpt] = None,
     dtype: Annotated[Dtype, DtypeOpt] = None,
     backend: Annotated[Backend, BackendOpt] = "auto",
-    max_tokens_per_forward: Annotated[int, typer.Option("--max-tokens-per-forward", min=1, help="Tokens packed into one forward pass (lower it if memory runs out).")] = 16384,
+    max_batch_tokens: Annotated[int, typer.Option(BatchTokensOpt, min=1, help="Tokens packed into one forward pass (lower it if memory runs out).")] = 16384,
     positions: Annotated[Optional[str], PositionsOpt] = None,
     residual: Annotated[Optional[str], typer.Option("--residual", help="The encoder's stream between layers: float32 (the default) or model (the weights' dtype, as HF runs it; faster in bf16).", show_default=False)] = None,
 ):
+    output = _stdout(output)
     if output is not None:
         check_output(output, (".npy", ".jsonl"),
-                      "name it .npy (a float32 array) or .jsonl (one JSON line per text)", source=input)
+                      "name it .npy (a float32 array) or .jsonl (one JSON line per text)",
+                      source=None if _stdin(input) else input)
     linenos, texts = _read_inputs(input, "text", skip_empty)
     resolve_device(device)  # a bad --device fails before the model loads
     enc = _load(ctx, model, device, dtype, backend, positions, residual)
     if not isinstance(enc, lw.Encoder):
         raise LengthwiseError(f"{model} is a text generator ({enc.arch}), not an encoder: use lengthwise generate")
     with _too_long(input, linenos, "--truncate (keeps the first tokens)"), _progress("embedding", len(texts), "texts") as done:
-        emb = enc.embed(texts, truncate=truncate, max_tokens_per_forward=max_tokens_per_forward, progress=done)
+        emb = enc.embed(texts, truncate=truncate, max_tokens_per_forward=max_batch_tokens, progress=done)
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     if output is not None and output.suffix.lower() == ".npy":
         with atomic_write(output, "wb") as f:
@@ -398,30 +468,48 @@ def _embedding_line(index: int, row: np.ndarray) -> str:
 Complete each prompt of INPUT with a causal language model (greedy unless --temperature > 0).
 
 [bold]Output[/bold]
-  one {{"index": i, "prompt": "...", "completion": "..."}} JSON line per prompt, to -o OUT.jsonl
-  or to stdout. OUT is checked before the model loads and written atomically: a failed run
-  never leaves a half-written file and never overwrites an earlier result.
+  one {{"index": i, "prompt": ..., "completion": "...", "finish_reason": "stop"|"length"}} JSON line per
+  completion (with "sample": j when --n > 1, and "logprobs" with --logprobs), to -o OUT.jsonl or to stdout.
+  "stop" means an EOS id (the tokenizer's or the checkpoint's generation config), a --stop string (cut from
+  the completion) or a --stop-token-id ended it; "length" means --max-new-tokens did. OUT is checked before
+  the model loads and written atomically: a failed run never leaves a half-written file and never
+  overwrites an earlier result.
 
-{INPUT_RULES.format(what="prompt", field="prompt")}
+{INPUT_RULES.format(what="prompt", field="prompt", more=MESSAGES_RULE)}
   A prompt that does not fit the context together with --max-new-tokens is an error
   unless --truncate, which keeps its last tokens.
 
+[bold]Memory[/bold]
+  Prompts run in groups whose KV cache (prompt + new tokens, times --n) fits --max-batch-tokens;
+  the default is derived from free device memory (on the CPU, available RAM), so large files run.
+
 [bold]Examples[/bold]
   lengthwise generate examples/prompts.txt --chat -o runs/out.jsonl
-  lengthwise generate examples/prompts.txt --chat --temperature 0.8 --top-p 0.95 --seed 0
+  lengthwise generate examples/prompts.txt --system "Answer briefly." --stop "Question:" --max-new-tokens 32
+  lengthwise generate examples/prompts.txt --temperature 0.8 --top-k 40 --min-p 0.05 --n 4 --seed 0
+  cat prompts.txt | lengthwise generate - --logprobs 3
 """)
 def generate(
     ctx: typer.Context,
-    input: Annotated[Path, typer.Argument(metavar="INPUT", help="A .txt (one prompt per line) or .jsonl ({\"prompt\": ...} per line) file.", show_default=False)],
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="A .txt (one prompt per line) or .jsonl ({\"prompt\": ...} or {\"messages\": [...]} per line) file, or - for standard input.", show_default=False)],
     model: Annotated[str, ModelOpt] = "smollm2-135m",
     output: Annotated[Optional[Path], OutOpt] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens to generate per prompt (fewer when it ends).")] = 64,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap each prompt in the model's chat template as a user turn (use it with instruct models).")] = False,
+    system: Annotated[Optional[str], typer.Option("--system", metavar="TEXT", help="A system turn before each prompt (implies --chat).", show_default=False)] = None,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", metavar="TEXT", help="Stop a completion where this string appears (cut from the text); repeat for several.", show_default=False)] = None,
+    stop_token_id: Annotated[Optional[list[int]], typer.Option("--stop-token-id", metavar="ID", help="Stop after this token id, as after EOS; repeat for several.", show_default=False)] = None,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 is greedy; higher samples more freely.")] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Sample only from the smallest set of tokens whose probability reaches this (0 < p <= 1).")] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sample only from the k most likely tokens (0: all).")] = 0,
+    min_p: Annotated[float, typer.Option("--min-p", help="Drop tokens less likely than this times the top token's probability (0-1; 0: none).")] = 0.0,
+    repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", help="Divide the logits of tokens already seen by this (HF's; 1: none).")] = 1.0,
+    n: Annotated[int, typer.Option("--n", help="Completions per prompt (sample with --temperature > 0).")] = 1,
+    logprobs: Annotated[Optional[int], typer.Option("--logprobs", metavar="K", help="Report each token's logprob and its K most likely alternatives (0: the token's own only).", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling, for repeatable runs.")] = None,
     truncate: Annotated[bool, typer.Option("--truncate", help="Keep the last tokens of prompts too long for the context instead of failing.")] = False,
     skip_empty: Annotated[bool, SkipOpt] = False,
+    max_batch_tokens: Annotated[Optional[int], typer.Option(BatchTokensOpt, min=1, help="KV-cache tokens of one group of prompts (prompt + new tokens). \\[default: from free memory]", show_default=False)] = None,
     device: Annotated[Optional[str], DeviceOpt] = None,
     dtype: Annotated[Dtype, DtypeOpt] = None,
     backend: Annotated[Backend, BackendOpt] = "auto",
@@ -429,23 +517,46 @@ def generate(
 ):
     if top_p <= 0:
         raise typer.BadParameter("must be greater than 0", param_hint="'--top-p'")
-    from .generate import Sampling
-    Sampling(temperature, top_p, seed)  # a NaN, infinite or out-of-range value fails before the model loads
+    from .sampling import Sampling, check_logprobs, check_n, check_stop
+    # a NaN, infinite or out-of-range value fails before the model loads
+    Sampling(temperature, top_p, seed, top_k, min_p, repetition_penalty)
     check_sampling(temperature)
+    check_n(n, "--n")
+    stops = check_stop(stop, "--stop")
+    check_logprobs(logprobs, "--logprobs")
+    output = _stdout(output)
     if output is not None:
-        check_output(output, (".jsonl",), "generate writes JSON lines: name it .jsonl", source=input)
-    linenos, prompts = _read_inputs(input, "prompt", skip_empty)
+        check_output(output, (".jsonl",), "generate writes JSON lines: name it .jsonl",
+                     source=None if _stdin(input) else input)
+    linenos, prompts = _read_inputs(input, "prompt", skip_empty, messages=True)
     resolve_device(device)  # a bad --device fails before the model loads
     lm = _load(ctx, model, device, dtype, backend, positions)
     if not isinstance(lm, lw.CausalLM):
         raise LengthwiseError(f"{model} is an encoder ({lm.arch}), not a text generator: use lengthwise embed")
-    with _too_long(input, linenos, "lower --max-new-tokens or pass --truncate (keeps the last tokens)"), _progress(f"generating ({len(prompts)} prompts)", max_new_tokens, "tokens") as done:
-        completions = lm.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                  seed=seed, chat=chat, truncate=truncate, progress=done)
-    _emit_lines(output, [json.dumps({"index": n, "prompt": p, "completion": c}, ensure_ascii=False) + "\n"
-                         for n, p, c in zip(linenos, prompts, completions)])
+    with _too_long(input, linenos, "lower --max-new-tokens or pass --truncate (keeps the last tokens)"), \
+            _progress("generating", len(prompts), "prompts") as done:
+        out = lm.complete(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                          chat=chat, truncate=truncate, progress=done, top_k=top_k, min_p=min_p,
+                          repetition_penalty=repetition_penalty, stop=stops or None, stop_token_ids=stop_token_id,
+                          n=n, logprobs=logprobs, system=system, max_batch_tokens=max_batch_tokens)
+    lines = []
+    for j, c in enumerate(out):
+        rec = {"index": linenos[c.index], "prompt": prompts[c.index], "completion": c.text,
+               "finish_reason": c.finish_reason}
+        if n > 1:
+            rec["sample"] = j % n
+        if c.logprobs is not None:
+            rec["logprobs"] = [_logprob(lm.tokenizer, t) for t in c.logprobs]
+        lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+    _emit_lines(output, lines)
     if output is not None:
-        typer.echo(f"wrote {len(prompts)} completions to {output}", err=True)
+        typer.echo(f"wrote {len(out)} completions to {output}", err=True)
+
+
+def _logprob(tok, t) -> dict:
+    name = lambda i: tok.decode([i])  # noqa: E731  the token as text (" a", not BPE's "Ġa")
+    return {"token_id": t.token_id, "token": name(t.token_id), "logprob": t.logprob,
+            "top": [{"token_id": i, "token": name(i), "logprob": v} for i, v in t.top.items()]}
 
 
 def _split_tasks(text: str) -> list[str]:
@@ -473,21 +584,22 @@ variable_tracking, common_words, frequent_words, threads, confusing_facts (see d
 options follow a colon, e.g. niah_single:haystack=noise.
 
 [bold]Examples[/bold]
-  lengthwise eval --model smollm2-135m --tasks passkey,niah_single --lengths 1k,2k,4k,8k --depths 5 --samples 4 --out runs/x.jsonl
-  lengthwise eval --positions self_extend:group=8,window=1024 --tasks passkey --lengths 16k,32k --out runs/se.jsonl
-  lengthwise eval --backend hf --positions yarn:factor=4 --tasks passkey --lengths 16k --out runs/hf.jsonl
+  lengthwise eval --model smollm2-135m --tasks passkey,niah_single --lengths 1k,2k,4k,8k --depths 5 --samples 4 -o runs/x.jsonl
+  lengthwise eval --positions self_extend:group=8,window=1024 --tasks passkey --lengths 16k,32k -o runs/se.jsonl
+  lengthwise eval --engine hf --positions yarn:factor=4 --tasks passkey --lengths 16k -o runs/hf.jsonl
   lengthwise report runs/x.jsonl
 """)
 def eval_(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="RESULTS.jsonl", help="The results store (JSONL); created or resumed.")],
+    out: Annotated[Path, typer.Option("--output", "-o", metavar="RESULTS.jsonl", help="The results store (JSONL); created or resumed.")],
     model: Annotated[str, ModelOpt] = "smollm2-135m",
     tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated task names, with options after a colon.")] = "passkey",
     lengths: Annotated[str, typer.Option("--lengths", help="Prompt lengths in the model's tokens, ±2%; k = 1024 (e.g. 1k,2k,4k). A length within the trained context keeps prompt plus answer inside it.")] = "1k,2k,4k",
     depths: Annotated[str, typer.Option("--depths", help="A count of depths spread over 0-100 (e.g. 5), or percentages (e.g. 10,50,90).")] = "5",
     samples: Annotated[int, typer.Option("--samples", min=1, help="Samples per task x length x depth cell.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generated prompts: same seed, same prompts.")] = 0,
-    backend: Annotated[str, typer.Option("--backend", help="lengthwise (the packed engine) or hf (HF transformers, the peer).")] = "lengthwise",
+    engine: Annotated[str, typer.Option("--engine", help="lengthwise (the packed engine) or hf (HF transformers, the peer).")] = "lengthwise",
+    backend: Annotated[Backend, BackendOpt] = "auto",
     chat: Annotated[bool, typer.Option("--chat", help="Wrap prompts in the model's chat template.")] = False,
     positions: Annotated[Optional[str], PositionsOpt] = None,
     hf_rope: Annotated[Optional[str], typer.Option("--hf-rope", metavar="JSON", help="hf backend: HF's own rope scaling, e.g. '{\"rope_type\": \"dynamic\", \"factor\": 8.0}' (or --positions dynamic_ntk:factor=8).")] = None,
@@ -495,7 +607,7 @@ def eval_(
     allow_beyond_context: Annotated[bool, typer.Option("--allow-beyond-context", help="Run lengths past the model's trained context (warns).")] = False,
     device: Annotated[Optional[str], DeviceOpt] = None,
     dtype: Annotated[Dtype, DtypeOpt] = None,
-    max_batch_tokens: Annotated[int, typer.Option("--max-batch-tokens", min=1, help="Prompt tokens packed into one batch.")] = 65536,
+    max_batch_tokens: Annotated[int, typer.Option(BatchTokensOpt, min=1, help="Prompt tokens packed into one batch.")] = 65536,
     append_config: Annotated[bool, typer.Option("--append-config", help="Add this run's cells to a store that holds another config's (model, dtype, device, chat, positions, seed, ...), on purpose; report keeps them apart.")] = False,
 ):
     from .evaluation import EvalConfig, ResultStore, make_runner, run
@@ -513,7 +625,7 @@ def eval_(
             raise LengthwiseError(f"--hf-rope must be a JSON object like '{{\"rope_type\": \"yarn\", \"factor\": 4.0}}', "
                                   f"got a {type(rope).__name__}")
     cfg = EvalConfig(model=model, tasks=_split_tasks(tasks), lengths=parse_lengths(lengths), depths=parse_depths(depths),
-                     samples=samples, seed=seed, method=positions or "none", backend=backend, chat=chat, hf_rope=rope,
+                     samples=samples, seed=seed, method=positions or "none", backend=engine, kernel=backend, chat=chat, hf_rope=rope,
                      device=device, dtype=dtype,
                      max_batch_tokens=max_batch_tokens)
     check_output(out, (".jsonl",), "the results store is JSON lines: name it .jsonl")
@@ -706,7 +818,7 @@ Unreadable lines are reported by number and skipped; the rest is kept.
 """)
 def report(
     results: Annotated[list[Path], typer.Argument(metavar="RESULTS.jsonl...", help="Results stores written by lengthwise eval (several are reported together).", show_default=False)],
-    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="Where the PNGs go. \\[default: RESULTS_report/ beside the first file]")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="DIR", help="Where the PNGs go. \\[default: RESULTS_report/ beside the first file]")] = None,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", metavar="FILE.md", help="Also write a markdown summary.")] = None,
     threshold: Annotated[float, typer.Option("--threshold", metavar="PERCENT", help="The bar for each row's effective length: the longest tested length up to which every tested length scores at least this (RULER's bar, Llama-2-7B at 4k, by default).")] = 85.6,
 ):

@@ -1,4 +1,4 @@
-"""Batched generation from small verbs: `prefill`, `decode_step`, `generate_ids`.
+"""Batched generation from small verbs: `prefill`, `decode_step`, `generate` (`generate_ids`: its token ids).
 
     cache = new_cache(model, prompts, max_new_tokens, policy)
     logits = prefill(model, prompts, cache, backend, policy)         # [B, V], each prompt's last token
@@ -7,7 +7,8 @@
 Prefill packs every prompt into one stream (no padding). With a policy that evicts (kv/policy.py) long prompts
 prefill in chunks, each ending in an eviction, so the cache holds the budget plus one chunk, never the prompt;
 decode steps evict every `policy.every` steps. Without one, decode on a GPU replays one CUDA graph per token
-(graphs.py).
+(graphs.py). Each step's logits become tokens in sampling.py (HF's logits processors, stop strings,
+logprobs); `generate` runs the prompts in groups whose cache fits a token budget.
 """
 from __future__ import annotations
 
@@ -20,49 +21,11 @@ import torch
 from .attention.backend import Backend
 from .attention.layer import Step
 from .kv import Full, Policy, RaggedKVCache
+from .packing import token_budget
 from .ragged import RaggedBatch
+from .sampling import Completion, Picker, Sampling, TokenLogprob
 
 PREFILL_CHUNK = 4096  # tokens per sequence per prefill forward, where a policy evicts
-
-
-@dataclass
-class Sampling:
-    temperature: float = 0.0  # 0 means greedy
-    top_p: float = 1.0
-    seed: int | None = None
-
-    def __post_init__(self):
-        from .errors import LengthwiseError
-        for name in ("temperature", "top_p"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise LengthwiseError(f"{name} must be a number, got {v!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise LengthwiseError(f"seed must be an integer or None, got {self.seed!r}")
-        if not 0 <= self.temperature < float("inf"):  # NaN fails too
-            raise LengthwiseError(f"temperature must be a finite number >= 0 (0 is greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise LengthwiseError(f"top_p must be a number in (0, 1], got {self.top_p}")
-        if self.seed is not None and not 0 <= self.seed < 2**63:  # what torch.Generator.manual_seed takes, and more
-            raise LengthwiseError(f"seed must be an integer from 0 to 2**63-1, got {self.seed}")
-
-    def sampler(self, device) -> Callable[[torch.Tensor], torch.Tensor]:
-        if self.temperature == 0:
-            return lambda logits: logits.argmax(dim=-1)
-        gen = torch.Generator(device=device)
-        gen.manual_seed(self.seed if self.seed is not None else torch.seed())
-
-        def sample(logits):  # [B, V] -> [B]
-            probs = torch.softmax(logits.float() / self.temperature, dim=-1)
-            if self.top_p < 1:
-                p_sorted, idx = probs.sort(dim=-1, descending=True)
-                # keep the smallest prefix whose mass reaches top_p (the top token always stays)
-                drop = (p_sorted.cumsum(-1) - p_sorted) >= self.top_p
-                p_sorted = p_sorted.masked_fill(drop, 0.0)
-                probs = torch.zeros_like(probs).scatter_(-1, idx, p_sorted)
-            return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-
-        return sample
 
 
 @dataclass
@@ -214,39 +177,101 @@ def decode_step(model, cache: RaggedKVCache, tokens: torch.Tensor, seqs: torch.T
     return model(tokens, positions, Step(meta, model.mask, backend, cache, slots, **kw))
 
 
+def free_memory(device) -> int:
+    """Bytes free for a generation: the GPU's free memory, or on the CPU the RAM the OS reports available."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_budget(model, free: int | None = None) -> tuple[int, int]:
+    """(cache tokens, sequences) one group may hold in half the free memory: each cache token costs its keys
+    and values in every layer plus its prefill activations; each sequence its float32 logits and the
+    processors' copies of them."""
+    cfg, w = model.cfg, model.tok_embeddings.weight
+    free = free_memory(w.device) if free is None else free
+    el = w.element_size()
+    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * el
+    act = (8 * cfg.dim + 3 * cfg.hidden_dim + 2 * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim) * 4
+    per_seq = 6 * cfg.vocab_size * 4
+    return max(1, int(free * 0.4) // (kv + act)), max(1, int(free * 0.1) // per_seq)
+
+
+def groups(caps: list[int], max_tokens: int, max_seqs: int) -> list[list[int]]:
+    """Consecutive groups of sequences whose cache sizes sum to at most max_tokens (a longer one goes alone),
+    at most max_seqs each."""
+    return [g[i:i + max_seqs] for g in token_budget(caps, max_tokens) for i in range(0, len(g), max_seqs)]
+
+
 @torch.inference_mode()
 def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int],
                  sampling: Sampling = Sampling(), backend="reference",
                  on_step: Callable[[int], None] | None = None, cuda_graph: bool | None = None,
                  policy: Policy = Full(), chunk: int = PREFILL_CHUNK, timing: Timing | None = None,
-                 context: list[int] | None = None) -> list[list[int]]:
-    """New token ids per prompt (EOS included when hit). context: where each prompt's context ends; a policy
-    that evicts then compresses the context only and keeps the rest (the question) whole. timing, where given,
-    also receives each prompt's measured share of its cache's bytes (Timing.kv_bytes).
+                 **kw) -> list[list[int]]:
+    """New token ids per prompt (EOS included when hit); kw: the rest of generate()'s controls."""
+    return [c.token_ids for c in generate(model, prompts, max_new_tokens, eos_ids, sampling, backend, on_step,
+                                          cuda_graph, policy, chunk, timing, **kw)]
 
-    Eager decode drops finished sequences from the batch; with a CUDA graph (the default on a GPU with the
-    varlen backend and a cache that keeps everything) every sequence stays and one replay runs each step. A
-    length-gated remap runs its two sides apart (positions/gate.py); the second side draws from its own seed
-    and reports no steps (the caller's count runs once)."""
-    parts = model.rotary.apart([len(p) for p in prompts])
-    context = check_context(context, [len(p) for p in prompts])
-    out: list[list[int]] = [[] for _ in prompts]
-    shares: list[int] = [0] * len(prompts)
-    for k, part in enumerate(parts):
-        seeded = sampling if k == 0 or sampling.seed is None else Sampling(sampling.temperature, sampling.top_p,
-                                                                            sampling.seed + k)
-        got, held = _generate([prompts[i] for i in part], model, max_new_tokens, eos_ids, seeded, backend,
-                              on_step if k == 0 else None, cuda_graph, policy, chunk, timing,
-                              None if context is None else [context[i] for i in part])
-        for i, ids, b in zip(part, got, held):
-            out[i], shares[i] = ids, b
+
+@torch.inference_mode()
+def generate(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int],
+             sampling: Sampling = Sampling(), backend="reference",
+             on_step: Callable[[int], None] | None = None, cuda_graph: bool | None = None,
+             policy: Policy = Full(), chunk: int = PREFILL_CHUNK, timing: Timing | None = None,
+             stop=None, logprobs: int | None = None, max_batch_tokens: int | None = None,
+             on_done: Callable[[int], None] | None = None, context: list[int] | None = None) -> list[Completion]:
+    """A Completion per prompt (its text left empty: decoding is the tokenizer's), in input order.
+
+    eos_ids: every id that ends a sequence. stop: HF's StopStringCriteria for stop strings. logprobs: None, or
+    how many top alternatives to report beside each chosen token's logprob. context: where each prompt's
+    context ends; a policy that evicts then compresses the context only and keeps the rest (the question)
+    whole. timing, where given, also receives each prompt's measured share of its cache's bytes (kv_bytes).
+
+    The prompts run in consecutive groups whose KV cache (prompt + new tokens, as the policy sizes it) fits
+    max_batch_tokens (default: memory_budget), each group one packed prefill and one batched decode. Eager
+    decode drops finished sequences from the batch; with a CUDA graph (the default on a GPU with the varlen
+    backend and a cache that keeps everything) every sequence stays and one replay runs each step. A
+    length-gated remap runs its two sides apart (positions/gate.py). Every group draws from the call's one
+    generator in turn; on_step counts the first group's steps, on_done the prompts finished so far."""
+    dev = model.tok_embeddings.weight.device
+    gen = sampling.generator(dev)
+    tokens, seqs = memory_budget(model)
+    if max_batch_tokens is not None:
+        tokens = max_batch_tokens
+    lens = [len(p) for p in prompts]
+    context = check_context(context, lens)
+    # a sequence's largest region over the layers bounds its share of a group's budget
+    caps = [max(c) for c in zip(*capacities(policy, lens, max_new_tokens, chunk, model.cfg.n_layers, context))]
+    shares = [0] * len(prompts)
+    out: list[Completion] = [None] * len(prompts)  # type: ignore[list-item]
+    done = 0
+    for part in model.rotary.apart(lens):
+        for g in groups([caps[i] for i in part], tokens, seqs):
+            idx = [part[j] for j in g]
+            got, held = _generate([prompts[i] for i in idx], model, max_new_tokens, eos_ids, sampling, gen, backend,
+                                  on_step if done == 0 else None, cuda_graph, policy, chunk, timing, stop, logprobs,
+                                  (lambda k, base=done: on_done(base + k)) if on_done else None,
+                                  None if context is None else [context[i] for i in idx])
+            for i, c, b in zip(idx, got, held):
+                out[i], shares[i] = c, b
+            done += len(idx)
     if timing is not None:
         timing.kv_bytes = shares
     return out
 
 
-def _generate(prompts, model, max_new_tokens, eos_ids, sampling, backend, on_step, cuda_graph, policy, chunk, timing,
-              context=None):
+def _generate(prompts, model, max_new_tokens, eos_ids, sampling, gen, backend, on_step, cuda_graph, policy, chunk,
+              timing, stop, logprobs, on_done, context=None):
     from .graphs import GraphDecoder
     backend = Backend.of(backend)
     dev = model.tok_embeddings.weight.device
@@ -256,20 +281,25 @@ def _generate(prompts, model, max_new_tokens, eos_ids, sampling, backend, on_ste
         timing.start()
     cache = new_cache(model, prompts, max_new_tokens, policy, chunk, context)
     held = cache.region_bytes()
-    pick = sampling.sampler(dev)
+    pick = Picker(sampling, prompts, max_new_tokens, dev, gen, model.cfg.vocab_size, stop, logprobs)
+    extras = stop is not None or logprobs is not None  # read on the host each step, beside the tokens
     logits = prefill(model, prompts, cache, backend, policy, chunk)  # [B, V]
     if cuda_graph is None:
         cuda_graph = dev.type == "cuda" and backend.kernel == "varlen" and not policy.evicts
     graph = GraphDecoder(model, cache, backend) if cuda_graph and max_new_tokens > 1 else None
     active = torch.arange(len(prompts), device=dev)
     out: list[list[int]] = [[] for _ in prompts]
+    lps: list[list[TokenLogprob]] | None = [[] for _ in prompts] if logprobs is not None else None
+    reason, hit = ["length"] * len(prompts), [None] * len(prompts)
     done = [False] * len(prompts)
+    finished = 0
     rows = list(range(len(prompts)))  # the prompt of each active row, kept on the host (no sync to read it)
     if graph is not None:
         host = torch.empty(len(prompts), dtype=torch.int64, pin_memory=True)
         copied = torch.cuda.Event()
     for n in range(max_new_tokens):
         nxt = pick(logits)  # [B_active]
+        extra = pick.host() if extras else {}
         if graph is not None and n < max_new_tokens - 1:
             # launch the next step before reading this one's tokens: the host's bookkeeping then runs
             # while the GPU decodes (a step past the last needed one is harmless: its output is dropped)
@@ -282,16 +312,25 @@ def _generate(prompts, model, max_new_tokens, eos_ids, sampling, backend, on_ste
             toks = nxt.tolist()
         if n == 0 and timing is not None:
             timing.first()
+        stopped, lp = extra.get("stopped"), extra.get("logprobs")
         keep = []
         for j, (i, t) in enumerate(zip(rows, toks)):
             if done[i]:
                 continue
             out[i].append(t)
-            done[i] = t in eos_ids
-            if not done[i]:
+            if lps is not None:
+                lps[i].append(TokenLogprob(t, *lp[j]))
+            if t in eos_ids:
+                done[i], reason[i], hit[i] = True, "stop", t
+            elif stopped is not None and stopped[j]:
+                done[i], reason[i] = True, "stop"
+            else:
                 keep.append(j)
+        finished = len(prompts) - len(keep) if n < max_new_tokens - 1 else len(prompts)
         if on_step:
             on_step(n + 1)
+        if on_done:
+            on_done(finished)
         if not keep or n == max_new_tokens - 1:
             break
         if graph is not None:
@@ -299,10 +338,11 @@ def _generate(prompts, model, max_new_tokens, eos_ids, sampling, backend, on_ste
         if len(keep) < len(rows):
             keep_t = torch.tensor(keep, device=dev)
             active, nxt, rows = active[keep_t], nxt[keep_t], [rows[j] for j in keep]
+            pick.keep(keep_t)
         logits = decode_step(model, cache, nxt, active, backend, policy,
                              evict=policy.every > 0 and (n + 1) % policy.every == 0)
     if timing is not None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timing.end()
-    return out, held
+    return [Completion("", ids, r, lp, stop=h) for ids, r, lp, h in zip(out, reason, lps or [None] * len(out), hit)], held

@@ -12,9 +12,11 @@ from . import kv as K
 from .attention import AttnMeta
 from .attention.backend import Backend
 from .attention.layer import Step
-from .chat import chat_ids
+from .chat import chat_ids, chat_text, is_conversation, messages
 from .errors import InputTooLong, LengthwiseError
-from .generate import Sampling, Timing, check_policy, generate_ids
+from .generate import Timing, check_policy, generate
+from .sampling import (Completion, Sampling, stop_criteria, check_logprobs, check_n, check_stop, check_token_ids,
+                       cut_at_stop)
 from .models import load as L
 from .packing import token_budget
 from .positions import RoPE, parse as parse_positions
@@ -28,6 +30,7 @@ class _Loaded:
         self.name, self.path, self.arch, self.config = name, ck.path, ck.arch, ck.config
         self.module, self.tokenizer = module, tokenizer
         self.device, self.dtype, self.backend = device, dtype, backend
+        self.generation_eos = tuple(getattr(ck, "eos_ids", ()))  # the checkpoint's own end ids
 
     def step(self, batch: RaggedBatch) -> Step:
         """The Step of one packed forward without a cache (training, scoring, embedding)."""
@@ -154,16 +157,35 @@ class CausalLM(_Loaded):
 
     @property
     def eos_ids(self) -> set[int]:
+        """Every id that ends a sequence: the tokenizer's EOS and the checkpoint's own (generation_config.json's
+        eos_token_id, or a GGUF's eos/eot/eom ids)."""
         tok = self.tokenizer
-        return {tok.eos_token_id} if tok is not None and tok.eos_token_id is not None else set()
+        own = {tok.eos_token_id} if tok is not None and tok.eos_token_id is not None else set()
+        return own | set(getattr(self, "generation_eos", ()))
 
-    def tokenize(self, prompts: Sequence[str], chat: bool = False) -> list[list[int]]:
+    def tokenize(self, prompts, chat: bool = False, system: str | None = None) -> list[list[int]]:
+        """Token ids of each prompt: text, or (chat=True, or system= given, or the prompt a list of
+        {"role", "content"} messages) the chat template's rendering."""
         tok = self._need_tokenizer()
-        prompts = _texts(prompts, "prompts (strings)")
-        if chat:
-            _encode(tok, prompts)  # a text no tokenizer encodes is named before the template sees it
-            return [chat_ids(tok, p, self.name) for p in prompts]
+        prompts = _batch(prompts, "prompts (strings, or lists of chat messages)")
+        convo = [is_conversation(p) for p in prompts]
+        if not any(convo):
+            prompts = _texts(prompts, "prompts (strings)")
+        elif not all(convo) and not (chat or system is not None):
+            i = convo.index(False)
+            raise LengthwiseError(f"prompt {i} is {type(prompts[i]).__name__} while other prompts are chat messages: "
+                                  "pass chat=True (--chat) to render text as a user turn, or give one kind per call")
+        elif not all(convo):
+            _texts([p for p in prompts if not is_conversation(p)], "prompts (strings, or lists of chat messages)")
+        if chat or system is not None or any(convo):
+            convos = [messages(p, system, i) for i, p in enumerate(prompts)]  # bad roles and contents, named
+            _encode(tok, [m["content"] for c in convos for m in c])  # a text no tokenizer encodes is named first
+            return [chat_ids(tok, p, self.name, system, i) for i, p in enumerate(prompts)]
         return _encode(tok, prompts)
+
+    def chat_text(self, conversation, system: str | None = None) -> str:
+        """One prompt (a string or a list of messages) as the chat template renders it, before tokenizing."""
+        return chat_text(self._need_tokenizer(), conversation, self.name, system)
 
     def _groups(self, lens: list[int], budget: int) -> list[list[int]]:
         """Token-budget groups of sequence indices, never mixing what the position scheme runs apart."""
@@ -211,47 +233,91 @@ class CausalLM(_Loaded):
                 on_group(group)
         return out
 
-    def generate(self, prompts: Sequence[str] | Sequence[Sequence[int]], max_new_tokens: int = 32,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, chat: bool = False,
-                 truncate: bool = False, progress: Progress = None) -> list[str]:
-        """Completions as text. Greedy unless a temperature > 0 is given."""
-        ids = self.generate_ids(prompts, max_new_tokens, temperature, top_p, seed, chat, truncate, progress)
-        return self._need_tokenizer().batch_decode(ids, skip_special_tokens=True)
+    def generate(self, prompts, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int | None = None, chat: bool = False, truncate: bool = False, progress: Progress = None,
+                 *, details: bool = False, **controls) -> list[str] | list[Completion]:
+        """Completions as text, n per prompt, prompt-major. Greedy unless a temperature > 0 is given.
+
+        prompts: strings, token-id lists, or conversations (lists of {"role", "content"} messages, rendered by
+        the chat template; so are strings with chat=True or system=...).
+        controls: top_k, min_p, repetition_penalty (HF generate's meanings), stop (a string or a list),
+        stop_token_ids, n (samples per prompt), logprobs (None, or how many top alternatives per token),
+        system (a system turn), max_batch_tokens (the KV-cache tokens of one group of prompts; default: from
+        free memory). details=True: a Completion per sample (text, token_ids, finish_reason, logprobs)."""
+        if not details:
+            self._need_tokenizer()
+        out = self._complete(prompts, max_new_tokens, temperature, top_p, seed, chat, truncate, progress, **controls)
+        return out if details else [c.text for c in out]
+
+    def complete(self, prompts, max_new_tokens: int = 32, **kw) -> list[Completion]:
+        """generate(..., details=True): a Completion (text, token_ids, finish_reason, logprobs) per sample."""
+        return self.generate(prompts, max_new_tokens, details=True, **kw)
 
     def generate_ids(self, prompts, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
                      seed: int | None = None, chat: bool = False, truncate: bool = False,
                      progress: Progress = None, timing: Timing | None = None,
-                     check_context: bool = True, context: Sequence[int] | None = None) -> list[list[int]]:
+                     check_context: bool = True, **controls) -> list[list[int]]:
         """New token ids per prompt (EOS included when hit), under the model's KV policy (self.kv). timing: a
-        generate.Timing to add this call's prefill and decode seconds to (and each prompt's KV-cache bytes).
-        check_context=False runs prompts and new tokens past the context the model reaches (an eval that
-        measures what happens there). context: per prompt, how many of its tokens are context; a KV policy
-        compresses those and keeps the rest (the question) whole, as kvpress's protocol does. None: all of it."""
+        generate.Timing to add this call's prefill and decode seconds to. check_context=False runs prompts and
+        new tokens past the context the model reaches (an eval that measures what happens there)."""
+        return [c.token_ids for c in self._complete(prompts, max_new_tokens, temperature, top_p, seed, chat, truncate,
+                                                    progress, timing, check_context, text=False, **controls)]
+
+    def _complete(self, prompts, max_new_tokens, temperature, top_p, seed, chat, truncate, progress,
+                  timing=None, check_context=True, text=True, *, top_k: int = 0, min_p: float = 0.0,
+                  repetition_penalty: float = 1.0, stop=None, stop_token_ids=None, n: int = 1, logprobs=None,
+                  system: str | None = None, max_batch_tokens: int | None = None,
+                  context: Sequence[int] | None = None) -> list[Completion]:
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise LengthwiseError(f"max_new_tokens must be an integer of at least 1, got {max_new_tokens!r}")
-        Sampling(temperature, top_p, seed)
+        sampling = Sampling(temperature, top_p, seed, top_k, min_p, repetition_penalty)
         check_sampling(temperature)
-        prompts = _batch(prompts, "prompts: strings, or token-id lists")
+        check_n(n)
+        if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int) or isinstance(max_batch_tokens, bool)
+                                             or max_batch_tokens < 1):
+            raise LengthwiseError(f"max_batch_tokens must be an integer of at least 1, got {max_batch_tokens!r}")
+        stops, k = check_stop(stop), check_logprobs(logprobs)
+        ends = self.eos_ids | check_token_ids(stop_token_ids, "stop_token_ids", self.config.vocab_size)
+        prompts = _batch(prompts, "prompts: strings, token-id lists or chat conversations")
         if len(prompts) == 0:
             return []
-        texts = [isinstance(p, str) for p in prompts]
-        if any(texts) and not all(texts):
-            raise LengthwiseError(f"prompt {texts.index(not texts[0])} is {'token ids' if texts[0] else 'text'} while "
-                                  f"prompt 0 is {'text' if texts[0] else 'token ids'}: give one kind per call")
-        ids = self.tokenize(prompts, chat) if texts[0] else prompts
+        kinds = ["text" if isinstance(p, str) else "chat" if is_conversation(p) else "ids" for p in prompts]
+        if "ids" in kinds and len(set(kinds)) > 1:
+            i = kinds.index("ids" if kinds[0] != "ids" else next(x for x in kinds if x != "ids"))
+            raise LengthwiseError(f"prompt {i} is {'token ids' if kinds[i] == 'ids' else 'text'} while prompt 0 is "
+                                  f"{'token ids' if kinds[0] == 'ids' else 'text'}: give one kind per call")
+        if kinds[0] == "ids" and (chat or system is not None):
+            raise LengthwiseError("chat=True and system= render text through the chat template: pass text or "
+                                  "messages, not token ids")
+        ids = prompts if kinds[0] == "ids" else self.tokenize(prompts, chat, system)
         room = self.context_length - max_new_tokens if check_context else sys.maxsize
         if room < 1:
             raise LengthwiseError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
                                   f"{self.context_length}-token context")
         before = [len(s) for s in ids]
+        before = [len(s) for s in ids]
         ids = self._fit(ids, room, truncate, "tail", f"fit the context with {max_new_tokens} new tokens")
         ids = [s.tolist() if hasattr(s, "tolist") else list(s) for s in ids]  # arrays and tensors: plain int lists
-        if context is not None:  # a prompt cut at its head loses context first
+        if context is not None:  # context: per prompt, how many of its tokens a KV policy may compress
             context = list(context)
-            if len(context) == len(ids):
+            if len(context) == len(ids):  # a prompt cut at its head loses context first
                 context = [c - (b - len(s)) if isinstance(c, int) else c for c, b, s in zip(context, before, ids)]
-        return generate_ids(self.module, ids, max_new_tokens, self.eos_ids, Sampling(temperature, top_p, seed),
-                            self.backend, progress, policy=self.kv, timing=timing, context=context)
+            context = [c for c in context for _ in range(n)]
+        criteria = stop_criteria(self._need_tokenizer(), tuple(stops)) if stops else None
+        runs = [s for s in ids for _ in range(n)]  # n samples of a prompt: n rows of one batch, side by side
+        done = (lambda d: progress(d // n)) if progress else None
+        out = generate(self.module, runs, max_new_tokens, ends, sampling, self.backend, policy=self.kv,
+                       timing=timing, stop=criteria, logprobs=k, max_batch_tokens=max_batch_tokens, on_done=done,
+                       context=context)
+        if (text or stops) and self.tokenizer is not None:  # complete() on a model without one: ids only
+            texts = self._need_tokenizer().batch_decode([c.token_ids for c in out], skip_special_tokens=True)
+            for c, t in zip(out, texts):
+                c.text, hit = cut_at_stop(t, stops)
+                if hit is not None and c.finish_reason == "stop" and c.stop is None:
+                    c.stop = hit
+        for j, c in enumerate(out):
+            c.index = j // n
+        return out
 
 
 class Encoder(_Loaded):

@@ -37,7 +37,7 @@ GRID = ["--tasks", "passkey,niah_single", "--lengths", "512,1k", "--depths", "3"
 def test_killed_run_resumes_without_duplicates_or_losses(tiny_lm, tmp_path):
     out = tmp_path / "runs" / "grid.jsonl"
     out.parent.mkdir()
-    cmd = [sys.executable, "-m", "lengthwise.cli", "eval", "--model", str(tiny_lm), "--out", str(out), *GRID]
+    cmd = [sys.executable, "-m", "lengthwise.cli", "eval", "--model", str(tiny_lm), "--output", str(out), *GRID]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
@@ -133,7 +133,7 @@ def test_parsing_lengths_and_depths():
     (["--lengths", "64k"], "beyond the 4096-token context"),
 ])
 def test_bad_eval_input_is_one_line(tiny_lm, tmp_path, args, needle):
-    r = CliRunner().invoke(cli.app, ["eval", "--model", str(tiny_lm), "--out", str(tmp_path / "x.jsonl"),
+    r = CliRunner().invoke(cli.app, ["eval", "--model", str(tiny_lm), "--output", str(tmp_path / "x.jsonl"),
                                      "--device", "cpu", "--samples", "1", *args])
     assert r.exit_code == 2, r.output
     lines = r.stderr.splitlines()
@@ -151,7 +151,7 @@ def test_cpu_estimate_refuses_absurd_grids(tiny_lm, tmp_path):
 
 def test_beyond_context_runs_only_when_allowed(tiny_lm, tmp_path):
     out = tmp_path / "beyond.jsonl"
-    r = CliRunner().invoke(cli.app, ["eval", "--model", str(tiny_lm), "--out", str(out), "--device", "cpu",
+    r = CliRunner().invoke(cli.app, ["eval", "--model", str(tiny_lm), "--output", str(out), "--device", "cpu",
                                      "--tasks", "passkey", "--lengths", "4500", "--depths", "1", "--samples", "1",
                                      "--allow-beyond-context"])
     assert r.exit_code == 0, r.output
@@ -166,7 +166,7 @@ def test_report_on_a_corrupted_store(tiny_lm, tmp_path):
     lines = store.path.read_text().splitlines()
     lines.insert(2, '{"id": "broken", "task": ')
     store.path.write_text("\n".join(lines) + "\n")
-    r = CliRunner().invoke(cli.app, ["report", str(store.path), "--out-dir", str(tmp_path / "plots"),
+    r = CliRunner().invoke(cli.app, ["report", str(store.path), "--output", str(tmp_path / "plots"),
                                      "--markdown", str(tmp_path / "summary.md")])
     assert r.exit_code == 2, r.output
     err = [x for x in r.stderr.strip().splitlines() if x.startswith("error")]
@@ -181,10 +181,10 @@ def test_report_threshold_sets_the_effective_length_and_a_bad_one_writes_nothing
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     for pct, want in (("95", "2k"), ("90", "4k"), ("100", "1k")):  # 100%, 95%, 90% at 1k, 2k, 4k
-        r = CliRunner().invoke(cli.app, ["report", str(path), "--out-dir", str(tmp_path / "p"), "--threshold", pct])
+        r = CliRunner().invoke(cli.app, ["report", str(path), "--output", str(tmp_path / "p"), "--threshold", pct])
         assert r.exit_code == 0, r.output
         assert r.stdout.splitlines()[-1].split()[-1] == want and f"effective (≥{pct}%)" in r.stdout
-    r = CliRunner().invoke(cli.app, ["report", str(path), "--out-dir", str(tmp_path / "q"), "--threshold", "120",
+    r = CliRunner().invoke(cli.app, ["report", str(path), "--output", str(tmp_path / "q"), "--threshold", "120",
                                      "--markdown", str(tmp_path / "s.md")])
     assert r.exit_code == 2 and r.stdout == ""
     err = r.stderr.strip().splitlines()

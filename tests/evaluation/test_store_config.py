@@ -28,7 +28,7 @@ def tiny_lm(tmp_path_factory, smol_path):
 
 
 def _eval(model, out, *extra):
-    return CliRunner().invoke(cli.app, ["eval", "--model", str(model), "--out", str(out), *GRID, *extra])
+    return CliRunner().invoke(cli.app, ["eval", "--model", str(model), "--output", str(out), *GRID, *extra])
 
 
 def _lines(path: Path) -> list[dict]:
@@ -48,14 +48,14 @@ def _one_error(r) -> str:
     (["--dtype", "float64"], "dtype", "dtype=float64"),
     (["--seed", "7"], "seed", "seed=7"),
     (["--positions", "linear:factor=2"], "positions", None),  # the scheme is the report's method column
-    (["--backend", "hf"], "backend", None),  # the backend column
+    (["--engine", "hf"], "backend", None),  # the backend column
 ])
 def test_each_setting_keeps_its_cells_apart_on_resume_and_in_report(tiny_lm, tmp_path, extra, field, shown):
     out = tmp_path / "r.jsonl"
     assert _eval(tiny_lm, out).exit_code == 0
     before = out.read_bytes()
     err = _one_error(_eval(tiny_lm, out, *extra))
-    assert f"{field} is" in err and "--append-config" in err and "new --out" in err
+    assert f"{field} is" in err and "--append-config" in err and "new --output" in err
     assert out.read_bytes() == before  # refused before anything was written
     r = _eval(tiny_lm, out, *extra, "--append-config")
     assert r.exit_code == 0, r.output
@@ -68,7 +68,7 @@ def test_each_setting_keeps_its_cells_apart_on_resume_and_in_report(tiny_lm, tmp
     for args in ([], extra):
         r = _eval(tiny_lm, out, *args)
         assert r.exit_code == 0 and "already" in r.stderr, r.output
-    r = CliRunner().invoke(cli.app, ["report", str(out), "--out-dir", str(tmp_path / "plots")])
+    r = CliRunner().invoke(cli.app, ["report", str(out), "--output", str(tmp_path / "plots")])
     assert r.exit_code == 0, r.output
     blocks = [b for b in r.stdout.split("\n\n") if "(accuracy %)" in b]
     assert len(blocks) == 2  # never one row averaging both
@@ -156,7 +156,7 @@ def test_an_old_store_gets_a_way_forward(tmp_path):
     out = tmp_path / "old.jsonl"
     out.write_text(json.dumps({"id": "x", "task": "passkey", "length": 512, "depth": 0.0, "method": "none",
                                "backend": "lengthwise", "model": "m", "score": 1.0}) + "\n")
-    with pytest.raises(LengthwiseError, match="older lengthwise.*new --out.*report still reads it"):
+    with pytest.raises(LengthwiseError, match="older lengthwise.*new --output.*report still reads it"):
         ResultStore(out).check()
     from lengthwise.report import read_results
     assert len(read_results(out)[0]) == 1
@@ -167,7 +167,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tiny_lm, tmp_path):
     out = tmp_path / "grid.jsonl"
     grid = ["--tasks", "passkey,niah_single", "--lengths", "512,1k,2k", "--depths", "3", "--samples", "4",
             "--max-batch-tokens", "600", "--device", "cpu"]
-    cmd = [sys.executable, "-m", "lengthwise.cli", "eval", "--model", str(tiny_lm), "--out", str(out), *grid]
+    cmd = [sys.executable, "-m", "lengthwise.cli", "eval", "--model", str(tiny_lm), "--output", str(out), *grid]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240

@@ -64,9 +64,11 @@ class _Timer:
 class LengthwiseRunner:
     """The packed engine: a batch's prompts prefill as one packed stream, then decode together."""
 
-    def __init__(self, model: str, chat: bool = False, device=None, dtype=None, positions: str | None = None):
+    def __init__(self, model: str, chat: bool = False, device=None, dtype=None, positions: str | None = None,
+                 backend: str = "auto"):
         from ..pipeline import CausalLM, load
-        self.lm = load(model, device=device, dtype=dtype, positions=None if positions in (None, "none") else positions)
+        self.lm = load(model, device=device, dtype=dtype, backend=backend,
+                       positions=None if positions in (None, "none") else positions)
         if not isinstance(self.lm, CausalLM):
             raise LengthwiseError(f"{model} is an encoder: eval needs a causal language model")
         self.tok = self.lm.tokenizer
@@ -173,4 +175,4 @@ def _first_logits_class():
 def make_runner(cfg):
     if cfg.backend == "hf":
         return HFRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype, cfg.hf_rope, cfg.method)
-    return LengthwiseRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype, cfg.method)
+    return LengthwiseRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype, cfg.method, cfg.kernel)

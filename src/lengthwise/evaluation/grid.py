@@ -36,6 +36,7 @@ class EvalConfig:
     device: str | None = None
     dtype: str | None = None
     max_batch_tokens: int = 65536
+    kernel: str = "auto"  # the lengthwise engine's attention kernel (attention.Backend); auto picks
 
     def __post_init__(self):
         if isinstance(self.tasks, str) or not all(isinstance(t, str) for t in self.tasks):
@@ -50,7 +51,7 @@ class EvalConfig:
         if not isinstance(self.samples, int) or isinstance(self.samples, bool):
             raise LengthwiseError(f"samples must be a whole number, got {self.samples!r}")
         if self.backend not in BACKENDS:
-            raise LengthwiseError(f"unknown eval backend {self.backend!r}: choose {' or '.join(BACKENDS)}")
+            raise LengthwiseError(f"unknown eval engine {self.backend!r} (--engine): choose {' or '.join(BACKENDS)}")
         bad = [d for d in self.depths if not 0 <= d <= 100]
         if bad:
             raise LengthwiseError(f"depth {bad[0]:g} is outside 0-100: depths are percentages of the context")
@@ -67,6 +68,9 @@ class EvalConfig:
                 raise LengthwiseError(f"{what} {shown} is given twice: list each {what} once")
         for t in self.tasks:
             get_task(t)  # unknown names and options fail here, before any model loads
+        if self.kernel != "auto" and self.backend != "lengthwise":
+            raise LengthwiseError(f"--backend {self.kernel} picks the lengthwise engine's attention kernel: drop it "
+                                  "with --engine hf")
         if self.hf_rope and self.backend != "hf":
             raise LengthwiseError("hf_rope applies to the hf backend only: use --positions for lengthwise")
         from ..positions import from_hf, parse, to_hf
@@ -101,7 +105,7 @@ def store_config(cfg: EvalConfig) -> dict:
     return {"model": cfg.model, "model_sha256": L.content_hash(L.resolve(cfg.model)), "backend": cfg.backend,
             "dtype": dtype or ("bfloat16" if device == "cuda" else "float32"), "device": device, "chat": cfg.chat,
             "positions": cfg.method, "hf_rope": cfg.hf_rope, "kv": getattr(cfg, "kv", None) or "full",
-            "seed": cfg.seed}
+            "seed": cfg.seed, **({"kernel": cfg.kernel} if getattr(cfg, "kernel", "auto") != "auto" else {})}
 
 
 def cell_id(cfg: EvalConfig, task: str, length: int, depth: float, sample: int, context: int | None = None,

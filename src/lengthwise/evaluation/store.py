@@ -154,14 +154,14 @@ class ResultStore:
             if isinstance(head, dict) and "id" in head and "score" in head:
                 raise LengthwiseError(
                     f"{self.path} was written by an older lengthwise (no header line): its cells were keyed without "
-                    "the model's hash, dtype and device, so it cannot be resumed; write to a new --out "
+                    "the model's hash, dtype and device, so it cannot be resumed; write to a new --output "
                     "(lengthwise report still reads it)")
             raise LengthwiseError(f"{self.path} is not an eval results store (its first line is not a lengthwise "
                                   "store header): write the results to a new file")
         fmt = head.get(HEADER)
         if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt > FORMAT or not isinstance(head.get("config"), dict):
             raise LengthwiseError(f"{self.path} has a store header of format {fmt!r} that this lengthwise "
-                                  f"({_version()}, format {FORMAT}) cannot read: use a newer lengthwise, or a new --out")
+                                  f"({_version()}, format {FORMAT}) cannot read: use a newer lengthwise, or a new --output")
         tail = data[data.rfind(b"\n") + 1:]
         if tail.strip() and not tail.startswith(_STARTS):
             raise LengthwiseError(f"{self.path} ends in a line that is not a result record: remove that line, "
@@ -189,7 +189,7 @@ class ResultStore:
         shown = "; ".join(f"{k} is {json.dumps(head['config'].get(k))} there, {json.dumps(want.get(k))} here"
                           for k in diff[:3])
         more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
-        raise LengthwiseError(f"{self.path} holds cells of another config ({shown}{more}): write to a new --out, "
+        raise LengthwiseError(f"{self.path} holds cells of another config ({shown}{more}): write to a new --output, "
                               "or pass --append-config to keep both configs in this store")
 
     # ------------------------------------------------------------ writing
@@ -201,7 +201,7 @@ class ResultStore:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise LengthwiseError(f"{self.path} is being written by {_holder(self.path)}: one writer per store; "
-                                      "wait for it to finish, or write to another --out") from None
+                                      "wait for it to finish, or write to another --output") from None
             raise LengthwiseError(f"cannot lock {self.path}: {e.strerror or e}") from None
         if probe:
             os.close(fd)  # closing the descriptor drops the lock

@@ -47,6 +47,7 @@ HF_ARCHS = {
     "BertModel": "bert", "BertForMaskedLM": "bert", "BertForPreTraining": "bert",
 }
 GGUF_ARCHS = {"llama": "llama", "qwen2": "llama", "mistral": "llama"}
+GGUF_EOS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class Checkpoint:
     state: dict  # our parameter names -> float32 tensors
     path: Path | None  # None: an in-memory model (from_hf)
     fmt: str  # "hf", "gguf" or "memory"
+    eos_ids: tuple[int, ...] = ()  # the checkpoint's own end ids: generation_config.json's, or a GGUF's eos/eot/eom
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
@@ -184,7 +186,19 @@ def _read_hf(folder: Path) -> Checkpoint:
             raise LengthwiseError(f"corrupted or truncated safetensors file {f}: {str(e).splitlines()[0]}; "
                                   "restore or re-download it") from None
     state = FAMILIES[family].convert(sd, cfg, "hf")
-    return Checkpoint(family, arch, cfg, state, folder, "hf")
+    return Checkpoint(family, arch, cfg, state, folder, "hf", generation_eos(folder))
+
+
+def generation_eos(folder: Path) -> tuple[int, ...]:
+    """eos_token_id of the folder's generation_config.json (an id or a list of them), as HF generate reads it."""
+    f = folder / "generation_config.json"
+    if not f.exists():
+        return ()
+    eos = read_json(f, ": generation_config.json is one object").get("eos_token_id")
+    ids = [eos] if isinstance(eos, int) else eos if isinstance(eos, list) else [] if eos is None else None
+    if ids is None or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise LengthwiseError(f"{f}: eos_token_id must be a token id or a list of them, got {json.dumps(eos)[:60]}")
+    return tuple(ids)
 
 
 def _arch(c: dict, cfg_file: Path) -> str:
@@ -225,7 +239,7 @@ def _config(kind, c: dict, cfg_file: Path):
 def _gguf_fields(reader) -> dict:
     out = {}
     for k, f in reader.fields.items():
-        if k.startswith("tokenizer.ggml.") and k not in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        if k.startswith("tokenizer.ggml.") and k not in ("tokenizer.ggml.bos_token_id", *GGUF_EOS):
             continue  # big vocab arrays: the tokenizer reads them itself
         try:
             out[k] = f.contents()
@@ -267,7 +281,8 @@ def _read_gguf(path: Path) -> Checkpoint:
         shape = tuple(int(d) for d in reversed(t.shape))  # GGML lists the fastest dimension first
         sd[t.name] = torch.from_numpy(np.array(arr, dtype=np.float32).reshape(shape))  # a copy: the file map is read-only
     state = llama.convert_checkpoint(sd, cfg, "gguf", arch)
-    return Checkpoint(family, arch, cfg, state, path, "gguf")
+    eos = tuple(int(fields[k]) for k in GGUF_EOS if isinstance(fields.get(k), (int, np.integer)))
+    return Checkpoint(family, arch, cfg, state, path, "gguf", eos)
 
 
 def gguf_context(reader) -> int | None:
