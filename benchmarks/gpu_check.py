@@ -16,7 +16,9 @@ Checks, all on mixed-length packed batches:
      3000 tokens; the fused Triton decode step; the fused add+RMSNorm and SiLU*up layers): logits of the
      same prefill and decode steps within the bound, greedy agreement reported;
   4. minilm-l6 embeddings, varlen bf16 against reference float32 (cosine per row);
-  5. random Qwen2 (qkv bias) and Mistral (window 64) configs, logits as in 2.
+  5. random Qwen2 (qkv bias) and Mistral (window 64) configs, logits as in 2;
+  6. memory hygiene: load, use and delete minilm-l6 and smollm2-135m 5 times; nothing stays allocated
+     (`python benchmarks/gpu_check.py memory` runs this check alone).
 Writes $OUT/gpu_check.json (or benchmarks/results/) and exits non-zero if a bound fails.
 """
 from __future__ import annotations
@@ -342,7 +344,42 @@ def encoder_fast_paths(texts):
                            "reference", rel(e, ref), BOUND)
 
 
+def memory_hygiene(rounds: int = 5):
+    """Load, use and delete each model `rounds` times (no gc.collect, no empty_cache): torch.cuda.memory_allocated
+    must come back to what it was after the first round (one-time state: kernels, the default stream's cuBLAS
+    workspace). The raw growth, and the bytes left with cuBLAS workspaces cleared, are reported beside it."""
+    import gc
+
+    def use(name):
+        m = lw.load(name, device="cuda", dtype="bfloat16")
+        if isinstance(m, lw.Encoder):
+            m.encode(["a text", "another one", "long text " * 100], convert_to_tensor=True)
+        else:
+            m.generate_ids(["The capital of France is", "1, 2, 3,"], max_new_tokens=16)
+        del m
+
+    for name in ("minilm-l6", "smollm2-135m"):
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        use(name)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        for _ in range(rounds):
+            use(name)
+        torch.cuda.synchronize()
+        after = torch.cuda.memory_allocated()
+        record(f"{name}: GiB left allocated after {rounds} more load/use/delete rounds (no gc)", (after - base) / 2**30, 0.0)
+        record(f"{name}: GiB left after the first round, over the start", (base - start) / 2**30)
+        gc.collect()
+        torch._C._cuda_clearCublasWorkspaces()
+        record(f"{name}: GiB left over the start, gc run and cuBLAS workspaces cleared",
+               (torch.cuda.memory_allocated() - start) / 2**30, 0.0)
+
+
 def main():
+    if sys.argv[1:] == ["memory"]:
+        memory_hygiene()
+        finish("gpu_check_memory.json")
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     kernels()
     fast, ref = causal_model("smollm2-135m")
@@ -379,6 +416,7 @@ def main():
             m = getattr(transformers, f"{'Qwen2' if kind == 'qwen2' else 'Mistral'}ForCausalLM")(c)
             m.save_pretrained(f"{d}/{kind}", safe_serialization=True)
             causal_model(f"{d}/{kind}")
+    memory_hygiene()
     finish("gpu_check.json")
 
 

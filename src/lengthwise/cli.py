@@ -22,6 +22,7 @@ from .attention import BACKENDS
 from .errors import LengthwiseError
 from .models import load as L
 from .outputs import atomic_write, check_output
+from .progress import progress_bar as _progress
 from .errors import InputTooLong
 from .pipeline import DTYPES, check_sampling, resolve_device
 
@@ -297,33 +298,6 @@ def _too_long(path: Path, linenos: list[int], fix: str) -> Iterator:
         yield
     except InputTooLong as e:
         raise LengthwiseError(f"line {linenos[e.index] + 1} of {path} {e.detail}: shorten it or {fix}") from None
-
-
-@contextmanager
-def _progress(description: str, total: int, unit: str) -> Iterator:
-    """A rich progress bar on stderr; yields a callback taking how many units are done."""
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                        console=Console(stderr=True))
-    task = progress.add_task(description, total=total)
-    live = progress.console.is_terminal  # elsewhere (a log, a pipe) rich draws only the last state, at stop
-    if live:
-        progress.start()
-    ok = False
-    try:
-        yield lambda done: progress.update(task, completed=done)
-        progress.update(task, completed=total)  # generation may stop early at EOS
-        ok = True
-    finally:
-        if live:
-            progress.live.transient = not ok  # on failure, leave only the error line
-            progress.stop()
-        elif ok:  # the bar's last state, once; on failure nothing, not even a blank line
-            progress.start()
-            progress.stop()
 
 
 # ---------------------------------------------------------------- shared options

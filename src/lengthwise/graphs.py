@@ -6,6 +6,15 @@ import torch
 from .attention.layer import Step
 
 
+_SIDE: dict = {}  # device -> the warm-up stream: a fresh stream per capture would leave a cuBLAS workspace behind each
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    if device not in _SIDE:
+        _SIDE[device] = torch.cuda.Stream(device)
+    return _SIDE[device]
+
+
 class GraphDecoder:
     """One decode step for every sequence of a KV cache, captured once as a CUDA graph and replayed per token.
 
@@ -24,7 +33,7 @@ class GraphDecoder:
             return model(self.tokens, positions, Step(meta, model.mask, backend, cache, slots))
 
         saved = cache.length.clone()
-        side = torch.cuda.Stream()
+        side = _side_stream(cache.length.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph; its cache writes are overwritten later
             for _ in range(2):

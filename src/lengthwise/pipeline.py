@@ -1,13 +1,16 @@
 """The public objects: `lw.load()` returns a CausalLM or an Encoder, each a model plus its tokenizer."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from . import encode as E
 from . import kv as K
 from .attention import AttnMeta
 from .attention.backend import Backend
@@ -326,6 +329,7 @@ class Encoder(_Loaded):
         self.pooling, self.normalize = settings["pooling"], settings["normalize"]
         self.head = settings["head"].to(self.device)  # pooling, then the folder's Dense and Normalize modules
         self.max_seq_length = min(settings["max_seq_length"] or self.config.context_length, self.config.context_length)
+        self._fast = None  # encode.FastTokenizer, built on the first text call
 
     @property
     def context_length(self) -> int:
@@ -361,9 +365,89 @@ class Encoder(_Loaded):
         return out.cpu().numpy()  # the one sync: groups queue back to back on the GPU
 
     def embed(self, texts: Sequence[str], truncate: bool = False, max_tokens_per_forward: int = 16384,
-              progress: Progress = None) -> np.ndarray:
-        """np.ndarray [N, D], pooled as the model's own sentence-transformers config says."""
-        return self.embed_ids(self.tokenize(texts), max_tokens_per_forward, truncate, progress)
+              progress: Progress = None, timing: "E.EmbedTiming | None" = None) -> np.ndarray:
+        """np.ndarray [N, D], pooled as the model's own sentence-transformers config says. With a fast tokenizer
+        texts go through the pipeline of encode.py (tokenizing and packing overlap the forwards); timing: an
+        encode.EmbedTiming to add this call's split to (tokenize, pack, copy, forward, pool, back)."""
+        texts = _texts(texts, "texts (strings)")
+        if not E.FastTokenizer.applies(self._need_tokenizer()) or not texts:
+            return self.embed_ids(self.tokenize(texts), max_tokens_per_forward, truncate, progress)
+        if not isinstance(max_tokens_per_forward, int) or max_tokens_per_forward < 1:
+            raise LengthwiseError(f"max_tokens_per_forward must be an integer of at least 1, got {max_tokens_per_forward!r}")
+        try:
+            return E.run(self, texts, max_tokens_per_forward, truncate, progress, timing).numpy()
+        except LengthwiseError:
+            raise
+        except Exception:
+            _encode(self.tokenizer, texts)  # a text no tokenizer encodes is named
+            raise
+
+    def to(self, device: str | torch.device) -> "Encoder":
+        """Move the weights to another device, the kernel family resolved again for it."""
+        dev = resolve_device(device)
+        if dev != self.device:
+            self.module.to(dev)
+            self.head.to(dev)
+            self.device = dev
+            self.backend = Backend.resolve("auto", dev, self.dtype)
+        return self
+
+    def encode(self, sentences: str | Sequence[str], batch_size: int = 32, show_progress_bar: bool | None = None,
+               output_value: str = "sentence_embedding", precision: str = "float32", convert_to_numpy: bool = True,
+               convert_to_tensor: bool = False, device: str | torch.device | None = None,
+               normalize_embeddings: bool = False, truncate_dim: int | None = None,
+               max_tokens_per_forward: int | None = None, prompt: str | None = None):
+        """sentence-transformers' encode, with its return conventions: [N, D] float32 ndarray by default, one
+        tensor (convert_to_tensor, on the model's device), or a list of 1-D tensors (convert_to_numpy=False); one
+        string gives one 1-D vector. Texts past max_seq_length are cut, as there. batch_size bounds memory as a
+        padded batch would: a forward packs at most batch_size x max_seq_length tokens (max_tokens_per_forward
+        overrides), from as many texts as fit. Embeddings are float32 whatever the weights' dtype.
+        prompt: prepended to every text (folders whose pooling excludes the prompt are refused)."""
+        if sentences is None or isinstance(sentences, (bytes, np.ndarray, torch.Tensor)) or not (
+                isinstance(sentences, str) or hasattr(sentences, "__len__")):
+            raise LengthwiseError(f"encode takes a string or a list of strings, not {type(sentences).__name__}")
+        one = isinstance(sentences, str)
+        texts = _texts([sentences] if one else list(sentences), "strings")
+        E.check_encode(batch_size, precision, truncate_dim, output_value, self.dim)
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise LengthwiseError(f"prompt must be a string, got {type(prompt).__name__}")
+            if not self.head.include_prompt:
+                raise LengthwiseError("this folder's pooling excludes the prompt's tokens (include_prompt=false), "
+                                      "which lengthwise does not run: prepend the prompt without it, or drop it")
+            texts = [prompt + t for t in texts]
+        if device is not None:
+            self.to(device)
+        if convert_to_tensor:
+            convert_to_numpy = False
+        budget = max_tokens_per_forward or batch_size * self.max_seq_length
+        tokens = output_value == "token_embeddings"
+        with contextlib.ExitStack() as stack:
+            bar = None
+            if show_progress_bar and texts:
+                from .progress import progress_bar
+                bar = stack.enter_context(progress_bar("encoding", len(texts), "texts"))
+            if not texts:
+                out = [] if tokens else torch.empty(0, dtype=torch.float32, device=self.device)
+            elif E.FastTokenizer.applies(self._need_tokenizer()):
+                out = E.run(self, texts, budget, True, bar, normalize=normalize_embeddings, truncate_dim=truncate_dim,
+                            to_host=convert_to_numpy or precision != "float32", token_embeddings=tokens)
+            else:
+                out = torch.from_numpy(self.embed_ids(self.tokenize(texts), budget, True, bar))
+                out = out[:, :truncate_dim] if truncate_dim else out
+                out = F.normalize(out, p=2, dim=1) if normalize_embeddings else out
+                out = out.to(self.device) if not convert_to_numpy else out
+        if tokens:
+            return out[0] if one else out
+        if len(texts) and precision != "float32":
+            out = torch.from_numpy(E.quantize(out.cpu().numpy(), precision))
+        if convert_to_tensor:
+            pass
+        elif convert_to_numpy:
+            out = out.numpy() if len(texts) else np.array([])
+        else:
+            out = list(out)
+        return out[0] if one else out
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

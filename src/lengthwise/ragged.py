@@ -48,6 +48,15 @@ class RaggedBatch:
     def from_texts(cls, texts: Sequence[str], tokenizer, device: torch.device | str = "cpu", **kw) -> "RaggedBatch":
         return cls.from_lists(tokenizer(list(texts), **kw)["input_ids"], device)
 
+    def pinned(self) -> "RaggedBatch":
+        """A host batch in pinned memory, so that `to` copies without a hidden sync."""
+        return RaggedBatch(self.tokens.pin_memory(), self.cu_seqlens.pin_memory(), self.positions.pin_memory(),
+                           self.max_seqlen)
+
+    def to(self, device) -> "RaggedBatch":
+        return RaggedBatch(_to(self.tokens, device), _to(self.cu_seqlens, device), _to(self.positions, device),
+                           self.max_seqlen)
+
     @property
     def num_seqs(self) -> int:
         return self.cu_seqlens.numel() - 1
@@ -139,5 +148,5 @@ def _checked(flat) -> np.ndarray:
 def _to(t: torch.Tensor, device) -> torch.Tensor:
     """Host to device without a hidden sync: a copy from pageable memory would wait for the GPU queue."""
     if torch.device(device).type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
     return t.to(device)
