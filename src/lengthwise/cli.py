@@ -283,11 +283,11 @@ def _emit_lines(out: Path | None, lines: list[str]) -> None:
 
 
 def _load(ctx: typer.Context, model: str, device, dtype, backend, positions: str | None = None,
-          residual: str | None = None):
+          residual: str | None = None, kv: str | None = None):
     if not (ctx.obj or {}).get("debug"):
         from transformers.utils import logging as hf_logging
         hf_logging.set_verbosity_error()  # e.g. "sequence length is longer than..." : we report that ourselves
-    return lw.load(model, device=device, dtype=dtype, backend=backend, positions=positions, residual=residual)
+    return lw.load(model, device=device, dtype=dtype, backend=backend, positions=positions, residual=residual, kv=kv)
 
 
 @contextmanager
@@ -310,6 +310,10 @@ OutOpt = typer.Option("--output", "-o", metavar="OUT",
 BatchTokensOpt = "--max-batch-tokens"
 SkipOpt = typer.Option("--skip-empty", help="Skip empty or whitespace-only lines (with a warning) instead of failing.")
 DeviceOpt = typer.Option("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, ... \\[default: cuda when available, else cpu]")
+KvOpt = typer.Option(
+    "--kv", metavar="POLICY[:k=v,...]",
+    help="KV-cache policy of a causal LM, e.g. snapkv:ratio=0.5 (removes 50%, as kvpress counts) or "
+         "streaming:tokens=1024,every=1 (policies: " + ", ".join(lw.kv.POLICIES) + "; see docs/kv-compression.md).")
 PositionsOpt = typer.Option(
     "--positions", metavar="SCHEME[:k=v,...]",
     help="Position scheme for RoPE models, e.g. yarn:factor=4 or self_extend:group=8,window=1024 "
@@ -488,6 +492,7 @@ def generate(
     dtype: Annotated[Dtype, DtypeOpt] = None,
     backend: Annotated[Backend, BackendOpt] = "auto",
     positions: Annotated[Optional[str], PositionsOpt] = None,
+    kv: Annotated[Optional[str], KvOpt] = None,
 ):
     if top_p <= 0:
         raise typer.BadParameter("must be greater than 0", param_hint="'--top-p'")
@@ -495,6 +500,7 @@ def generate(
     # a NaN, infinite or out-of-range value fails before the model loads
     Sampling(temperature, top_p, seed, top_k, min_p, repetition_penalty)
     check_sampling(temperature)
+    lw.kv.parse(kv)  # a bad policy fails before the model loads
     check_n(n, "--n")
     stops = check_stop(stop, "--stop")
     check_logprobs(logprobs, "--logprobs")
@@ -504,7 +510,7 @@ def generate(
                      source=None if _stdin(input) else input)
     linenos, prompts = _read_inputs(input, "prompt", skip_empty, messages=True)
     resolve_device(device)  # a bad --device fails before the model loads
-    lm = _load(ctx, model, device, dtype, backend, positions)
+    lm = _load(ctx, model, device, dtype, backend, positions, kv=kv)
     if not isinstance(lm, lw.CausalLM):
         raise LengthwiseError(f"{model} is an encoder ({lm.arch}), not a text generator: use lengthwise embed")
     with _too_long(input, linenos, "lower --max-new-tokens or pass --truncate (keeps the last tokens)"), \
@@ -576,6 +582,8 @@ def eval_(
     backend: Annotated[Backend, BackendOpt] = "auto",
     chat: Annotated[bool, typer.Option("--chat", help="Wrap prompts in the model's chat template.")] = False,
     positions: Annotated[Optional[str], PositionsOpt] = None,
+    kv: Annotated[Optional[str], KvOpt] = None,
+    kv_question: Annotated[str, typer.Option("--kv-question", help="With --kv: 'kept' keeps each prompt's question out of compression (kvpress's protocol); 'compressed' compresses it with the context (query-aware), reported apart.")] = "kept",
     hf_rope: Annotated[Optional[str], typer.Option("--hf-rope", metavar="JSON", help="hf backend: HF's own rope scaling, e.g. '{\"rope_type\": \"dynamic\", \"factor\": 8.0}' (or --positions dynamic_ntk:factor=8).")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Run even when the CPU time estimate is absurd.")] = False,
     allow_beyond_context: Annotated[bool, typer.Option("--allow-beyond-context", help="Run lengths past the model's trained context (warns).")] = False,
@@ -600,7 +608,7 @@ def eval_(
                                   f"got a {type(rope).__name__}")
     cfg = EvalConfig(model=model, tasks=_split_tasks(tasks), lengths=parse_lengths(lengths), depths=parse_depths(depths),
                      samples=samples, seed=seed, method=positions or "none", backend=engine, kernel=backend, chat=chat, hf_rope=rope,
-                     device=device, dtype=dtype,
+                     device=device, dtype=dtype, kv=kv or "full", kv_question=kv_question,
                      max_batch_tokens=max_batch_tokens)
     check_output(out, (".jsonl",), "the results store is JSON lines: name it .jsonl")
     store = ResultStore(out)

@@ -34,7 +34,8 @@ class Timing:
     summed over the sides a length gate runs apart."""
     prefill_s: float = 0.0
     decode_s: float = 0.0
-    kv_bytes: list[int] = field(default_factory=list)  # each prompt's share of the storage its KV cache held
+    kv_bytes: list[int] = field(default_factory=list)  # each prompt's share of the KV-cache storage held in decode
+    kv_bytes_prefill: list[int] = field(default_factory=list)  # ... and during prefill (the budget plus a chunk)
     _t: float = field(default=0.0, repr=False)
 
     def start(self) -> None:
@@ -86,6 +87,16 @@ def new_cache(model, prompts: list[list[int]], max_new_tokens: int, policy: Poli
     if context is not None and policy.evicts:
         cache.context = torch.tensor(context, dtype=torch.int64, device=w.device)
     return cache
+
+
+def decode_need(policy: Policy, cache: RaggedKVCache, prompts: list[int], max_new_tokens: int) -> torch.Tensor:
+    """[L, B] slots each (layer, sequence) needs from the end of prefill on: what it keeps plus the new tokens, or,
+    where the policy evicts during decode, at most its budget plus the steps between evictions."""
+    grow = cache.kept + max_new_tokens
+    if not policy.every or cache.context is not None:
+        return grow
+    N = torch.tensor(prompts, dtype=torch.int64, device=cache.kept.device) + max_new_tokens
+    return torch.minimum(grow, torch.maximum(cache.kept, policy.layer_keep(N, cache.n_layers)) + policy.every)
 
 
 def check_context(context, lens: list[int]) -> list[int] | None:
@@ -252,7 +263,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[
     context = check_context(context, lens)
     # a sequence's largest region over the layers bounds its share of a group's budget
     caps = [max(c) for c in zip(*capacities(policy, lens, max_new_tokens, chunk, model.cfg.n_layers, context))]
-    shares = [0] * len(prompts)
+    shares, peaks = [0] * len(prompts), [0] * len(prompts)
     out: list[Completion] = [None] * len(prompts)  # type: ignore[list-item]
     done = 0
     for part in model.rotary.apart(lens):
@@ -262,11 +273,11 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[
                                   on_step if done == 0 else None, cuda_graph, policy, chunk, timing, stop, logprobs,
                                   (lambda k, base=done: on_done(base + k)) if on_done else None,
                                   None if context is None else [context[i] for i in idx])
-            for i, c, b in zip(idx, got, held):
-                out[i], shares[i] = c, b
+            for i, c, b, p in zip(idx, got, *held):
+                out[i], shares[i], peaks[i] = c, b, p
             done += len(idx)
     if timing is not None:
-        timing.kv_bytes = shares
+        timing.kv_bytes, timing.kv_bytes_prefill = shares, peaks
     return out
 
 
@@ -280,10 +291,14 @@ def _generate(prompts, model, max_new_tokens, eos_ids, sampling, gen, backend, o
             torch.cuda.synchronize(dev)
         timing.start()
     cache = new_cache(model, prompts, max_new_tokens, policy, chunk, context)
-    held = cache.region_bytes()
+    peak = cache.region_bytes()
     pick = Picker(sampling, prompts, max_new_tokens, dev, gen, model.cfg.vocab_size, stop, logprobs)
     extras = stop is not None or logprobs is not None  # read on the host each step, beside the tokens
     logits = prefill(model, prompts, cache, backend, policy, chunk)  # [B, V]
+    held = peak
+    if policy.evicts:  # the prefill's scratch (the budget plus a chunk) goes back: decode holds what it needs
+        cache.shrink(decode_need(policy, cache, [len(p) for p in prompts], max_new_tokens))
+        held = cache.region_bytes()
     if cuda_graph is None:
         cuda_graph = dev.type == "cuda" and backend.kernel == "varlen" and not policy.evicts
     graph = GraphDecoder(model, cache, backend) if cuda_graph and max_new_tokens > 1 else None
@@ -345,4 +360,4 @@ def _generate(prompts, model, max_new_tokens, eos_ids, sampling, gen, backend, o
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timing.end()
-    return [Completion("", ids, r, lp, stop=h) for ids, r, lp, h in zip(out, reason, lps or [None] * len(out), hit)], held
+    return [Completion("", ids, r, lp, stop=h) for ids, r, lp, h in zip(out, reason, lps or [None] * len(out), hit)], (held, peak)

@@ -297,8 +297,8 @@ class CausalLM(_Loaded):
         if room < 1:
             raise LengthwiseError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
                                   f"{self.context_length}-token context")
-        before = [len(s) for s in ids]
-        before = [len(s) for s in ids]
+        before = [len(s) if hasattr(s, '__len__') else 0 for s in ids]
+        before = [len(s) if hasattr(s, '__len__') else 0 for s in ids]
         ids = self._fit(ids, room, truncate, "tail", f"fit the context with {max_new_tokens} new tokens")
         ids = [s.tolist() if hasattr(s, "tolist") else list(s) for s in ids]  # arrays and tensors: plain int lists
         if context is not None:  # context: per prompt, how many of its tokens a KV policy may compress

@@ -165,7 +165,7 @@ def test_an_old_store_gets_a_way_forward(tmp_path):
 def test_a_second_writer_is_refused_with_the_holders_pid(tiny_lm, tmp_path):
     """Two real processes on one store: the second gets one line naming the first; the store stays whole."""
     out = tmp_path / "grid.jsonl"
-    grid = ["--tasks", "passkey,niah_single", "--lengths", "512,1k,2k", "--depths", "3", "--samples", "4",
+    grid = ["--tasks", "passkey,niah_single", "--lengths", "512,1k,2k", "--depths", "3", "--samples", "12",
             "--max-batch-tokens", "600", "--device", "cpu"]
     cmd = [sys.executable, "-m", "lengthwise.cli", "eval", "--model", str(tiny_lm), "--output", str(out), *grid]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

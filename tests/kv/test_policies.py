@@ -5,6 +5,8 @@ What lengthwise's cache keeps after prefill must be exactly that set, in packed 
 layer and kv head; accumulated scores (H2O, A2SF) must equal HF's column sums across prefill chunks and decode
 steps; the question stays out of compression where the context's end is given; the bytes follow the budgets.
 """
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -268,3 +270,37 @@ def test_bad_context_is_refused(models):
     for ctx in ([0, 3], [5], [3, 99]):
         with pytest.raises(lw.LengthwiseError, match="where its context ends"):
             lm.generate_ids([[1] * 10, [2] * 8], max_new_tokens=2, context=ctx)
+
+
+def test_eval_records_kv_and_the_measured_bytes_and_report_keeps_them_apart(tmp_path, smol_path):
+    """The harness through lw.evaluate: records carry the policy and the cache bytes the engine measured (its
+    storage in decode, and in prefill); the bytes fall with the ratio; report gives each policy its own rows."""
+    from conftest import tiny_smol_llama
+    folder = tmp_path / "tiny"
+    tiny_smol_llama(folder, smol_path)
+    got = {}
+    for spec in ("full", "snapkv:ratio=0.5", "streaming:ratio=0.75"):
+        recs = lw.evaluate(str(folder), ["niah_single"], [600], tmp_path / "kv.jsonl", depths=2, samples=1,
+                           device="cpu", kv=spec, append_config=True)
+        assert len(recs) == 2 and all(r["kv"] == kv.parse(spec).spec() for r in recs)
+        assert all(r["kv_bytes"] > 0 and r["kv_bytes_prefill"] >= r["kv_bytes"] for r in recs)
+        got[spec] = recs[0]["kv_bytes"]
+    assert got["full"] > got["snapkv:ratio=0.5"] > got["streaming:ratio=0.75"]
+    # the question stays out by default; "compressed" is another config, keyed apart
+    assert recs[0]["config"]["kv_question"] == "kept"
+    rows = lw.report([tmp_path / "kv.jsonl"])
+    text = json.dumps(rows, default=str)
+    for spec in ("snapkv:ratio=0.5", "streaming:ratio=0.75,sinks=4"):
+        assert spec in text
+
+
+def test_cli_refuses_a_bad_kv_spec_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+    from lengthwise import cli
+    src = tmp_path / "p.txt"
+    src.write_text("hello\n")
+    for args in (["generate", str(src), "--model", "smollm2-135m", "--kv", "snapkv:ratio=2"],
+                 ["eval", "--model", "smollm2-135m", "--output", str(tmp_path / "o.jsonl"), "--kv", "nope"]):
+        r = CliRunner().invoke(cli.app, args)
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert "Traceback" not in r.output

@@ -39,12 +39,17 @@ def _check_runner(runner) -> str:
     return name
 
 
+def _refuse_kv(kv):
+    raise LengthwiseError(f"kv={kv} configures lengthwise's own engine: a runner of your own keeps its own cache")
+
+
 def evaluate(model: str, tasks: str | Sequence[str], lengths: str | Sequence[int], out,
              depths: str | int | Sequence[float] = (50.0,), samples: int = 4, engine="lengthwise",
              positions: str | None = None, chat: bool = False, seed: int = 0, device: str | None = None,
              dtype: str | None = None, max_batch_tokens: int = 65536, hf_rope: dict | None = None,
              yes: bool = False, allow_beyond_context: bool = False, append_config: bool = False,
-             progress: Callable[[int, int], None] | None = None) -> list[dict]:
+             progress: Callable[[int, int], None] | None = None, kv: str = "full",
+             kv_question: str = "kept") -> list[dict]:
     """Run the grid tasks x lengths x depths x samples and return its records (one dict per cell, as the store at
     `out` holds them; cells finished by an earlier call are read, not run again).
 
@@ -52,7 +57,9 @@ def evaluate(model: str, tasks: str | Sequence[str], lengths: str | Sequence[int
     store (its content hash). A runner of your own names the same checkpoint it runs.
     tasks: a list of task specs ("passkey", "niah_single:haystack=noise"); one string is one task.
     lengths: token counts, or "1k,2k,4k". depths: percentages, a count spread over 0-100, or "10,50,90".
-    engine: "lengthwise", "hf", or a runner object (module docstring). The rest is as `lengthwise eval`.
+    engine: "lengthwise", "hf", or a runner object (module docstring). kv: the lengthwise engine's KV policy
+    ("snapkv:ratio=0.5"); kv_question: "kept" keeps each question out of compression, "compressed" does not.
+    The rest is as `lengthwise eval`.
     """
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     lengths = parse_lengths(lengths) if isinstance(lengths, str) else list(lengths)
@@ -63,7 +70,8 @@ def evaluate(model: str, tasks: str | Sequence[str], lengths: str | Sequence[int
         raise LengthwiseError(f"unknown engine {engine!r}: choose {' or '.join(BACKENDS)}, or pass a runner object")
     cfg = EvalConfig(model=str(model), tasks=tasks, lengths=lengths, depths=list(depths), samples=samples, seed=seed,
                      method=positions or "none", backend="lengthwise" if custom else engine, chat=chat,
-                     hf_rope=hf_rope, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens)
+                     hf_rope=hf_rope, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens,
+                     kv=kv if not custom or kv == "full" else _refuse_kv(kv), kv_question=kv_question)
     if custom:
         if positions is not None or hf_rope is not None:
             raise LengthwiseError("positions= and hf_rope= configure lengthwise's own engines: a runner of your own "

@@ -37,6 +37,22 @@ def make_render(tok, chat: bool):
     return render
 
 
+def context_tokens(render, sample, ids: list[int]) -> int:
+    """How many of a sample's prompt tokens are context: those before its question, the prompt's last paragraph
+    (every task ends instructions + haystack + blank line + question). The tokens the full render shares with
+    the render of the context alone, so a chat template's header counts as context and its tail does not."""
+    cut = sample.prompt.rfind("\n\n")
+    if cut < 0:
+        return len(ids)
+    head = render(sample.prompt[:cut], "")
+    n = 0
+    for a, b in zip(ids, head):
+        if a != b:
+            break
+        n += 1
+    return max(1, n)
+
+
 class _Timer:
     """Prefill time (to the first new token) and decode time of one batch, plus peak GPU memory."""
 
@@ -65,10 +81,12 @@ class LengthwiseRunner:
     """The packed engine: a batch's prompts prefill as one packed stream, then decode together."""
 
     def __init__(self, model: str, chat: bool = False, device=None, dtype=None, positions: str | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", kv: str = "full", kv_question: str = "kept"):
         from ..pipeline import CausalLM, load
-        self.lm = load(model, device=device, dtype=dtype, backend=backend,
+        self.lm = load(model, device=device, dtype=dtype, backend=backend, kv=kv,
                        positions=None if positions in (None, "none") else positions)
+        self.question_kept = kv_question == "kept"
+        self.chat = chat
         if not isinstance(self.lm, CausalLM):
             raise LengthwiseError(f"{model} is an encoder: eval needs a causal language model")
         self.tok = self.lm.tokenizer
@@ -89,11 +107,15 @@ class LengthwiseRunner:
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.lm.device)
         timing = Timing()
+        context = None
+        if self.lm.kv.evicts and self.question_kept:
+            context = [context_tokens(self.render, s, x) for s, x in zip(samples, ids)]
         new = self.lm.generate_ids(ids, max(s.max_new_tokens for s in samples), timing=timing,
-                                   check_context=False)  # the grid decides what runs past the context
+                                   check_context=False, context=context)  # the grid decides what runs past the context
         peak = torch.cuda.max_memory_allocated(self.lm.device) / 2**30 if cuda else None
         return ([self.tok.decode(x, skip_special_tokens=True) for x in new],
-                {"prefill_s": timing.prefill_s, "decode_s": timing.decode_s, "peak_mem_gib": peak})
+                {"prefill_s": timing.prefill_s, "decode_s": timing.decode_s, "peak_mem_gib": peak,
+                 "kv_bytes": list(timing.kv_bytes), "kv_bytes_prefill": list(timing.kv_bytes_prefill)})
 
 
 class HFRunner:
@@ -175,4 +197,5 @@ def _first_logits_class():
 def make_runner(cfg):
     if cfg.backend == "hf":
         return HFRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype, cfg.hf_rope, cfg.method)
-    return LengthwiseRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype, cfg.method, cfg.kernel)
+    return LengthwiseRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype, cfg.method, cfg.kernel,
+                            getattr(cfg, "kv", "full"), getattr(cfg, "kv_question", "kept"))

@@ -37,8 +37,18 @@ class EvalConfig:
     dtype: str | None = None
     max_batch_tokens: int = 65536
     kernel: str = "auto"  # the lengthwise engine's attention kernel (attention.Backend); auto picks
+    kv: str = "full"  # the lengthwise engine's KV policy (kv/), e.g. "snapkv:ratio=0.5"
+    kv_question: str = "kept"  # kept: the question stays out of compression; compressed: query-aware
 
     def __post_init__(self):
+        from .. import kv as K
+        self.kv = K.parse(self.kv).spec()  # one spelling per policy, so equal configs key alike
+        if self.kv_question not in ("kept", "compressed"):
+            raise LengthwiseError(f"kv_question must be 'kept' (the question stays out of compression) or "
+                                  f"'compressed' (query-aware), got {self.kv_question!r}")
+        if self.kv != "full" and self.backend != "lengthwise":
+            raise LengthwiseError(f"--kv {self.kv} runs on the lengthwise engine; the hf engine keeps a full cache "
+                                  "(kvpress is the HF peer: benchmarks/kvpress_peer.py)")
         if isinstance(self.tasks, str) or not all(isinstance(t, str) for t in self.tasks):
             raise LengthwiseError(f"tasks must be a list of task names, e.g. ['passkey'], got {self.tasks!r}")
         if isinstance(self.lengths, (str, int)) or not all(isinstance(n, int) and not isinstance(n, bool)
@@ -105,7 +115,8 @@ def store_config(cfg: EvalConfig) -> dict:
     return {"model": cfg.model, "model_sha256": L.content_hash(L.resolve(cfg.model)), "backend": cfg.backend,
             "dtype": dtype or ("bfloat16" if device == "cuda" else "float32"), "device": device, "chat": cfg.chat,
             "positions": cfg.method, "hf_rope": cfg.hf_rope, "kv": getattr(cfg, "kv", None) or "full",
-            "seed": cfg.seed, **({"kernel": cfg.kernel} if getattr(cfg, "kernel", "auto") != "auto" else {})}
+            "seed": cfg.seed, **({"kernel": cfg.kernel} if getattr(cfg, "kernel", "auto") != "auto" else {}),
+            **({"kv_question": cfg.kv_question} if (getattr(cfg, "kv", None) or "full") != "full" else {})}
 
 
 def cell_id(cfg: EvalConfig, task: str, length: int, depth: float, sample: int, context: int | None = None,
@@ -183,12 +194,14 @@ def _run(cfg: EvalConfig, config: dict, store: ResultStore, runner, todo: list[C
         samples = [task.make(runner.render, c.length, c.depth, sample_seed(cfg, c.sample), runner.trained_context)
                    for c in batch]
         outputs, timing = runner.generate(samples)
-        for c, s, out in zip(batch, samples, outputs):
+        per = {k: timing.pop(k) for k in [k for k, v in timing.items() if isinstance(v, list)]}  # one per sample
+        for j, (c, s, out) in enumerate(zip(batch, samples, outputs)):
             store.append({
                 "id": c.id, "model": cfg.model, "method": cfg.method, "backend": cfg.backend, "task": c.task,
                 "length": c.length, "depth": c.depth, "sample": c.sample, "seed": s.seed,
                 "score": task.score(out, s), "output": out, "answers": list(s.answers),
-                "prompt_tokens": s.n_tokens, **timing, "batch_size": len(batch), "config": config,
+                "prompt_tokens": s.n_tokens, **timing, **{k: v[j] for k, v in per.items()}, "batch_size": len(batch),
+                "kv": config.get("kv", "full"), "config": config,
                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             })
             done += 1

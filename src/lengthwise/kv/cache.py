@@ -100,6 +100,32 @@ class RaggedKVCache:
         parts = [self.k, self.v, self.k_far, self.pos, self.acc]
         return sum(t.untyped_storage().nbytes() for p in parts if p is not None for t in (p if isinstance(p, list) else [p]))
 
+    def shrink(self, need: torch.Tensor) -> None:
+        """An evicting cache after prefill: give each (layer, sequence) a region of need [L, B] slots (at least what
+        it keeps) in new, smaller pools, the kept tokens copied over; the prefill's larger pools are freed."""
+        need = torch.maximum(need.to(self.kept.device), self.kept)
+        starts = torch.cumsum(need, 1) - need  # [L, B]
+        for layer in range(self.n_layers):
+            kept = self.kept[layer]  # [B]
+            total = int(need[layer].sum())
+            n = int(kept.sum())
+            seq = torch.repeat_interleave(torch.arange(kept.numel(), device=kept.device), kept)  # [n]
+            off = torch.arange(n, device=kept.device) - torch.repeat_interleave(torch.cumsum(kept, 0) - kept, kept)
+            src = self.start_l[layer][seq] + off
+            dst = starts[layer][seq] + off
+            for name in ("k", "v", "pos", "acc"):
+                pools = getattr(self, name)
+                if pools is None:
+                    continue
+                old = pools[layer]
+                new = (torch.zeros if name in ("pos", "acc") else torch.empty)(
+                    (total,) + tuple(old.shape[1:]), dtype=old.dtype, device=old.device)
+                new[dst] = old[src]
+                pools[layer] = new
+        self.capacity_l, self.start_l = need, starts
+        self.capacity = need.max(0).values
+        self.max_capacity = int(self.capacity.max())
+
     def region_bytes(self) -> list[int]:
         """Each sequence's share of nbytes: the storage its regions hold in every layer."""
         if self.kept is None:

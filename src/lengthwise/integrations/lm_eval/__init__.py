@@ -122,9 +122,13 @@ class LengthwiseLM(TemplateLM):
         self.add_bos_token = add_bos_token
         self.custom_prefix_token_id = _whole("prefix_token_id", prefix_token_id, 0)
         self._device = self.lm.device
-        params = inspect.signature(self.lm.generate_ids).parameters
-        self._generate_params = set(params)
-        self._open = any(p.kind is p.VAR_KEYWORD for p in params.values())  # **controls: the library checks them
+        params = dict(inspect.signature(self.lm.generate_ids).parameters)
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()) and hasattr(self.lm, "_complete"):
+            # generate_ids(**controls) passes them to _complete: its keyword-only controls are the ones it takes
+            params.update({k: p for k, p in inspect.signature(self.lm._complete).parameters.items()
+                           if p.kind is p.KEYWORD_ONLY})
+        self._generate_params = {k for k, p in params.items() if p.kind is not p.VAR_KEYWORD}
+        self._open = False
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "LengthwiseLM":
