@@ -71,11 +71,11 @@ def one_thread_and_cached_models():
     torch.set_num_threads(1)
     real, cache = lengthwise.load, {}
 
-    def cached(name_or_path, device=None, dtype=None, backend="auto", positions=None, residual=None):
-        key = (str(name_or_path), str(device), str(dtype), backend, str(positions), str(residual))
+    def cached(name_or_path, device=None, dtype=None, backend="auto", positions=None, residual=None, kv=None):
+        key = (str(name_or_path), str(device), str(dtype), backend, str(positions), str(residual), str(kv))
         if key not in cache:
             cache[key] = real(name_or_path, device=device, dtype=dtype, backend=backend, positions=positions,
-                              residual=residual)
+                              residual=residual, kv=kv)
         return cache[key]
 
     mp = pytest.MonkeyPatch()

@@ -186,7 +186,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tiny_lm, tmp_path):
     lines = _lines(out)  # every line parses
     recs = lines[1:]
     assert "lengthwise_store" in lines[0] and all("id" in r for r in recs)
-    assert len(recs) == len({r["id"] for r in recs}) == 2 * 3 * 3 * 4
+    assert len(recs) == len({r["id"] for r in recs}) == 2 * 3 * 3 * 12
 
 
 def test_the_lock_is_held_only_while_cells_run(tiny_lm, tmp_path):
