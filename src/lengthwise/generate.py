@@ -183,7 +183,7 @@ def decode_step(model, cache: RaggedKVCache, tokens: torch.Tensor, seqs: torch.T
     policy trims each sequence to its budget after this step."""
     slots, positions, meta = cache.plan(seqs, torch.ones_like(seqs))
     kw = {}
-    if policy.evicts:  # the policy sees every step (accumulated scores); it evicts on the steps asked
+    if policy.evicts and policy.every:  # the policy sees every step (accumulated scores); it evicts on the steps asked
         kw = dict(policy=policy, seqs=seqs, budgets=_budgets(policy, cache, seqs) if evict else None)
     return model(tokens, positions, Step(meta, model.mask, backend, cache, slots, **kw))
 
@@ -300,7 +300,7 @@ def _generate(prompts, model, max_new_tokens, eos_ids, sampling, gen, backend, o
         cache.shrink(decode_need(policy, cache, [len(p) for p in prompts], max_new_tokens))
         held = cache.region_bytes()
     if cuda_graph is None:
-        cuda_graph = dev.type == "cuda" and backend.kernel == "varlen" and not policy.evicts
+        cuda_graph = dev.type == "cuda" and backend.kernel == "varlen" and not policy.every
     graph = GraphDecoder(model, cache, backend) if cuda_graph and max_new_tokens > 1 else None
     active = torch.arange(len(prompts), device=dev)
     out: list[list[int]] = [[] for _ in prompts]

@@ -19,8 +19,9 @@ class GraphDecoder:
     """One decode step for every sequence of a KV cache, captured once as a CUDA graph and replayed per token.
 
     Launch overhead dominates small-model decode; a replay is one launch. Finished sequences stay in the batch
-    (their outputs are ignored), which keeps every shape fixed. A cache that evicts changes its shapes between
-    steps, so it decodes eagerly (generate.decode_step) instead.
+    (their outputs are ignored), which keeps every shape fixed. A cache a policy compressed in prefill keeps its
+    shapes in decode and replays the same way; one that evicts every N decode steps changes them, so it decodes
+    eagerly (generate.decode_step) instead.
     """
 
     def __init__(self, model, cache, backend):
@@ -33,16 +34,22 @@ class GraphDecoder:
             return model(self.tokens, positions, Step(meta, model.mask, backend, cache, slots))
 
         saved = cache.length.clone()
+        kept = None if cache.kept is None else cache.kept.clone()  # an evicting cache's counts per layer
         side = _side_stream(cache.length.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph; its cache writes are overwritten later
             for _ in range(2):
                 step()
-                cache.length.copy_(saved)
+                self._restore(saved, kept)
         torch.cuda.current_stream().wait_stream(side)
         with torch.cuda.graph(self.graph):
             self.logits = step()  # [B, V] output buffer
-        cache.length.copy_(saved)
+        self._restore(saved, kept)
+
+    def _restore(self, length: torch.Tensor, kept: torch.Tensor | None) -> None:
+        self.cache.length.copy_(length)
+        if kept is not None:
+            self.cache.kept.copy_(kept)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         self.tokens.copy_(tokens)

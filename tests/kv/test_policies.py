@@ -304,3 +304,69 @@ def test_cli_refuses_a_bad_kv_spec_in_one_line(tmp_path):
         r = CliRunner().invoke(cli.app, args)
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
         assert "Traceback" not in r.output
+
+
+def hf_kept_logits(hf, ids, context, kept):
+    """HF's own model on ids, each layer's attention masked as a compressed cache would leave it: a query past
+    the context sees, of the context, only the tokens its kv head kept in that layer (kept [L][Hkv] sets of
+    positions); everything else is causal as usual. -> logits [n, V] float64. The mask goes in through HF's
+    attention registry, around HF's eager attention."""
+    from transformers import AttentionInterface
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+    n = len(ids)
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    masks = []
+    for layer_sets in kept:
+        rows = []
+        for h in range(H):
+            keep = torch.zeros(n, dtype=torch.bool)
+            keep[list(layer_sets[h // (H // HKV)])] = True
+            ok = (j <= i) & ((i < context) | (j >= context) | keep[None, :])
+            rows.append(torch.where(ok, 0.0, -torch.inf).double())
+        masks.append(torch.stack(rows)[None])  # [1, H, n, n]
+
+    def masked(module, query, key, value, attention_mask, scaling, dropout=0.0, **kw):
+        return eager_attention_forward(module, query, key, value, masks[module.layer_idx], scaling, dropout, **kw)
+
+    AttentionInterface.register("lengthwise_test_kept", masked)
+    before = hf.config._attn_implementation
+    hf.set_attn_implementation("lengthwise_test_kept")
+    try:
+        with torch.no_grad():
+            return hf(torch.tensor([ids])).logits[0].double()
+    finally:
+        hf.set_attn_implementation(before)
+
+
+@pytest.mark.parametrize("spec", ["snapkv:ratio=0.5,window=4", "knorm:ratio=0.6",
+                                  "pyramidkv:ratio=0.5,window=4,beta=2", "h2o:ratio=0.5"])
+def test_attention_over_the_compressed_cache_equals_hf_masked(models, spec):
+    """Independent of how the cache compacts: after a policy compressed each context (kv heads keeping
+    different tokens, layers different counts), the question's and every decode step's logits equal HF's model
+    with the dropped context tokens masked out per layer and head. Decode runs both ways the engine plans it:
+    eagerly (cache.plan) and as the CUDA graph does (plan_decode_all, no host sync)."""
+    from lengthwise.attention.layer import Step
+    hf, folder = models
+    lm = lw.load(folder, device="cpu", dtype="float64", kv=spec)  # cpu_flash
+    m = lm.module
+    prompts = prompts_of(7, (38, 27))
+    context = [30, 19]
+    feed = [[5, 17, 3], [11, 2, 40]]  # forced decode tokens
+    for plan in ("eager", "graph"):
+        cache = new_cache(m, prompts, len(feed[0]) + 1, lm.kv, chunk=64, context=context)
+        steps = []
+        with torch.inference_mode():
+            steps.append(prefill(m, prompts, cache, lm.backend, lm.kv, chunk=64))
+            kept = [[kept_sets(cache, layer, i) for layer in range(LAYERS)] for i in range(2)]
+            for t in range(len(feed[0])):
+                tok = torch.tensor([f[t] for f in feed])
+                if plan == "eager":
+                    steps.append(decode_step(m, cache, tok, torch.arange(2), lm.backend, lm.kv))
+                else:
+                    slots, positions, meta = cache.plan_decode_all()
+                    steps.append(m(tok, positions, Step(meta, m.mask, lm.backend, cache, slots)))
+        for i, (p, c) in enumerate(zip(prompts, context)):
+            assert all(len(s) < c for layer in kept[i] for s in [x - set(range(c, len(p))) for x in layer])
+            ref = hf_kept_logits(hf, p + feed[i], c, kept[i])
+            for t, got in enumerate(steps):
+                assert rel_err(got[i], ref[len(p) - 1 + t]) <= 1e-6, (spec, plan, i, t)  # HF: float32 RoPE tables

@@ -39,6 +39,14 @@ def _check_runner(runner) -> str:
     return name
 
 
+def _runner_kv(runner) -> str:
+    spec = getattr(runner, "kv", None) or "full"
+    if not isinstance(spec, str):
+        raise LengthwiseError(f"the runner's kv must be a lengthwise policy spec (a string), got {spec!r}")
+    from .. import kv as K
+    return K.parse(spec).spec()
+
+
 def _refuse_kv(kv):
     raise LengthwiseError(f"kv={kv} configures lengthwise's own engine: a runner of your own keeps its own cache")
 
@@ -77,6 +85,7 @@ def evaluate(model: str, tasks: str | Sequence[str], lengths: str | Sequence[int
             raise LengthwiseError("positions= and hf_rope= configure lengthwise's own engines: a runner of your own "
                                   "sets its positions itself")
         cfg.backend = _check_runner(engine)  # its name labels the store's config and every record
+        cfg.kv = _runner_kv(engine)  # a peer that compresses (kvpress) names the lengthwise policy it stands beside
         runner = engine
     else:
         from .backends import make_runner

@@ -153,13 +153,32 @@ class RaggedKVCache:
         Same contract as plan(); the bound max_k is each region's capacity rather than its use.
         """
         if self.kept is not None:
-            return self.plan(torch.arange(self.length.numel(), device=self.length.device), torch.ones_like(self.length))
+            return self._plan_decode_kept()
         B = self.length.numel()
         positions = self.length.clone()  # [B]
         slots = self.start + positions  # [B]
         cu_q = torch.arange(B + 1, dtype=torch.int32, device=self.length.device)
         meta = AttnMeta(cu_q, 1, self.cu_k_all, self.max_capacity, (positions + 1).to(torch.int32))
         self.planned = Lengths(self.prompt_len, self.prompt_max, self.max_capacity)
+        self.length += 1
+        return slots, positions, meta
+
+    def _plan_decode_kept(self):
+        """plan_decode_all for an evicting cache: each layer appends after what it kept, with no host sync (the
+        caller sized the regions for every step it plans: generate's capacities)."""
+        B = self.length.numel()
+        positions = self.length.clone()  # [B]
+        slots = self.start_l + self.kept  # [L, B]
+        p32 = positions.to(torch.int32)[:, None]
+        for layer in range(self.n_layers):
+            self.pos[layer][slots[layer]] = p32
+            if self.acc is not None:
+                self.acc[layer][slots[layer]] = 0.0
+        self.kept += 1
+        cu_q = torch.arange(B + 1, dtype=torch.int32, device=self.length.device)
+        cu_k = torch.cat([self.start_l, self.start_l[:, -1:] + self.capacity_l[:, -1:]], dim=1).to(torch.int32)
+        meta = AttnMeta(cu_q, 1, cu_k, self.max_capacity, self.kept.to(torch.int32))
+        self.planned = Lengths(self.prompt_len, self.prompt_max, self.max_capacity, positions + 1)
         self.length += 1
         return slots, positions, meta
 
