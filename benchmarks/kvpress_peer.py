@@ -45,8 +45,8 @@ def make_press(spec: str):
     cls, names = PRESSES[name]
     if cls is None:
         return None
-    ratio = getattr(pol, "ratio", 0)
-    if not ratio:
+    ratio = getattr(pol, "ratio", -1)
+    if ratio < 0:
         raise SystemExit("kvpress_peer: kvpress takes a compression ratio; give the policy ratio=, not tokens=")
     kw = {dst: getattr(pol, src) for src, dst in names.items() if hasattr(pol, src)}
     return getattr(kvpress, cls)(compression_ratio=ratio, **kw)

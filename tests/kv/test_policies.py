@@ -241,6 +241,10 @@ def test_full_is_the_cache_without_a_policy(models):
     a = lw.load(folder, device="cpu", dtype="float32").generate_ids(prompts, max_new_tokens=5)
     b = lw.load(folder, device="cpu", dtype="float32", kv="full").generate_ids(prompts, max_new_tokens=5)
     assert a == b
+    for spec in ("snapkv:ratio=0", "h2o:ratio=0", "streaming:ratio=0"):  # nothing removed: the full cache exactly
+        lm = lw.load(folder, device="cpu", dtype="float32", kv=spec)
+        assert not lm.kv.evicts and lm.kv.spec().startswith(spec)
+        assert lm.generate_ids(prompts, max_new_tokens=5) == a, spec
 
 
 def test_cache_bytes_fall_with_the_ratio(models):

@@ -121,17 +121,21 @@ class Policy:
 @dataclass(frozen=True)
 class Budget(Policy):
     """A policy whose budget is a ratio removed (kvpress's compression_ratio: ratio=0.75 drops 75%) or a
-    token count kept; exactly one of the two."""
-    ratio: float = 0.0
+    token count kept; exactly one of the two. ratio=0 removes nothing: the cache is the full one, exactly."""
+    ratio: float = -1.0  # -1: not given
     tokens: int = 0
 
     def check(self) -> None:
-        if not 0 <= self.ratio < 1 or self.tokens < 0:
+        if not (self.ratio == -1 or 0 <= self.ratio < 1) or self.tokens < 0:
             raise LengthwiseError(f"{self.name}: ratio must be in [0, 1) and tokens >= 0, got ratio={self.ratio:g}, "
                                   f"tokens={self.tokens}")
-        if (self.ratio > 0) == (self.tokens > 0):
-            raise LengthwiseError(f"{self.name}: give exactly one budget, ratio=R (the fraction removed, 0 < R < 1) "
+        if (self.ratio != -1) == (self.tokens > 0):
+            raise LengthwiseError(f"{self.name}: give exactly one budget, ratio=R (the fraction removed, 0 <= R < 1) "
                                   "or tokens=N (the count kept)")
+
+    @property
+    def evicts(self) -> bool:
+        return self.ratio != 0  # ratio=0: nothing removed, so nothing evicts and the cache is the full one
 
     def keep(self, n: torch.Tensor) -> torch.Tensor:
         if self.tokens:
@@ -139,7 +143,7 @@ class Budget(Policy):
         return (n.double() * (1 - self.ratio)).floor().long().clamp(min=1)  # kvpress: int(n * (1 - ratio))
 
     def _unused(self) -> set:
-        return {"tokens"} if self.ratio else {"ratio"}
+        return {"tokens"} if self.ratio != -1 else {"ratio"}
 
 
 @dataclass(frozen=True)
