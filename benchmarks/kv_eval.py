@@ -28,14 +28,18 @@ def main():
     ap.add_argument("--ratios", default="0.5")
     ap.add_argument("--policies", default=POLICIES)
     ap.add_argument("--positions", default=None)
+    ap.add_argument("--query-aware", default="", help="policies also run with the question compressed with the "
+                    "context (kv_question=compressed), reported apart")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    specs = ["full"] + [f"{p}:ratio={r}" for r in a.ratios.split(",") for p in a.policies.split(",")]
+    specs = [("full", "kept")] + [(f"{p}:ratio={r}", "kept") for r in a.ratios.split(",") for p in a.policies.split(",")]
+    specs += [(f"{p}:ratio={r}", "compressed") for r in a.ratios.split(",") for p in a.query_aware.split(",") if p]
     means = {}
-    for kv in specs:
+    for kv, question in specs:
         t0 = time.perf_counter()
         recs = lw.evaluate(a.model, a.tasks.split(","), a.lengths, out=a.out, depths=1, samples=a.samples, chat=True,
-                           kv=kv, positions=a.positions, yes=True, append_config=True)
+                           kv=kv, kv_question=question, positions=a.positions, yes=True, append_config=True)
+        kv = kv if question == "kept" else kv + " (query-aware)"
         by = collections.defaultdict(list)
         for r in recs:
             by[r["length"]].append(r["score"])
