@@ -2,7 +2,7 @@
 
     python benchmarks/kvpress_compare.py LENGTHWISE.jsonl KVPRESS.jsonl --out benchmarks/results/kvpress_compare
 
-Joins the two stores on the cell id (task, length, depth, sample, seed: the same prompt ids on both engines) and the
+Joins the two stores on the cell (task, length, depth, sample, seed: the same prompt ids on both engines) and the
 policy spec, and reports per (policy, length, task): each engine's mean score in %, the difference, and the share of
 cells whose answers are the same text. Writes OUT.json and OUT.png.
 """
@@ -19,12 +19,13 @@ from common import save  # noqa: E402
 
 
 def load(path: str) -> dict:
-    """(kv, id) -> record, the store's cells only."""
+    """(kv, task, length, depth, sample, seed) -> record, the store's cells only (a cell's id also keys the
+    engine, so the join is on what makes the prompt)."""
     out = {}
     for line in open(path):
         r = json.loads(line)
-        if "score" in r and "id" in r:
-            out[(r.get("kv") or "full", r["id"])] = r
+        if "score" in r:
+            out[(r.get("kv") or "full", r["task"], r["length"], r["depth"], r["sample"], r["seed"])] = r
     return out
 
 
