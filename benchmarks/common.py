@@ -192,6 +192,8 @@ def bar_plot(rows: list[dict], group_key: str, label_key: str, value_key: str, y
 
 def table(rows: list[dict], cols: list[str]) -> str:
     def fmt(v):
+        if v is None:
+            return ""
         if isinstance(v, float):
             return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
         return str(v)
