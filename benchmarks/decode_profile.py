@@ -13,7 +13,9 @@ each batch of steps):
   split_ms       the graph's kernel time per family (torch.profiler, CUDA activity). A kernel's family is read
                  from the code that launched it in the eager step (Python stacks: two_region.py and the far
                  keys' writes and tables are "two-region / far keys"), the graph's kernels matched to the eager
-                 step's one to one; where they do not match, from the kernel's name alone
+                 step's one to one; where they do not match, from the kernel's name alone (split_from says which)
+  eager_split_ms the eager step's own split; two_region_ms its two-region step's near pass, far pass, merge and
+                 far-key writes and tables apart; unlinked_kernels, per step, the kernels no launch was found for
   gaps_ms        step_ms less the kernels' time: the GPU idle inside the step
   roofline_ms    (weight bytes + every sequence's keys and values read once) / the copy bandwidth measured now
 The graph's logits are checked against the eager step's before anything is timed. On the CPU (--smoke) the graph
