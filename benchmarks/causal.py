@@ -12,7 +12,13 @@ batch finishes), peak memory, and for the 1B model MFU against the bf16 matmul r
 
 Generation: 64 prompts of mix (a), 128 new greedy tokens each (EOS ignored by both), lengthwise
 (prepacked prefill + CUDA-graph decode over the ragged cache) against HF generate on a left-padded
-batch of 64. Reported: output tokens/s and each decode step against the HBM-bandwidth roofline.
+batch of 64, with its default dynamic cache (hf_generate_padded) and with cache_implementation="static"
+(hf_generate_static), with which transformers compiles the decode step itself on a GPU (its first call, the
+warm-up, compiles; its tokens are checked against the dynamic cache's first; a failure is recorded in its
+row). Reported: output tokens/s, each decode step against the HBM-bandwidth roofline, and lengthwise over
+each HF peer (lengthwise_over_hf).
+
+    PYTHONPATH=src python benchmarks/causal.py --smoke     (CPU, tiny random Llama: generation part only)
 
 Before timing, lengthwise's last-token logits are checked against its reference backend on the same
 bf16 weights: ||diff|| / ||ref|| <= 2e-2 over the last-token logits of 24 prompts (3e-2 for the
@@ -26,7 +32,7 @@ from pathlib import Path
 
 import torch
 from common import (bar_plot, copy_gbps, matmul_tflops, mix, padded, peak_mem_gib, random_ids, save, switches, sync, table,
-                    timed)
+                    timed, tiny_llama)
 
 import lengthwise as lw
 from lengthwise.generate import generate_ids
@@ -146,70 +152,111 @@ def prefill(models, args, workdir, peak):
     return rows
 
 
-def generation(folder, args, bw):
+def agreement(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
+    """(share of prompts whose first 8 tokens are equal, share of equal tokens position by position)."""
+    first8 = sum(x[:8] == y[:8] for x, y in zip(a, b)) / len(a)
+    return first8, sum(p == q for x, y in zip(a, b) for p, q in zip(x, y)) / sum(map(len, a))
+
+
+def generation(folder, args, bw, dev=DEV, B=64, new=128):
     import transformers
-    lm = lw.load(folder, device=DEV, dtype="bfloat16")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder.parent), gguf_file=folder.name,
-                                                           dtype=torch.bfloat16, attn_implementation="sdpa").to(DEV).eval()
-    B, new = 64, 128
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    lm = lw.load(folder, device=dev, dtype=dtype)
+    gguf = folder.suffix == ".gguf"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(folder.parent if gguf else folder), **({"gguf_file": folder.name} if gguf else {}),
+        dtype=dtype, attn_implementation="sdpa").to(dev).eval()
+    model = "smollm2-135m" if gguf else folder.name
     lens = mix("lognormal", B, seed=5)
     seqs = random_ids(lens, lm.config.vocab_size, seed=6, low=10)
     L = max(lens)
-    ids, mask = (t.to(DEV) for t in padded(seqs, left=True))
+    ids, mask = (t.to(dev) for t in padded(seqs, left=True))
 
-    fast = lw.load(folder, device=DEV, dtype="bfloat16", compile=True) if args.compile else None
+    fast = lw.load(folder, device=dev, dtype=dtype, compile=True) if args.compile else None
 
     def ours(graph=True, m=lm):  # m.backend read per call (the CUDA graph captures it)
-        return generate_ids(m.module, seqs, new, set(), backend=m.backend, cuda_graph=graph)
+        return generate_ids(m.module, seqs, new, set(), backend=m.backend, cuda_graph=graph and dev.type == "cuda")
 
-    def theirs():
+    def theirs(**kw):  # kw: cache_implementation="static", with which transformers compiles the decode step itself
         with torch.inference_mode():
             return hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                               do_sample=False, pad_token_id=0)[:, L:].tolist()
+                               do_sample=False, pad_token_id=0, **kw)[:, L:].tolist()
 
     a, b, e = ours(), theirs(), ours(graph=False)
-    first8 = sum(x[:8] == y[:8] for x, y in zip(a, b)) / B
-    graph_vs_eager = sum(p == q for x, y in zip(a, e) for p, q in zip(x, y)) / (B * new)
+    first8, _ = agreement(a, b)
+    graph_vs_eager = agreement(a, e)[1]
     print(f"generation: first 8 tokens equal to HF's for {first8:.0%} of prompts; CUDA graph vs eager decode "
           f"token agreement {graph_vs_eager:.1%}", flush=True)
     assert all(len(x) == new for x in a)
+    more = {"first8_equal_to_hf": first8, "graph_vs_eager_agreement": graph_vs_eager}
+    # HF's static cache: generate compiles the decode step (torch.compile, "reduce-overhead") on its first call,
+    # on a GPU; this call is the warm-up and the check, outside the timing
+    static = {"cache_implementation": "static"}
+    try:
+        s = theirs(**static)
+        s8, s_agree = agreement(s, b)
+        compiled = hasattr(hf, "_compiled_call")  # set by transformers when generate compiles the forward
+        print(f"HF static cache (compiled: {compiled}) vs HF dynamic greedy: first 8 tokens equal for {s8:.0%} of "
+              f"prompts, token agreement {s_agree:.1%}", flush=True)
+        more["hf_static"] = {"compiled": compiled, "first8_equal_to_hf_dynamic": s8,
+                             "token_agreement_with_hf_dynamic": s_agree,
+                             "compile_config": (hf.generation_config.compile_config or transformers.CompileConfig()).to_dict()}
+        static_error = None
+    except Exception as err:  # record it in the results, keep the other rows
+        static_error = f"{type(err).__name__}: {str(err)[:500]}"
+        print(f"HF static cache failed: {static_error}", flush=True)
     t_prefill, _ = timed(lambda: lm.next_token_logits(seqs), repeats=5)
     rows = []
     cfg = lm.config
     weight_bytes = sum(p.numel() * p.element_size() for n, p in lm.module.named_parameters() if "tok_embeddings" not in n)
-    weight_bytes += cfg.vocab_size * cfg.dim * 2  # the LM head (tied) is read whole each step
+    weight_bytes += cfg.vocab_size * cfg.dim * lm.dtype.itemsize  # the LM head (tied) is read whole each step
     mean_ctx = sum(lens) / B + new / 2
-    kv_bytes = B * mean_ctx * cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2
+    kv_bytes = B * mean_ctx * cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * lm.dtype.itemsize
     roofline_step = (weight_bytes + kv_bytes) / (bw * 1e9)
-    systems = [("hf_generate_padded", theirs), ("lengthwise_eager_decode", lambda: ours(False)), ("lengthwise", ours)]
+    systems = [("hf_generate_padded", theirs), ("hf_generate_static", lambda: theirs(**static)),
+               ("lengthwise_eager_decode", lambda: ours(False)), ("lengthwise", ours)]
     from lengthwise.attention import have_triton
-    if have_triton() and lm.backend.triton_decode:
+    if dev.type == "cuda" and have_triton() and lm.backend.triton_decode:
         def ours_flash():  # the decode step on FlashAttention's varlen kernel, RoPE and cache writes unfused
             with switches(lm, triton_decode=False):
                 return ours()
         t = ours_flash()
-        print(f"fused Triton decode step vs FlashAttention decode: token agreement "
-              f"{sum(p == q for x, y in zip(a, t) for p, q in zip(x, y)) / (B * new):.1%}", flush=True)
+        print(f"fused Triton decode step vs FlashAttention decode: token agreement {agreement(a, t)[1]:.1%}", flush=True)
         systems.append(("lengthwise+flash-decode", ours_flash))
     else:
         print("no triton here (or LENGTHWISE_TRITON_DECODE=0): lengthwise decodes on FlashAttention", flush=True)
     if fast is not None:
         c = ours(m=fast)  # compiles, then captures the compiled step
-        print(f"compiled vs eager CUDA-graph decode: token agreement "
-              f"{sum(p == q for x, y in zip(a, c) for p, q in zip(x, y)) / (B * new):.1%}", flush=True)
+        print(f"compiled vs eager CUDA-graph decode: token agreement {agreement(a, c)[1]:.1%}", flush=True)
         systems.append(("lengthwise+compile", lambda: ours(m=fast)))
     for sysname, fn in systems:
-        sec, _ = timed(fn, repeats=args.repeats)
-        step = (sec - t_prefill) / (new - 1) if sysname != "hf_generate_padded" else sec / new
-        rows.append({"model": "smollm2-135m", "system": sysname, "prompts": B, "new_tokens": new, "seconds": sec,
+        try:
+            if sysname == "hf_generate_static" and static_error:
+                raise RuntimeError(static_error)
+            sec, _ = timed(fn, repeats=args.repeats)
+            peak = peak_mem_gib(fn)
+        except Exception as err:  # the compiled peer's failure is a result; any other is a bug
+            if sysname != "hf_generate_static":
+                raise
+            rows.append({"model": model, "system": sysname, "prompts": B, "new_tokens": new,
+                         "error": static_error or f"{type(err).__name__}: {str(err)[:500]}"})
+            continue
+        step = sec / new if sysname.startswith("hf_") else (sec - t_prefill) / (new - 1)
+        rows.append({"model": model, "system": sysname, "prompts": B, "new_tokens": new, "seconds": sec,
                      "output_tokens_per_s": B * new / sec, "decode_step_ms": step * 1e3,
                      "roofline_step_ms": roofline_step * 1e3, "pct_of_hbm_roofline": roofline_step / step * 100,
-                     "peak_gib": peak_mem_gib(fn)})
-    best = max(r["output_tokens_per_s"] for r in rows)
-    for r in rows:
+                     "peak_gib": peak})
+    timed_rows = [r for r in rows if "error" not in r]
+    best = max(r["output_tokens_per_s"] for r in timed_rows)
+    ours_tps = next(r["output_tokens_per_s"] for r in timed_rows if r["system"] == "lengthwise")
+    for r in timed_rows:
         r["lengthwise_speedup"] = best / r["output_tokens_per_s"]
-    print(table(rows, ["system", "output_tokens_per_s", "decode_step_ms", "pct_of_hbm_roofline", "lengthwise_speedup", "peak_gib"]), flush=True)
-    return rows, {"first8_equal_to_hf": first8, "graph_vs_eager_agreement": graph_vs_eager}
+    # lengthwise's default (CUDA-graph decode) over each HF peer: the ratios the targets are stated in
+    more["lengthwise_over_hf"] = {r["system"]: ours_tps / r["output_tokens_per_s"] for r in timed_rows
+                                  if r["system"].startswith("hf_")}
+    print(table(rows, ["system", "output_tokens_per_s", "decode_step_ms", "pct_of_hbm_roofline", "lengthwise_speedup",
+                       "peak_gib", "error"]), flush=True)
+    return rows, more
 
 
 def main():
@@ -222,7 +269,15 @@ def main():
     ap.add_argument("--mixes", default="lognormal,bimodal,long")
     ap.add_argument("--compile", action="store_true", help="add lengthwise+compile rows")
     ap.add_argument("--triton-prefill", action="store_true", help="add rows with the Triton prefill kernel on for every pack, and off")
+    ap.add_argument("--smoke", action="store_true", help="the generation part on the CPU with a tiny random Llama, "
+                    "8 prompts x 16 tokens: checks the script runs (writes generation_smoke.json)")
     args = ap.parse_args()
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as d:
+            rows, more = generation(tiny_llama(Path(d) / "tiny-llama"), args, copy_gbps("cpu"), torch.device("cpu"), 8, 16)
+        save("generation_smoke", rows, {"smoke": True, **more}, lambda plt, rows: bar_plot(
+            [r for r in rows if "error" not in r], "model", "system", "output_tokens_per_s", "output tokens/s"))
+        return
     smol = locate_embedded(EMBEDDED["smollm2-135m"])
     peak, bw = matmul_tflops(), copy_gbps()
     print(f"{torch.cuda.get_device_name()}: bf16 matmul {peak:.0f} TFLOP/s, copy {bw:.0f} GB/s", flush=True)
@@ -240,8 +295,8 @@ def main():
             print(table(rows, ["model", "mix", "system", "tokens_per_s", "mean_ttft_s", "mfu", "lengthwise_speedup", "peak_gib"]))
     if args.part in ("generate", "all"):
         rows, more = generation(smol, args, bw)
-        save("generation", rows, {**extra, **more},
-             lambda plt, rows: bar_plot(rows, "model", "system", "output_tokens_per_s", "output tokens/s"))
+        save("generation", rows, {**extra, **more}, lambda plt, rows: bar_plot(
+            [r for r in rows if "error" not in r], "model", "system", "output_tokens_per_s", "output tokens/s"))
 
 
 if __name__ == "__main__":

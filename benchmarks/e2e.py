@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import bar_plot, copy_gbps, random_ids, save, table
+from common import bar_plot, copy_gbps, random_ids, save, table, tiny_llama
 
 import lengthwise as lw
 from lengthwise.encode import EmbedTiming
@@ -149,11 +149,7 @@ def tiny_folders(d: Path, minilm: Path) -> tuple[Path, Path]:
     for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(minilm / f, bert / f)
     SentenceTransformer(modules=[Transformer(str(bert)), Pooling(32, pooling_mode="mean")], device="cpu").save(str(d / "st"))
-    llama = d / "llama"
-    transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024)).save_pretrained(llama, safe_serialization=True)
-    return d / "st", llama
+    return d / "st", tiny_llama(d / "llama")
 
 
 def main():

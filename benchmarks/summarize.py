@@ -13,6 +13,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def load(pattern: str) -> list[dict]:
     out = []
     for f in sorted(RESULTS.glob(pattern)):
+        if f.stem.endswith("_smoke"):  # CPU smoke runs check scripts, they measure nothing
+            continue
         d = json.loads(f.read_text())
         for r in d["rows"]:
             out.append({**r, "_file": f.name, "_device": d["device"], "_date": d["date"]})
@@ -49,7 +51,7 @@ def markdown_table(rows: list[dict], kind: str):
     print("| " + " | ".join(h for h, _, _ in cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f(r[k]) for _, k, f in cols) + " |")
+        print("| " + " | ".join(f(r[k]) if k in r else "-" for _, k, f in cols) + " |")  # a failed peer: "-"
 
 
 def main():

@@ -22,10 +22,8 @@ from common import ROOT, mix, random_ids, switches, sync
 from torch.profiler import ProfilerActivity, profile
 
 import lengthwise as lw
+from decode_profile import decoder
 from lengthwise import RaggedBatch
-from lengthwise.attention.layer import Step
-from lengthwise.graphs import GraphDecoder
-from lengthwise.kv import RaggedKVCache
 from lengthwise.models.load import EMBEDDED, locate_embedded
 
 
@@ -128,19 +126,11 @@ def decode_rows(variants: list[str]) -> list[dict]:
         m = lw.load("smollm2-135m", device="cuda", dtype="bfloat16", compile=True) if variant == "compile" else smol
         # flash: the fused Triton decode step off, in the Backend the graph captures (and the prefill before it)
         backend = dataclasses.replace(m.backend, triton_decode=m.backend.triton_decode and variant != "flash")
-        cfg = m.config
-        cache = RaggedKVCache(cfg.n_layers, [len(s) + 129 for s in seqs], cfg.n_kv_heads, cfg.head_dim,
-                              torch.bfloat16, "cuda")
-        batch = RaggedBatch.from_lists(seqs, "cuda")
-        slots, positions, meta = cache.plan(torch.arange(len(seqs), device="cuda"), batch.cu_seqlens.diff().long())
-        m.module(batch.tokens, positions, Step(meta, m.module.mask, backend, cache, slots),
-                 out_rows=batch.last_index)
-        graph = GraphDecoder(m.module, cache, backend)
-        tok = torch.ones(len(seqs), dtype=torch.long, device="cuda")
+        cache, _, graph = decoder(m, seqs, 129, True, backend)  # prefilled, the decode step captured
 
         def step():
-            graph(tok)
-            cache.length -= 1  # replay the same step: the profile of one decode step
+            graph()  # the captured step, replayed
+            cache.length -= 1  # the same step each time: the profile of one decode step
         rows.append(measure(f"smollm2-135m decode step, 64 sequences, CUDA graph{DECODE_VARIANTS[variant]}",
                             step, reps=50))
     return rows
