@@ -61,7 +61,13 @@ def capacities(policy: Policy, prompts: list[int], max_new_tokens: int, chunk: i
     P = torch.tensor(prompts, dtype=torch.int64)
     C = P if context is None else torch.tensor(context, dtype=torch.int64)
     kept = policy.layer_keep(C, n_layers)  # [L, B]
-    pre = torch.minimum(C, kept + chunk) if context is None else torch.maximum(torch.minimum(C, kept + chunk), kept + P - C)
+    # the prefill's peak: before each chunk the cache holds the budget for what it has seen so far (a budget per
+    # layer need not grow with the tokens seen: PyramidKV's pyramid only forms past a length), plus that chunk
+    pre = torch.minimum(C, torch.tensor(chunk)).expand(n_layers, -1)
+    for a in range(chunk, max(C.tolist(), default=0), chunk):
+        seen = C.clamp(max=a)
+        pre = torch.maximum(pre, torch.where(C > a, policy.layer_keep(seen, n_layers) + (C - seen).clamp(max=chunk), 0))
+    pre = torch.maximum(pre, kept) if context is None else torch.maximum(pre, kept + P - C)
     if policy.every and context is None:
         N = P + max_new_tokens
         dec = torch.minimum(N, policy.layer_keep(N, n_layers) + policy.every)

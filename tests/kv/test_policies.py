@@ -374,3 +374,19 @@ def test_attention_over_the_compressed_cache_equals_hf_masked(models, spec):
             ref = hf_kept_logits(hf, p + feed[i], c, kept[i])
             for t, got in enumerate(steps):
                 assert rel_err(got[i], ref[len(p) - 1 + t]) <= 1e-6, (spec, plan, i, t)  # HF: float32 RoPE tables
+
+
+def test_pyramidkv_chunked_prefill_fits_budgets_that_shrink_with_length(models):
+    """PyramidKV's pyramid forms only past a length, so a layer's budget for a chunk's tokens seen so far can
+    exceed its final one: the regions are sized to the largest, and a long chunked prompt runs (H200: 32k prompts
+    once overflowed here)."""
+    _, folder = models
+    lm = lw.load(folder, device="cpu", dtype="float64", kv="pyramidkv:ratio=0.875,window=4,beta=2")
+    prompts = prompts_of(8, (200, 64, 131))
+    caps = capacities(lm.kv, [len(p) for p in prompts], 3, 16, LAYERS)
+    with torch.inference_mode():
+        cache = new_cache(lm.module, prompts, 3, lm.kv, chunk=16)
+        prefill(lm.module, prompts, cache, lm.backend, lm.kv, chunk=16)  # raised "region overflow" before
+    final = lm.kv.layer_keep(torch.tensor([len(p) for p in prompts]), LAYERS)
+    assert cache.kept.tolist() == final.tolist()
+    assert all(c >= k for row, krow in zip(caps, final.tolist()) for c, k in zip(row, krow))
