@@ -49,6 +49,7 @@ def main():
         same = got == ref
         ok &= same
         rows.append({"check": "identical to no policy", "kv": spec, "ok": same})
+        print(json.dumps(rows[-1]), flush=True)
     f32 = lw.load("smollm2-135m", device="cuda", dtype="float32", backend="reference")
     for p in POLICIES:
         spec = f"{p}:ratio=0.5"

@@ -172,8 +172,8 @@ class RaggedKVCache:
         p32 = positions.to(torch.int32)[:, None]
         for layer in range(self.n_layers):
             self.pos[layer][slots[layer]] = p32
-            if self.acc is not None:
-                self.acc[layer][slots[layer]] = 0.0
+            if self.acc is not None:  # a scalar fill: a python value assigned by index would copy from the host
+                self.acc[layer].index_fill_(0, slots[layer], 0.0)
         self.kept += 1
         cu_q = torch.arange(B + 1, dtype=torch.int32, device=self.length.device)
         cu_k = torch.cat([self.start_l, self.start_l[:, -1:] + self.capacity_l[:, -1:]], dim=1).to(torch.int32)
