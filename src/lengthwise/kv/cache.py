@@ -49,9 +49,9 @@ def slot_bytes(kv_dtype: str, dtype: torch.dtype, head_dim: int) -> int:
 def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., D] -> (float8 e4m3 [..., D], scale [...] bfloat16): scale = amax / 448 per vector, rounded to
     bfloat16 first, so x / scale is what is stored; an element that the rounding pushes past 448 saturates."""
-    amax = x.abs().amax(-1).float()
-    scale = (amax / FP8_MAX).clamp(min=torch.finfo(SCALE_DTYPE).tiny).to(SCALE_DTYPE)
-    q = (x.float() / scale.float()[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    x = x.to(torch.promote_types(x.dtype, torch.float32))  # one rounding, into e4m3, not two
+    scale = (x.abs().amax(-1) / FP8_MAX).clamp(min=torch.finfo(SCALE_DTYPE).tiny).to(SCALE_DTYPE)
+    q = (x / scale.to(x.dtype)[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
     return q, scale
 
 
