@@ -60,6 +60,11 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
     return q.to(dtype) * scale.to(dtype)[..., None]
 
 
+def _raw(t: torch.Tensor) -> torch.Tensor:
+    """t, or a float8 t as its bytes: indexing kernels for float8 are missing on some devices and torch versions."""
+    return t.view(torch.uint8) if t.dtype == FP8 else t
+
+
 def _check_fits(nbytes: int, tokens: int, device) -> None:
     """A cache that cannot fit is a one-line error before any allocation, not an out-of-memory traceback."""
     dev = torch.device(device)
@@ -175,7 +180,7 @@ class RaggedKVCache:
                 old = pools[layer]
                 new = (torch.empty if name in ("k", "v") else torch.zeros)(
                     (total,) + tuple(old.shape[1:]), dtype=old.dtype, device=old.device)
-                new[dst] = old[src]
+                _raw(new)[dst] = _raw(old)[src]
                 pools[layer] = new
         self.capacity_l, self.start_l = need, starts
         self.capacity = need.max(0).values
@@ -201,12 +206,12 @@ class RaggedKVCache:
             x, scale = quantize(x)
             getattr(self, name + "_scale")[layer][slots] = scale
         pool = getattr(self, name)[layer]
-        pool[slots] = x.to(pool.dtype)
+        _raw(pool)[slots] = _raw(x.to(pool.dtype))
 
     def _get(self, name: str, layer: int, idx: torch.Tensor | None = None) -> torch.Tensor:
         """One layer's pool `name`, or its slots idx (any shape), in the compute dtype."""
         x = getattr(self, name)[layer]
-        x = x if idx is None else x[idx]
+        x = x if idx is None else _raw(x)[idx].view(x.dtype)
         if self.quantized:
             s = getattr(self, name + "_scale")[layer]
             return dequantize(x, s if idx is None else s[idx], self.dtype)
@@ -237,7 +242,8 @@ class RaggedKVCache:
         for name in self.PER_SLOT:
             pools = getattr(self, name)
             if pools is not None:
-                pools[layer][dst[:, None], heads] = pools[layer][src, heads]
+                p = _raw(pools[layer])
+                p[dst[:, None], heads] = p[src, heads]
 
     def plan_decode_all(self):
         """One new token for every sequence, with no host sync, so a CUDA graph can capture it.
