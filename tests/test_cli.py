@@ -71,11 +71,12 @@ def one_thread_and_cached_models():
     torch.set_num_threads(1)
     real, cache = lengthwise.load, {}
 
-    def cached(name_or_path, device=None, dtype=None, backend="auto", positions=None, residual=None, kv=None):
-        key = (str(name_or_path), str(device), str(dtype), backend, str(positions), str(residual), str(kv))
+    def cached(name_or_path, device=None, dtype=None, backend="auto", positions=None, residual=None, kv=None,
+               kv_dtype="auto"):
+        key = (str(name_or_path), str(device), str(dtype), backend, str(positions), str(residual), str(kv), kv_dtype)
         if key not in cache:
             cache[key] = real(name_or_path, device=device, dtype=dtype, backend=backend, positions=positions,
-                              residual=residual, kv=kv)
+                              residual=residual, kv=kv, kv_dtype=kv_dtype)
         return cache[key]
 
     mp = pytest.MonkeyPatch()

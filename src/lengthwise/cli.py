@@ -283,11 +283,12 @@ def _emit_lines(out: Path | None, lines: list[str]) -> None:
 
 
 def _load(ctx: typer.Context, model: str, device, dtype, backend, positions: str | None = None,
-          residual: str | None = None, kv: str | None = None):
+          residual: str | None = None, kv: str | None = None, kv_dtype: str = "auto"):
     if not (ctx.obj or {}).get("debug"):
         from transformers.utils import logging as hf_logging
         hf_logging.set_verbosity_error()  # e.g. "sequence length is longer than..." : we report that ourselves
-    return lw.load(model, device=device, dtype=dtype, backend=backend, positions=positions, residual=residual, kv=kv)
+    return lw.load(model, device=device, dtype=dtype, backend=backend, positions=positions, residual=residual, kv=kv,
+                   kv_dtype=kv_dtype)
 
 
 @contextmanager
@@ -314,6 +315,10 @@ KvOpt = typer.Option(
     "--kv", metavar="POLICY[:k=v,...]",
     help="KV-cache policy of a causal LM, e.g. snapkv:ratio=0.5 (removes 50%, as kvpress counts) or "
          "streaming:tokens=1024,every=1 (policies: " + ", ".join(lw.kv.POLICIES) + "; see docs/kv-compression.md).")
+KvDtypeOpt = typer.Option(
+    "--kv-dtype", metavar="DTYPE",
+    help="What the KV cache stores keys and values in: auto (the model's dtype), bf16, or fp8 (float8 e4m3 with a "
+         "scale per token and kv head: about half of bf16's bytes; composes with --kv).")
 PositionsOpt = typer.Option(
     "--positions", metavar="SCHEME[:k=v,...]",
     help="Position scheme for RoPE models, e.g. yarn:factor=4 or self_extend:group=8,window=1024 "
@@ -493,6 +498,7 @@ def generate(
     backend: Annotated[Backend, BackendOpt] = "auto",
     positions: Annotated[Optional[str], PositionsOpt] = None,
     kv: Annotated[Optional[str], KvOpt] = None,
+    kv_dtype: Annotated[str, KvDtypeOpt] = "auto",
 ):
     if top_p <= 0:
         raise typer.BadParameter("must be greater than 0", param_hint="'--top-p'")
@@ -500,7 +506,8 @@ def generate(
     # a NaN, infinite or out-of-range value fails before the model loads
     Sampling(temperature, top_p, seed, top_k, min_p, repetition_penalty)
     check_sampling(temperature)
-    lw.kv.parse(kv)  # a bad policy fails before the model loads
+    lw.kv.parse(kv)  # a bad policy or kv dtype fails before the model loads
+    lw.kv.check_kv_dtype(kv_dtype)
     check_n(n, "--n")
     stops = check_stop(stop, "--stop")
     check_logprobs(logprobs, "--logprobs")
@@ -510,7 +517,7 @@ def generate(
                      source=None if _stdin(input) else input)
     linenos, prompts = _read_inputs(input, "prompt", skip_empty, messages=True)
     resolve_device(device)  # a bad --device fails before the model loads
-    lm = _load(ctx, model, device, dtype, backend, positions, kv=kv)
+    lm = _load(ctx, model, device, dtype, backend, positions, kv=kv, kv_dtype=kv_dtype)
     if not isinstance(lm, lw.CausalLM):
         raise LengthwiseError(f"{model} is an encoder ({lm.arch}), not a text generator: use lengthwise embed")
     with _too_long(input, linenos, "lower --max-new-tokens or pass --truncate (keeps the last tokens)"), \
@@ -555,7 +562,7 @@ Run a length-evaluation grid: tasks x lengths x depths x samples, one JSON line 
 
 Results are appended as each cell finishes. Rerunning the same command skips finished cells, so a
 killed run resumes where it stopped (it loses at most the cells in flight). A store holds one config
-(model and its hash, backend, dtype, device kind, chat, positions, KV policy, seed): a rerun with
+(model and its hash, backend, dtype, device kind, chat, positions, KV policy and dtype, seed): a rerun with
 another is refused unless --append-config; the grid itself (tasks, lengths, depths, samples) may grow.
 One process writes a store at a time.
 
@@ -584,6 +591,7 @@ def eval_(
     positions: Annotated[Optional[str], PositionsOpt] = None,
     kv: Annotated[Optional[str], KvOpt] = None,
     kv_question: Annotated[str, typer.Option("--kv-question", help="With --kv: 'kept' keeps each prompt's question out of compression (kvpress's protocol); 'compressed' compresses it with the context (query-aware), reported apart.")] = "kept",
+    kv_dtype: Annotated[str, KvDtypeOpt] = "auto",
     hf_rope: Annotated[Optional[str], typer.Option("--hf-rope", metavar="JSON", help="hf backend: HF's own rope scaling, e.g. '{\"rope_type\": \"dynamic\", \"factor\": 8.0}' (or --positions dynamic_ntk:factor=8).")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Run even when the CPU time estimate is absurd.")] = False,
     allow_beyond_context: Annotated[bool, typer.Option("--allow-beyond-context", help="Run lengths past the model's trained context (warns).")] = False,
@@ -608,7 +616,7 @@ def eval_(
                                   f"got a {type(rope).__name__}")
     cfg = EvalConfig(model=model, tasks=_split_tasks(tasks), lengths=parse_lengths(lengths), depths=parse_depths(depths),
                      samples=samples, seed=seed, method=positions or "none", backend=engine, kernel=backend, chat=chat, hf_rope=rope,
-                     device=device, dtype=dtype, kv=kv or "full", kv_question=kv_question,
+                     device=device, dtype=dtype, kv=kv or "full", kv_question=kv_question, kv_dtype=kv_dtype,
                      max_batch_tokens=max_batch_tokens)
     check_output(out, (".jsonl",), "the results store is JSON lines: name it .jsonl")
     store = ResultStore(out)

@@ -77,9 +77,9 @@ def capacities(policy: Policy, prompts: list[int], max_new_tokens: int, chunk: i
 
 
 def new_cache(model, prompts: list[list[int]], max_new_tokens: int, policy: Policy = Full(),
-              chunk: int = PREFILL_CHUNK, context: list[int] | None = None) -> RaggedKVCache:
+              chunk: int = PREFILL_CHUNK, context: list[int] | None = None, kv_dtype: str = "auto") -> RaggedKVCache:
     """A ragged cache sized for these prompts, their new tokens and the policy; context: where each prompt's
-    context ends (the policy compresses that much, and keeps the rest)."""
+    context ends (the policy compresses that much, and keeps the rest); kv_dtype: what it stores (kv/cache.py)."""
     cfg, w = model.cfg, model.tok_embeddings.weight
     lens = [len(p) for p in prompts]
     longest = max(lens)
@@ -89,7 +89,7 @@ def new_cache(model, prompts: list[list[int]], max_new_tokens: int, policy: Poli
     cache = RaggedKVCache(cfg.n_layers, [max(c) for c in zip(*caps)], cfg.n_kv_heads, cfg.head_dim, w.dtype,
                           w.device, far_keys=model.rotary.far_keys_for(longest, longest + max_new_tokens),
                           prompts=lens, evicting=policy.evicts, layer_capacities=caps if policy.evicts else None,
-                          scores=policy.accumulate)
+                          scores=policy.accumulate, kv_dtype=kv_dtype)
     if context is not None and policy.evicts:
         cache.context = torch.tensor(context, dtype=torch.int64, device=w.device)
     return cache
@@ -210,14 +210,14 @@ def free_memory(device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def memory_budget(model, free: int | None = None) -> tuple[int, int]:
+def memory_budget(model, free: int | None = None, kv_dtype: str = "auto") -> tuple[int, int]:
     """(cache tokens, sequences) one group may hold in half the free memory: each cache token costs its keys
-    and values in every layer plus its prefill activations; each sequence its float32 logits and the
-    processors' copies of them."""
+    and values in every layer (as kv_dtype stores them) plus its prefill activations; each sequence its float32
+    logits and the processors' copies of them."""
+    from .kv.cache import slot_bytes
     cfg, w = model.cfg, model.tok_embeddings.weight
     free = free_memory(w.device) if free is None else free
-    el = w.element_size()
-    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * el
+    kv = 2 * cfg.n_layers * cfg.n_kv_heads * slot_bytes(kv_dtype, w.dtype, cfg.head_dim)
     act = (8 * cfg.dim + 3 * cfg.hidden_dim + 2 * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim) * 4
     per_seq = 6 * cfg.vocab_size * 4
     return max(1, int(free * 0.4) // (kv + act)), max(1, int(free * 0.1) // per_seq)
@@ -246,13 +246,15 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[
              on_step: Callable[[int], None] | None = None, cuda_graph: bool | None = None,
              policy: Policy = Full(), chunk: int = PREFILL_CHUNK, timing: Timing | None = None,
              stop=None, logprobs: int | None = None, max_batch_tokens: int | None = None,
-             on_done: Callable[[int], None] | None = None, context: list[int] | None = None) -> list[Completion]:
+             on_done: Callable[[int], None] | None = None, context: list[int] | None = None,
+             kv_dtype: str = "auto") -> list[Completion]:
     """A Completion per prompt (its text left empty: decoding is the tokenizer's), in input order.
 
     eos_ids: every id that ends a sequence. stop: HF's StopStringCriteria for stop strings. logprobs: None, or
     how many top alternatives to report beside each chosen token's logprob. context: where each prompt's
     context ends; a policy that evicts then compresses the context only and keeps the rest (the question)
     whole. timing, where given, also receives each prompt's measured share of its cache's bytes (kv_bytes).
+    kv_dtype: what the cache stores keys and values in (kv/cache.py: auto, bf16, fp8).
 
     The prompts run in consecutive groups whose KV cache (prompt + new tokens, as the policy sizes it) fits
     max_batch_tokens (default: memory_budget), each group one packed prefill and one batched decode. Eager
@@ -262,7 +264,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[
     generator in turn; on_step counts the first group's steps, on_done the prompts finished so far."""
     dev = model.tok_embeddings.weight.device
     gen = sampling.generator(dev)
-    tokens, seqs = memory_budget(model)
+    tokens, seqs = memory_budget(model, kv_dtype=kv_dtype)
     if max_batch_tokens is not None:
         tokens = max_batch_tokens
     lens = [len(p) for p in prompts]
@@ -278,7 +280,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[
             got, held = _generate([prompts[i] for i in idx], model, max_new_tokens, eos_ids, sampling, gen, backend,
                                   on_step if done == 0 else None, cuda_graph, policy, chunk, timing, stop, logprobs,
                                   (lambda k, base=done: on_done(base + k)) if on_done else None,
-                                  None if context is None else [context[i] for i in idx])
+                                  None if context is None else [context[i] for i in idx], kv_dtype)
             for i, c, b, p in zip(idx, got, *held):
                 out[i], shares[i], peaks[i] = c, b, p
             done += len(idx)
@@ -288,7 +290,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[
 
 
 def _generate(prompts, model, max_new_tokens, eos_ids, sampling, gen, backend, on_step, cuda_graph, policy, chunk,
-              timing, stop, logprobs, on_done, context=None):
+              timing, stop, logprobs, on_done, context=None, kv_dtype="auto"):
     from .graphs import GraphDecoder
     backend = Backend.of(backend)
     dev = model.tok_embeddings.weight.device
@@ -296,7 +298,7 @@ def _generate(prompts, model, max_new_tokens, eos_ids, sampling, gen, backend, o
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timing.start()
-    cache = new_cache(model, prompts, max_new_tokens, policy, chunk, context)
+    cache = new_cache(model, prompts, max_new_tokens, policy, chunk, context, kv_dtype)
     peak = cache.region_bytes()
     pick = Picker(sampling, prompts, max_new_tokens, dev, gen, model.cfg.vocab_size, stop, logprobs)
     extras = stop is not None or logprobs is not None  # read on the host each step, beside the tokens

@@ -140,9 +140,10 @@ def check_sampling(temperature) -> None:
 
 
 class CausalLM(_Loaded):
-    def __init__(self, *a, kv: K.Policy = K.Full()):
+    def __init__(self, *a, kv: K.Policy = K.Full(), kv_dtype: str = "auto"):
         super().__init__(*a)
         self.kv = kv  # the KV policy every generation runs under (kv/policy.py)
+        self.kv_dtype = kv_dtype  # what its cache stores keys and values in (kv/cache.py: auto, bf16, fp8)
 
     @property
     def context_length(self) -> int:
@@ -311,7 +312,7 @@ class CausalLM(_Loaded):
         done = (lambda d: progress(d // n)) if progress else None
         out = generate(self.module, runs, max_new_tokens, ends, sampling, self.backend, policy=self.kv,
                        timing=timing, stop=criteria, logprobs=k, max_batch_tokens=max_batch_tokens, on_done=done,
-                       context=context)
+                       context=context, kv_dtype=self.kv_dtype)
         if (text or stops) and self.tokenizer is not None:  # complete() on a model without one: ids only
             texts = self._need_tokenizer().batch_decode([c.token_ids for c in out], skip_special_tokens=True)
             for c, t in zip(out, texts):
@@ -484,14 +485,16 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def load(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, backend: "str | Backend" = "auto", compile: bool = False,
          positions: "str | RoPE | None" = None, residual: str | None = None, kv: "str | K.Policy | None" = None,
-         trainable: bool = False) -> CausalLM | Encoder:
+         trainable: bool = False, kv_dtype: str = "auto") -> CausalLM | Encoder:
     """Load an embedded model by name, an HF folder (config.json + safetensors) or a .gguf file.
 
     backend: a kernel family (auto, reference, cpu_flash, varlen) or an attention.Backend with its switches
     set; resolved once here against the device and dtype (lm.backend).
 
     kv: the KV policy of a causal LM's generations, e.g. "window:sinks=4,recent=1024" (see lengthwise.kv);
-    None keeps every token.
+    None keeps every token. kv_dtype: what that cache stores keys and values in: "auto" (the model's dtype),
+    "bf16", or "fp8" (float8 e4m3 with a scale per token and kv head: about half of bf16's bytes); it composes
+    with every policy.
 
     trainable=True: the module in train mode with gradients on every weight (the fused Triton paths step aside
     wherever a gradient is needed); otherwise an inference engine with frozen weights.
@@ -511,25 +514,27 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
     dtype = resolve_dtype(dtype, dev)
     chosen = Backend.resolve(backend, dev, dtype)
     scheme, policy = _parse_options(positions, kv, trainable)
+    kv_dtype = K.check_kv_dtype(kv_dtype)
     path = L.resolve(name_or_path)
     ck = L.read_checkpoint(path)
-    kw = _family_options(ck.family, ck.arch, scheme, residual, policy)
+    kw = _family_options(ck.family, ck.arch, scheme, residual, policy, kv_dtype)
     module = L.build_module(ck, dtype, dev, trainable=trainable, **kw)
     if getattr(module, "pe", None) is not None and module.pe.has_bias and chosen.kernel != "reference":
         if backend != "auto":
             raise LengthwiseError(f"{name_or_path} adds an attention bias ({ck.config.pe}), which runs on the "
                                   f"reference kernel, not {chosen.kernel}: use backend='reference' (or auto)")
         chosen = Backend.resolve("reference", dev, dtype)
-    return _assemble(str(name_or_path), ck, module, L.load_tokenizer(path), dev, dtype, chosen, policy, compile)
+    return _assemble(str(name_or_path), ck, module, L.load_tokenizer(path), dev, dtype, chosen, policy, compile,
+                     kv_dtype)
 
 
 def from_hf(model, tokenizer=None, backend: "str | Backend" = "auto", compile: bool = False,
             positions: "str | RoPE | None" = None, residual: str | None = None,
-            kv: "str | K.Policy | None" = None) -> CausalLM | Encoder:
+            kv: "str | K.Policy | None" = None, kv_dtype: str = "auto") -> CausalLM | Encoder:
     """An in-memory HF model (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, BertModel, ...) as a
     lengthwise CausalLM or Encoder that shares its parameters: no weight is copied, and the lengthwise
     module's parameters are the HF model's own objects (models/hf.py says how q/k/v stay apart). It runs on the
-    model's device and dtype; backend, positions, residual, kv and compile are as in load(). tokenizer: the
+    model's device and dtype; backend, positions, residual, kv, kv_dtype and compile are as in load(). tokenizer: the
     model's HF tokenizer, for text in and out (None: token ids only). An Encoder pools by mean, unnormalized
     (sentence-transformers' default for a plain transformers model).
 
@@ -541,12 +546,13 @@ def from_hf(model, tokenizer=None, backend: "str | Backend" = "auto", compile: b
     dev, dtype = hf.placement(model)
     chosen = Backend.resolve(backend, dev, dtype)
     scheme, policy = _parse_options(positions, kv, False)
+    kv_dtype = K.check_kv_dtype(kv_dtype)
     family = L.HF_ARCHS[arch]
-    kw = _family_options(family, arch, scheme, residual, policy)
+    kw = _family_options(family, arch, scheme, residual, policy, kv_dtype)
     module = hf.share(model, **kw)
     ck = L.Checkpoint(family, arch, module.cfg, {}, None, "memory")
     name = getattr(model.config, "name_or_path", "") or arch
-    return _assemble(name, ck, module, tokenizer, dev, dtype, chosen, policy, compile)
+    return _assemble(name, ck, module, tokenizer, dev, dtype, chosen, policy, compile, kv_dtype)
 
 
 def _parse_options(positions, kv, trainable) -> tuple:
@@ -557,7 +563,7 @@ def _parse_options(positions, kv, trainable) -> tuple:
     return scheme, policy
 
 
-def _family_options(family: str, arch: str, scheme, residual, policy) -> dict:
+def _family_options(family: str, arch: str, scheme, residual, policy, kv_dtype: str = "auto") -> dict:
     """The family constructor's options, each refused where it does not apply."""
     if scheme is not None and family != "llama":
         raise LengthwiseError(f"--positions {scheme.spec()}: {arch} models use learned absolute positions, "
@@ -568,11 +574,13 @@ def _family_options(family: str, arch: str, scheme, residual, policy) -> dict:
     if policy.evicts and family != "llama":
         raise LengthwiseError(f"kv={policy.spec()}: {arch} is an encoder, which keeps no KV cache; "
                               "KV policies apply to causal LMs")
+    if kv_dtype != "auto" and family != "llama":
+        raise LengthwiseError(f"kv_dtype={kv_dtype}: {arch} is an encoder, which keeps no KV cache")
     return {"positions": scheme} if scheme is not None else {"residual": residual} if residual is not None else {}
 
 
 def _assemble(name: str, ck: L.Checkpoint, module, tok, dev, dtype, chosen: Backend, policy,
-              compile: bool) -> CausalLM | Encoder:
+              compile: bool, kv_dtype: str = "auto") -> CausalLM | Encoder:
     if ck.family == "llama":
         check_policy(module, policy)
     if compile:
@@ -580,4 +588,4 @@ def _assemble(name: str, ck: L.Checkpoint, module, tok, dev, dtype, chosen: Back
     args = (name, ck, module, tok, dev, dtype, chosen)
     if ck.family == "bert":
         return Encoder(*args, settings=L.sentence_transformers_settings(ck.path, ck.config.dim))  # path None: in memory
-    return CausalLM(*args, kv=policy)
+    return CausalLM(*args, kv=policy, kv_dtype=kv_dtype)

@@ -33,7 +33,7 @@ from .outputs import atomic_write, check_folder
 REQUIRED = ("task", "length", "depth", "method", "backend", "model", "score")
 GROUP = ("model", "method", "backend", "variant")  # one model variant: a table, a heatmap set, a curve
 # what a record's config says beyond model, method and backend (stores before issue 20 carry some of these)
-VARIANT_FIELDS = ("model_sha256", "dtype", "device", "chat", "hf_rope", "kv", "seed")
+VARIANT_FIELDS = ("model_sha256", "dtype", "device", "chat", "hf_rope", "kv", "kv_dtype", "seed")
 _META = ("lengthwise_store", "lengthwise_config")  # a store's header and config lines: not records
 MAX_WARNINGS_SHOWN = 20
 # RULER's bar for an effective length: Llama-2-7B's mean RULER score at 4k (Hsieh et al. 2024, "RULER")
@@ -117,6 +117,8 @@ def _variants(records: list[dict]) -> list[str]:
 
 def _show(key: str, value) -> str:
     if value is None:
+        if key == "kv_dtype":
+            return "auto"  # keyed only where it is not the default
         return "?" if key in ("dtype", "device") else "none"  # stores before issue 20: the default, unrecorded
     if key == "model_sha256" and isinstance(value, str):
         return value[:12]

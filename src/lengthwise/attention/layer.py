@@ -12,7 +12,8 @@ the Backend, and for a decoder its rotations (positions/), its KV cache and the 
 
 - a GPU decode step: RoPE, the cache write and attention in one Triton kernel (triton_decode.rope_cache_decode);
 - the fused prefill (Backend.fused): RoPE and the cache write in one Triton kernel, then attend();
-- plain torch: RoPE, the cache write, attend() (the only path that records a gradient);
+- plain torch: RoPE, the cache write, attend() (the only path that records a gradient, and the one an fp8
+  cache takes: its write quantizes and its read dequantizes, kv/cache.py);
 - a remap (SelfExtend, LM-Infinite): a second, far rotation and two-region attention (two_region.py).
 """
 from __future__ import annotations
@@ -100,9 +101,12 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv_heads: int, step: Step,
         return _evict(step, layer, q, attend(q, k, v, meta, mask, backend, scale, bias=step.bias), scale)
     far = rots.rot.far
     scored = step.policy is not None and step.policy.needs_queries(step.budgets is not None)  # this forward's queries
-    fused = fused and step.bias is None  # a bias runs the plain path (attend takes it on the reference kernel)
+    # a bias runs the plain path (attend takes it on the reference kernel); so does a cache stored in another
+    # dtype (fp8), whose write and read the fused kernels do not convert
+    converts = cache is not None and cache.store_dtype != cache.dtype
+    fused = fused and step.bias is None and not converts
     if (far is None and step.bias is None and cache is not None and meta.used_k is not None and not scored
-            and decode_kernel_applies(qkv[:, :H], meta, mask, backend)):
+            and not converts and decode_kernel_applies(qkv[:, :H], meta, mask, backend)):
         from .triton_decode import rope_cache_decode
         y = rope_cache_decode(qkv, rots.near, cache.k[layer], cache.v[layer], slots, meta.cu_k, meta.used_k,
                               scale, mask.window)

@@ -47,8 +47,8 @@ def _runner_kv(runner) -> str:
     return K.parse(spec).spec()
 
 
-def _refuse_kv(kv):
-    raise LengthwiseError(f"kv={kv} configures lengthwise's own engine: a runner of your own keeps its own cache")
+def _refuse_kv(setting: str):
+    raise LengthwiseError(f"{setting} configures lengthwise's own engine: a runner of your own keeps its own cache")
 
 
 def evaluate(model: str, tasks: str | Sequence[str], lengths: str | Sequence[int], out,
@@ -57,7 +57,7 @@ def evaluate(model: str, tasks: str | Sequence[str], lengths: str | Sequence[int
              dtype: str | None = None, max_batch_tokens: int = 65536, hf_rope: dict | None = None,
              yes: bool = False, allow_beyond_context: bool = False, append_config: bool = False,
              progress: Callable[[int, int], None] | None = None, kv: str = "full",
-             kv_question: str = "kept") -> list[dict]:
+             kv_question: str = "kept", kv_dtype: str = "auto") -> list[dict]:
     """Run the grid tasks x lengths x depths x samples and return its records (one dict per cell, as the store at
     `out` holds them; cells finished by an earlier call are read, not run again).
 
@@ -66,7 +66,8 @@ def evaluate(model: str, tasks: str | Sequence[str], lengths: str | Sequence[int
     tasks: a list of task specs ("passkey", "niah_single:haystack=noise"); one string is one task.
     lengths: token counts, or "1k,2k,4k". depths: percentages, a count spread over 0-100, or "10,50,90".
     engine: "lengthwise", "hf", or a runner object (module docstring). kv: the lengthwise engine's KV policy
-    ("snapkv:ratio=0.5"); kv_question: "kept" keeps each question out of compression, "compressed" does not.
+    ("snapkv:ratio=0.5"); kv_question: "kept" keeps each question out of compression, "compressed" does not;
+    kv_dtype: what its cache stores keys and values in ("auto", "bf16", "fp8").
     The rest is as `lengthwise eval`.
     """
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
@@ -79,7 +80,8 @@ def evaluate(model: str, tasks: str | Sequence[str], lengths: str | Sequence[int
     cfg = EvalConfig(model=str(model), tasks=tasks, lengths=lengths, depths=list(depths), samples=samples, seed=seed,
                      method=positions or "none", backend="lengthwise" if custom else engine, chat=chat,
                      hf_rope=hf_rope, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens,
-                     kv=kv if not custom or kv == "full" else _refuse_kv(kv), kv_question=kv_question)
+                     kv=kv if not custom or kv == "full" else _refuse_kv(f"kv={kv}"), kv_question=kv_question,
+                     kv_dtype=kv_dtype if not custom or kv_dtype == "auto" else _refuse_kv(f"kv_dtype={kv_dtype}"))
     if custom:
         if positions is not None or hf_rope is not None:
             raise LengthwiseError("positions= and hf_rope= configure lengthwise's own engines: a runner of your own "

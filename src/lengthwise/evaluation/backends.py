@@ -81,9 +81,9 @@ class LengthwiseRunner:
     """The packed engine: a batch's prompts prefill as one packed stream, then decode together."""
 
     def __init__(self, model: str, chat: bool = False, device=None, dtype=None, positions: str | None = None,
-                 backend: str = "auto", kv: str = "full", kv_question: str = "kept"):
+                 backend: str = "auto", kv: str = "full", kv_question: str = "kept", kv_dtype: str = "auto"):
         from ..pipeline import CausalLM, load
-        self.lm = load(model, device=device, dtype=dtype, backend=backend, kv=kv,
+        self.lm = load(model, device=device, dtype=dtype, backend=backend, kv=kv, kv_dtype=kv_dtype,
                        positions=None if positions in (None, "none") else positions)
         self.question_kept = kv_question == "kept"
         self.chat = chat
@@ -198,4 +198,5 @@ def make_runner(cfg):
     if cfg.backend == "hf":
         return HFRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype, cfg.hf_rope, cfg.method)
     return LengthwiseRunner(cfg.model, cfg.chat, cfg.device, cfg.dtype, cfg.method, cfg.kernel,
-                            getattr(cfg, "kv", "full"), getattr(cfg, "kv_question", "kept"))
+                            getattr(cfg, "kv", "full"), getattr(cfg, "kv_question", "kept"),
+                            getattr(cfg, "kv_dtype", "auto"))

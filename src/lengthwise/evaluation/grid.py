@@ -39,16 +39,21 @@ class EvalConfig:
     kernel: str = "auto"  # the lengthwise engine's attention kernel (attention.Backend); auto picks
     kv: str = "full"  # the lengthwise engine's KV policy (kv/), e.g. "snapkv:ratio=0.5"
     kv_question: str = "kept"  # kept: the question stays out of compression; compressed: query-aware
+    kv_dtype: str = "auto"  # what the lengthwise engine's cache stores keys and values in (kv/cache.py)
 
     def __post_init__(self):
         from .. import kv as K
         self.kv = K.parse(self.kv).spec()  # one spelling per policy, so equal configs key alike
+        self.kv_dtype = K.check_kv_dtype(self.kv_dtype)
         if self.kv_question not in ("kept", "compressed"):
             raise LengthwiseError(f"kv_question must be 'kept' (the question stays out of compression) or "
                                   f"'compressed' (query-aware), got {self.kv_question!r}")
         if self.kv != "full" and self.backend != "lengthwise":
             raise LengthwiseError(f"--kv {self.kv} runs on the lengthwise engine; the hf engine keeps a full cache "
                                   "(kvpress is the HF peer: benchmarks/kvpress_peer.py)")
+        if self.kv_dtype != "auto" and self.backend != "lengthwise":
+            raise LengthwiseError(f"--kv-dtype {self.kv_dtype} runs on the lengthwise engine; the hf engine keeps "
+                                  "its cache in the model's dtype")
         if isinstance(self.tasks, str) or not all(isinstance(t, str) for t in self.tasks):
             raise LengthwiseError(f"tasks must be a list of task names, e.g. ['passkey'], got {self.tasks!r}")
         if isinstance(self.lengths, (str, int)) or not all(isinstance(n, int) and not isinstance(n, bool)
@@ -112,11 +117,15 @@ def store_config(cfg: EvalConfig) -> dict:
     from ..pipeline import resolve_device
     device = resolve_device(cfg.device).type  # the kind: cuda:0 and cuda:1 run the same kernels
     dtype = cfg.dtype if isinstance(cfg.dtype, str) or cfg.dtype is None else str(cfg.dtype).removeprefix("torch.")
+    dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
+    kv_dtype = getattr(cfg, "kv_dtype", "auto")
+    kv_dtype = "auto" if kv_dtype == "bf16" and dtype == "bfloat16" else kv_dtype  # the same cache: keyed alike
     return {"model": cfg.model, "model_sha256": L.content_hash(L.resolve(cfg.model)), "backend": cfg.backend,
-            "dtype": dtype or ("bfloat16" if device == "cuda" else "float32"), "device": device, "chat": cfg.chat,
+            "dtype": dtype, "device": device, "chat": cfg.chat,
             "positions": cfg.method, "hf_rope": cfg.hf_rope, "kv": getattr(cfg, "kv", None) or "full",
             "seed": cfg.seed, **({"kernel": cfg.kernel} if getattr(cfg, "kernel", "auto") != "auto" else {}),
-            **({"kv_question": cfg.kv_question} if (getattr(cfg, "kv", None) or "full") != "full" else {})}
+            **({"kv_question": cfg.kv_question} if (getattr(cfg, "kv", None) or "full") != "full" else {}),
+            **({"kv_dtype": kv_dtype} if kv_dtype != "auto" else {})}  # stores from before kv_dtype keep their keys
 
 
 def cell_id(cfg: EvalConfig, task: str, length: int, depth: float, sample: int, context: int | None = None,
@@ -201,7 +210,7 @@ def _run(cfg: EvalConfig, config: dict, store: ResultStore, runner, todo: list[C
                 "length": c.length, "depth": c.depth, "sample": c.sample, "seed": s.seed,
                 "score": task.score(out, s), "output": out, "answers": list(s.answers),
                 "prompt_tokens": s.n_tokens, **timing, **{k: v[j] for k, v in per.items()}, "batch_size": len(batch),
-                "kv": config.get("kv", "full"), "config": config,
+                "kv": config.get("kv", "full"), "kv_dtype": config.get("kv_dtype", "auto"), "config": config,
                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             })
             done += 1

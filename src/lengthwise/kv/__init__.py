@@ -3,14 +3,16 @@
     lw.load("smollm2-135m", kv="window:sinks=4,recent=512")
     lw.load("smollm2-135m", kv="snapkv:ratio=0.5")       # kvpress's compression_ratio: 50% removed
     lw.load("smollm2-135m", kv=lw.kv.H2O(tokens=1024, every=1))
+    lw.load("smollm2-135m", kv="snapkv:ratio=0.5", kv_dtype="fp8")  # float8 keys and values, any policy
 
 `RaggedKVCache` gives each sequence a region of its own size; a `Policy` scores the cached tokens and the
-cache keeps the best within a budget (kv/policy.py). POLICIES lists them by name.
+cache keeps the best within a budget (kv/policy.py). POLICIES lists them by name; KV_DTYPES what the cache
+may store keys and values in.
 """
 from __future__ import annotations
 
 from .. import options
-from .cache import RaggedKVCache
+from .cache import KV_DTYPES, RaggedKVCache, check_kv_dtype
 from .policy import Budget, Full, Policy, compress
 from .a2sf import A2SF
 from .h2o import H2O
@@ -35,5 +37,5 @@ def parse(spec: "str | Policy | None") -> Policy:
     return options.parse(spec, POLICIES, "KV policy")
 
 
-__all__ = ["RaggedKVCache", "Policy", "Budget", "Full", "Window", "Streaming", "H2O", "A2SF", "TOVA", "SnapKV",
+__all__ = ["RaggedKVCache", "KV_DTYPES", "check_kv_dtype", "Policy", "Budget", "Full", "Window", "Streaming", "H2O", "A2SF", "TOVA", "SnapKV",
            "PyramidKV", "Knorm", "Random", "POLICIES", "parse", "compress"]

@@ -3,6 +3,11 @@
 Sequence i owns slots [start_i, start_i + capacity_i) and has used length_i of them. Nothing is
 padded to a batch maximum; attention reads exactly length_i keys per sequence (FlashAttention's
 seqused_k), so prefill, chunked prefill and decode are one code path.
+
+kv_dtype="fp8" stores keys and values as float8 e4m3 with one scale per (token, kv head), bfloat16, in a
+tensor beside each pool (quantize/dequantize below): a 64-dim head vector takes 64 + 2 bytes, not 128. A write
+quantizes; a read dequantizes to the compute dtype, so the kernels attend as before. Both are plain tensor ops
+with no host sync (the CUDA-graph decoder captures them).
 """
 from __future__ import annotations
 
@@ -13,6 +18,51 @@ import torch
 from ..attention import AttnMeta
 from ..positions.gate import Lengths
 from ..errors import LengthwiseError
+
+
+KV_DTYPES = ("auto", "bf16", "fp8")  # auto: the model's dtype; bf16: bfloat16 storage; fp8: e4m3 + scales
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max  # 448
+SCALE_DTYPE = torch.bfloat16  # float32's range: no amax over- or underflows it
+
+
+def check_kv_dtype(kv_dtype: str | None) -> str:
+    """-> the kv_dtype's one spelling; None is auto. A name outside KV_DTYPES is a one-line error."""
+    kv_dtype = "auto" if kv_dtype is None else kv_dtype
+    if kv_dtype not in KV_DTYPES:
+        raise LengthwiseError(f"unknown kv_dtype {kv_dtype!r}: choose auto (the model's dtype), bf16, or fp8 "
+                              "(float8 e4m3 with a scale per token and kv head)")
+    return kv_dtype
+
+
+def storage_dtype(kv_dtype: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a cache of this kv_dtype stores its keys and values in, for a model computing in dtype."""
+    return {"auto": dtype, "bf16": torch.bfloat16, "fp8": FP8}[check_kv_dtype(kv_dtype)]
+
+
+def slot_bytes(kv_dtype: str, dtype: torch.dtype, head_dim: int) -> int:
+    """Bytes one cached head vector takes: its D elements, plus its scale where fp8."""
+    store = storage_dtype(kv_dtype, dtype)
+    return head_dim * store.itemsize + (SCALE_DTYPE.itemsize if store == FP8 else 0)
+
+
+def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., D] -> (float8 e4m3 [..., D], scale [...] bfloat16): scale = amax / 448 per vector, rounded to
+    bfloat16 first, so x / scale is what is stored; an element that the rounding pushes past 448 saturates."""
+    x = x.to(torch.promote_types(x.dtype, torch.float32))  # one rounding, into e4m3, not two
+    scale = (x.abs().amax(-1) / FP8_MAX).clamp(min=torch.finfo(SCALE_DTYPE).tiny).to(SCALE_DTYPE)
+    q = (x / scale.to(x.dtype)[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q, scale
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float8 [..., D] and scale [...] -> [..., D] in dtype."""
+    return q.to(dtype) * scale.to(dtype)[..., None]
+
+
+def _raw(t: torch.Tensor) -> torch.Tensor:
+    """t, or a float8 t as its bytes: indexing kernels for float8 are missing on some devices and torch versions."""
+    return t.view(torch.uint8) if t.dtype == FP8 else t
 
 
 def _check_fits(nbytes: int, tokens: int, device) -> None:
@@ -43,13 +93,14 @@ class RaggedKVCache:
     def __init__(self, n_layers: int, capacities: list[int], n_kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str, far_keys: bool = False,
                  prompts: list[int] | None = None, evicting: bool = False,
-                 layer_capacities: list[list[int]] | None = None, scores: bool = False):
+                 layer_capacities: list[list[int]] | None = None, scores: bool = False, kv_dtype: str = "auto"):
         """prompts: each sequence's prompt length, which a length-gated position scheme (beyond=true) keys on
         for the sequence's whole life; None: the capacities (a sequence that may outgrow the trained context
         is treated as one that does). evicting: a policy may drop tokens (kept and pos are tracked).
         layer_capacities [L][B]: an evicting cache's regions per layer, where a policy gives layers budgets of
         their own (PyramidKV); each layer's pool is then sized to its own regions. scores: keep an
-        accumulated-attention score per cached token and kv head (H2O, A2SF), compacted with the tokens."""
+        accumulated-attention score per cached token and kv head (H2O, A2SF), compacted with the tokens.
+        kv_dtype: what keys and values are stored in (KV_DTYPES); dtype stays the compute dtype reads return."""
         cap = torch.tensor(capacities, dtype=torch.int64)
         prompts = list(capacities) if prompts is None else list(prompts)
         if len(prompts) != len(capacities) or (not evicting and any(p > c for p, c in zip(prompts, capacities))):
@@ -58,7 +109,9 @@ class RaggedKVCache:
             raise LengthwiseError("a KV policy that evicts cannot run with a remap's far keys yet: drop --kv or --positions")
         if layer_capacities is not None and (not evicting or len(layer_capacities) != n_layers):
             raise LengthwiseError("RaggedKVCache: layer_capacities need an evicting cache and one row per layer")
-        self.n_layers, self.dtype = n_layers, dtype
+        self.n_layers, self.dtype, self.kv_dtype = n_layers, dtype, check_kv_dtype(kv_dtype)
+        self.store_dtype = store = storage_dtype(self.kv_dtype, dtype)
+        self.quantized = store == FP8  # a scale per (slot, kv head) beside each pool: k_scale, v_scale, k_far_scale
         self.prompt_len = torch.tensor(prompts, dtype=torch.int64, device=device)  # [B]
         self.prompt_max = max(prompts, default=0)
         self.capacity = cap.to(device)  # [B]
@@ -66,15 +119,19 @@ class RaggedKVCache:
         self.length = torch.zeros(len(capacities), dtype=torch.int64, device=device)  # [B]
         self.context = None  # [B] where set: tokens past it are never evicted (the question, the answer)
         self.kept = self.pos = self.acc = None
-        self.k_far = None
-        per_slot = n_kv_heads * head_dim * dtype.itemsize * (3 if far_keys else 2)
+        self.k_far = self.k_scale = self.v_scale = self.k_far_scale = None
+        per_slot = n_kv_heads * slot_bytes(self.kv_dtype, dtype, head_dim) * (3 if far_keys else 2)
         if not evicting:
             total = int(cap.sum())
             _check_fits(n_layers * total * per_slot, total, device)
-            self.k = torch.empty(n_layers, total, n_kv_heads, head_dim, dtype=dtype, device=device)  # [L, S, Hkv, D]
+            self.k = torch.empty(n_layers, total, n_kv_heads, head_dim, dtype=store, device=device)  # [L, S, Hkv, D]
             self.v = torch.empty_like(self.k)
             # keys rotated for a remap's far pass (positions/rope.py: Remap), when those differ from k
             self.k_far = torch.empty_like(self.k) if far_keys else None
+            if self.quantized:  # [L, S, Hkv]
+                self.k_scale, self.v_scale = (torch.zeros(n_layers, total, n_kv_heads, dtype=SCALE_DTYPE, device=device)
+                                              for _ in range(2))
+                self.k_far_scale = torch.zeros_like(self.k_scale) if far_keys else None
         else:
             # an evicting cache: each layer a pool of its own, sized to its regions; each slot its token's
             # position per kv head (heads keep different tokens), and each (layer, sequence) its own count
@@ -83,8 +140,11 @@ class RaggedKVCache:
             totals = lc.sum(1).tolist()
             per_slot += n_kv_heads * (4 + (4 if scores else 0))
             _check_fits(sum(totals) * per_slot, max(totals, default=0), device)
-            self.k = [torch.empty(t, n_kv_heads, head_dim, dtype=dtype, device=device) for t in totals]
+            self.k = [torch.empty(t, n_kv_heads, head_dim, dtype=store, device=device) for t in totals]
             self.v = [torch.empty_like(k) for k in self.k]
+            if self.quantized:  # [S_l, Hkv] per layer
+                self.k_scale, self.v_scale = ([torch.zeros(t, n_kv_heads, dtype=SCALE_DTYPE, device=device)
+                                               for t in totals] for _ in range(2))
             self.pos = [torch.zeros(t, n_kv_heads, dtype=torch.int32, device=device) for t in totals]
             self.acc = [torch.zeros(t, n_kv_heads, dtype=torch.float32, device=device) for t in totals] if scores else None
             self.capacity_l = lc.to(device)  # [L, B]
@@ -96,8 +156,8 @@ class RaggedKVCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes the cache holds on its device (keys, values, far keys, positions)."""
-        parts = [self.k, self.v, self.k_far, self.pos, self.acc]
+        """Bytes the cache holds on its device (keys, values, far keys, their fp8 scales, positions, scores)."""
+        parts = [self.k, self.v, self.k_far, self.k_scale, self.v_scale, self.k_far_scale, self.pos, self.acc]
         return sum(t.untyped_storage().nbytes() for p in parts if p is not None for t in (p if isinstance(p, list) else [p]))
 
     def shrink(self, need: torch.Tensor) -> None:
@@ -113,14 +173,14 @@ class RaggedKVCache:
             off = torch.arange(n, device=kept.device) - torch.repeat_interleave(torch.cumsum(kept, 0) - kept, kept)
             src = self.start_l[layer][seq] + off
             dst = starts[layer][seq] + off
-            for name in ("k", "v", "pos", "acc"):
+            for name in self.PER_SLOT:
                 pools = getattr(self, name)
                 if pools is None:
                     continue
                 old = pools[layer]
-                new = (torch.zeros if name in ("pos", "acc") else torch.empty)(
+                new = (torch.empty if name in ("k", "v") else torch.zeros)(
                     (total,) + tuple(old.shape[1:]), dtype=old.dtype, device=old.device)
-                new[dst] = old[src]
+                _raw(new)[dst] = _raw(old)[src]
                 pools[layer] = new
         self.capacity_l, self.start_l = need, starts
         self.capacity = need.max(0).values
@@ -137,15 +197,53 @@ class RaggedKVCache:
             share = (slots / slots.sum(1, keepdim=True).clamp(min=1) * per_layer[:, None]).sum(0) / per_layer.sum()
         return [round(x) for x in (share * self.nbytes).tolist()]
 
+    # what an evicting cache holds per (slot, kv head), moved together when a policy compacts or shrink copies
+    PER_SLOT = ("k", "v", "k_scale", "v_scale", "pos", "acc")
+
+    def _put(self, name: str, layer: int, slots: torch.Tensor, x: torch.Tensor) -> None:
+        """Store x [T, Hkv, D] in one layer's pool `name` (k, v, k_far) at slots [T], quantized where fp8."""
+        if self.quantized:
+            x, scale = quantize(x)
+            getattr(self, name + "_scale")[layer][slots] = scale
+        pool = getattr(self, name)[layer]
+        _raw(pool)[slots] = _raw(x.to(pool.dtype))
+
+    def _get(self, name: str, layer: int, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """One layer's pool `name`, or its slots idx (any shape), in the compute dtype."""
+        x = getattr(self, name)[layer]
+        x = x if idx is None else _raw(x)[idx].view(x.dtype)
+        if self.quantized:
+            s = getattr(self, name + "_scale")[layer]
+            return dequantize(x, s if idx is None else s[idx], self.dtype)
+        return x if x.dtype == self.dtype else x.to(self.dtype)
+
+    def keys(self, layer: int, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """One layer's cached keys [S, Hkv, D] (or at slots idx [...]: [..., Hkv, D]) in the compute dtype."""
+        return self._get("k", layer, idx)
+
+    def values(self, layer: int, idx: torch.Tensor | None = None) -> torch.Tensor:
+        return self._get("v", layer, idx)
+
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store one layer's new keys and values [T, Hkv, D] at slots [T]; -> the layer's pools to attend over."""
-        self.k[layer][slots] = k
-        self.v[layer][slots] = v
-        return self.k[layer], self.v[layer]
+        """Store one layer's new keys and values [T, Hkv, D] at slots [T]; -> the layer's pools to attend over
+        (the pools themselves, or where stored in another dtype, a copy in the compute dtype)."""
+        self._put("k", layer, slots, k)
+        self._put("v", layer, slots, v)
+        return self.keys(layer), self.values(layer)
 
     def write_far(self, layer: int, slots: torch.Tensor, kf: torch.Tensor) -> torch.Tensor:
-        self.k_far[layer, slots] = kf
-        return self.k_far[layer]
+        self._put("k_far", layer, slots, kf)
+        return self._get("k_far", layer)
+
+    def move(self, layer: int, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """An evicting cache's compaction: slot dst[i] of kv head h takes what slot src[i, h] holds, for
+        everything kept per slot (keys, values, their scales, positions, scores). dst [N], src [N, Hkv]."""
+        heads = torch.arange(src.shape[1], device=src.device)
+        for name in self.PER_SLOT:
+            pools = getattr(self, name)
+            if pools is not None:
+                p = _raw(pools[layer])
+                p[dst[:, None], heads] = p[src, heads]
 
     def plan_decode_all(self):
         """One new token for every sequence, with no host sync, so a CUDA graph can capture it.

@@ -176,7 +176,7 @@ def after_attention(policy: Policy, cache, layer: int, seqs: torch.Tensor, budge
         slots, valid = _gather(cache, layer, seqs, n)
         rows = torch.arange(len(seqs), device=n.device)
         sc = q.shape[-1] ** -0.5 if scale is None else scale
-        cs = column_sums(q, cu_q, rows, cache.k[layer][slots], valid, sc, policy.decay)  # [B', H, S]
+        cs = column_sums(q, cu_q, rows, cache.keys(layer, slots), valid, sc, policy.decay)  # [B', H, S]
         B, H, S = cs.shape
         cs = cs.view(B, cache.k[layer].shape[1], -1, S).mean(2).transpose(1, 2)  # [B', S, Hkv]
         m = (cu_q[1:] - cu_q[:-1]).long()  # queries of this forward per sequence
@@ -201,7 +201,7 @@ def compress(policy: Policy, cache, layer: int, seqs: torch.Tensor, budgets: tor
     seqs, n, budgets = seqs[rows], n[rows], budgets[rows]
     slots, valid = _gather(cache, layer, seqs, n)
     S = slots.shape[1]
-    k, v, pos = cache.k[layer][slots], cache.v[layer][slots], cache.pos[layer][slots]  # [B, S, Hkv, D], [B, S, Hkv]
+    k, v, pos = cache.keys(layer, slots), cache.values(layer, slots), cache.pos[layer][slots]  # [B, S, Hkv, D], [B, S, Hkv]
     c = Cached(k, v, pos.long(), valid, budgets, layer, cache.n_layers)
     if policy.observe:
         from ..attention.weights import last_queries, window_weights
@@ -222,10 +222,7 @@ def compress(policy: Policy, cache, layer: int, seqs: torch.Tensor, budgets: tor
     top = torch.where(chosen, top, S + rank).sort(dim=-1).values.clamp(max=S - 1)  # kept ones in cache order
     sel = top.transpose(1, 2)  # [B, K, Hkv]
     write = rank[None, :] < budgets[:, None]  # [B, K]
-    dst = (cache.start_l[layer, seqs][:, None] + rank[None, :])[write]
-    cache.k[layer][dst] = k.gather(1, sel[..., None].expand(-1, -1, -1, k.shape[-1]))[write]  # [B, K, Hkv, D]
-    cache.v[layer][dst] = v.gather(1, sel[..., None].expand(-1, -1, -1, v.shape[-1]))[write]
-    cache.pos[layer][dst] = pos.gather(1, sel)[write]
-    if cache.acc is not None:
-        cache.acc[layer][dst] = cache.acc[layer][slots].gather(1, sel)[write]
+    dst = (cache.start_l[layer, seqs][:, None] + rank[None, :])[write]  # [N]
+    src = slots[:, :, None].expand(-1, -1, sel.shape[2]).gather(1, sel)[write]  # [N, Hkv]: the kept tokens' slots
+    cache.move(layer, dst, src)  # keys, values, their scales, positions and scores, as stored
     cache.kept[layer, seqs] = budgets
