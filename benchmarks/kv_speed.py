@@ -17,6 +17,7 @@ Writes $OUT/kv_speed.json and .png (or benchmarks/results/).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -80,66 +81,71 @@ def main():
     policies = ["full"] + [f"{p}:ratio={a.ratio}" for p in a.policies.split(",")]
     gbps = copy_gbps() if not a.smoke else float("nan")
     rows = []
-    for name, B, L, pos in [("decode 16x32k", 16, 32768, "yarn:factor=4"), ("decode 64x8k", 64, 8192, None)]:
-        B = 2 if a.smoke else B
-        for kv in policies:
-            lm = lw.load("smollm2-135m", device=dev, dtype=dtype, positions=pos, kv=kv)
-            ids = prompts(B, S(L), lm.config.vocab_size)
-            r = run(lm, ids)
-            kv_read = r["kv_bytes_alloc"] or r["kv_bytes_storage"]
-            r.update(row=name, kv=kv, positions=pos or "none",
-                     roofline_ms=1e3 * (weight_bytes(lm) + kv_read) / (gbps * 1e9) if gbps == gbps else None)
-            r["roofline_share"] = r["roofline_ms"] / r["ms_per_step"] if r["roofline_ms"] else None
-            rows.append(r)
-            print(f"{name:14} {kv:28} {r['decode_tok_s']:10.0f} tok/s {r['ms_per_step']:7.2f} ms/step "
-                  f"kv {kv_read / GiB:6.2f} GiB  ttft {r['ttft_s']:.2f} s", flush=True)
-            del lm
-    for r in rows:  # against full, same row
-        base = next(x for x in rows if x["row"] == r["row"] and x["kv"] == "full")
-        r["speedup_vs_full"] = r["decode_tok_s"] / base["decode_tok_s"]
-    # the largest batch of 8k prompts whose decode cache fits 16 GiB, from the allocator's per-sequence reading
-    fits = []
-    for r in [x for x in rows if x["row"] == "decode 64x8k"]:
-        per_seq = (r["kv_bytes_alloc"] or r["kv_bytes_storage"]) / r["B"]
-        fits.append({"row": "batch in 16 GiB at 8k", "kv": r["kv"], "bytes_per_seq": per_seq,
-                     "max_batch": int(16 * GiB // per_seq)})
-    for f in fits:
-        f["x_full"] = f["max_batch"] / fits[0]["max_batch"]
-    if not a.smoke:  # run the best compressed batch for real, in one group
-        best = max(fits[1:], key=lambda f: f["max_batch"])
-        lm = lw.load("smollm2-135m", device=dev, dtype=dtype, kv=best["kv"])
-        try:  # prefill chunks of 1k keep the prefill's scratch (budget + chunk per sequence) within the GPU
-            r = run(lm, prompts(best["max_batch"], 8192, lm.config.vocab_size), new=8, budget=1 << 40, chunk=1024)
-            best["ran"] = {k: r[k] for k in ("B", "kv_bytes_alloc", "kv_bytes_storage", "peak_over_before", "decode_tok_s")}
-        except Exception as e:  # recorded, not hidden
-            best["ran"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-        print("largest compressed batch:", best, flush=True)
-        del lm
-    rows += fits
-    # one 128k prefill: the allocator's peak, full against compressed
-    for kv in ["full", f"snapkv:ratio={a.ratio}", f"streaming:ratio={a.ratio}"]:
-        lm = lw.load("smollm2-135m", device=dev, dtype=dtype, positions=None if a.smoke else "yarn:factor=16", kv=kv)
-        r = run(lm, prompts(1, S(131072), lm.config.vocab_size), new=4)
-        rows.append({"row": "prefill 128k", "kv": kv, "peak_over_before": r["peak_over_before"], "prefill_s": r["prefill_s"]})
-        print(f"prefill 128k  {kv:28} peak {r['peak_over_before'] / GiB:6.2f} GiB  {r['prefill_s']:.2f} s", flush=True)
-        del lm
-    base = next(x for x in rows if x["row"] == "prefill 128k" and x["kv"] == "full")
-    for r in rows:
-        if r["row"] == "prefill 128k":
-            r["peak_vs_full"] = r["peak_over_before"] / base["peak_over_before"] if base["peak_over_before"] else None
+    # timeout(1) sends SIGTERM: exit through the finally below, so the rows so far are written
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
 
     def plot(plt, rows):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, name in zip(axes, ["decode 16x32k", "decode 64x8k"]):
-            sub = [r for r in rows if r["row"] == name]
+            sub = [r for r in rows if r["row"] == name and "decode_tok_s" in r]
             ax.bar(range(len(sub)), [r["decode_tok_s"] for r in sub], color="#0072B2")
             ax.set_xticks(range(len(sub)), [r["kv"].split(":")[0] for r in sub], fontsize=7, rotation=30)
             ax.set_title(f"{name}, ratio {a.ratio}", fontsize=9)
             ax.set_ylabel("decode tokens/s")
         return fig
 
-    save("kv_speed_smoke" if a.smoke else "kv_speed", rows,
-         {"model": "smollm2-135m", "dtype": dtype, "new_tokens": NEW, "ratio": a.ratio, "copy_gbps": gbps}, plot)
+    try:  # whatever ran is written, even if a later part fails or the call's time runs out
+        for name, B, L, pos in [("decode 16x32k", 16, 32768, "yarn:factor=4"), ("decode 64x8k", 64, 8192, None)]:
+            B = 2 if a.smoke else B
+            for kv in policies:
+                lm = lw.load("smollm2-135m", device=dev, dtype=dtype, positions=pos, kv=kv)
+                ids = prompts(B, S(L), lm.config.vocab_size)
+                r = run(lm, ids)
+                kv_read = r["kv_bytes_alloc"] or r["kv_bytes_storage"]
+                r.update(row=name, kv=kv, positions=pos or "none",
+                         roofline_ms=1e3 * (weight_bytes(lm) + kv_read) / (gbps * 1e9) if gbps == gbps else None)
+                r["roofline_share"] = r["roofline_ms"] / r["ms_per_step"] if r["roofline_ms"] else None
+                rows.append(r)
+                print(f"{name:14} {kv:28} {r['decode_tok_s']:10.0f} tok/s {r['ms_per_step']:7.2f} ms/step "
+                      f"kv {kv_read / GiB:6.2f} GiB  ttft {r['ttft_s']:.2f} s", flush=True)
+                del lm
+        for r in rows:  # against full, same row
+            base = next(x for x in rows if x["row"] == r["row"] and x["kv"] == "full")
+            r["speedup_vs_full"] = r["decode_tok_s"] / base["decode_tok_s"]
+        # the largest batch of 8k prompts whose decode cache fits 16 GiB, from the allocator's per-sequence reading
+        fits = []
+        for r in [x for x in rows if x["row"] == "decode 64x8k"]:
+            per_seq = (r["kv_bytes_alloc"] or r["kv_bytes_storage"]) / r["B"]
+            fits.append({"row": "batch in 16 GiB at 8k", "kv": r["kv"], "bytes_per_seq": per_seq,
+                         "max_batch": int(16 * GiB // per_seq)})
+        for f in fits:
+            f["x_full"] = f["max_batch"] / fits[0]["max_batch"]
+        if not a.smoke:  # run the best compressed batch for real, in one group
+            best = max(fits[1:], key=lambda f: f["max_batch"])
+            lm = lw.load("smollm2-135m", device=dev, dtype=dtype, kv=best["kv"])
+            try:  # prefill chunks of 1k keep the prefill's scratch (budget + chunk per sequence) within the GPU
+                r = run(lm, prompts(best["max_batch"], 8192, lm.config.vocab_size), new=8, budget=1 << 40, chunk=1024)
+                best["ran"] = {k: r[k] for k in ("B", "kv_bytes_alloc", "kv_bytes_storage", "peak_over_before", "decode_tok_s")}
+            except Exception as e:  # recorded, not hidden
+                best["ran"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            print("largest compressed batch:", best, flush=True)
+            del lm
+        rows += fits
+        # one 128k prefill: the allocator's peak, full against compressed
+        for kv in ["full", f"snapkv:ratio={a.ratio}", f"streaming:ratio={a.ratio}"]:
+            lm = lw.load("smollm2-135m", device=dev, dtype=dtype, positions=None if a.smoke else "yarn:factor=16", kv=kv)
+            r = run(lm, prompts(1, S(131072), lm.config.vocab_size), new=4)
+            rows.append({"row": "prefill 128k", "kv": kv, "peak_over_before": r["peak_over_before"], "prefill_s": r["prefill_s"]})
+            print(f"prefill 128k  {kv:28} peak {r['peak_over_before'] / GiB:6.2f} GiB  {r['prefill_s']:.2f} s", flush=True)
+            del lm
+        base = next(x for x in rows if x["row"] == "prefill 128k" and x["kv"] == "full")
+        for r in rows:
+            if r["row"] == "prefill 128k":
+                r["peak_vs_full"] = r["peak_over_before"] / base["peak_over_before"] if base["peak_over_before"] else None
+
+    finally:
+        save("kv_speed_smoke" if a.smoke else "kv_speed", rows,
+             {"model": "smollm2-135m", "dtype": dtype, "new_tokens": NEW, "ratio": a.ratio, "copy_gbps": gbps}, plot)
 
 
 if __name__ == "__main__":
