@@ -92,6 +92,7 @@ class KVPressRunner:
         kept = cache.get_seq_length(0)
         pos = torch.arange(context, len(ids), device=self.device)[None]
         out = self.model(input_ids=x[:, context:], past_key_values=cache, position_ids=pos, logits_to_keep=1)
+        self.last_logits = out.logits[0, -1]  # the question's last token, read by the runner's test
         new = [int(out.logits[0, -1].argmax())]
         p = len(ids)
         while len(new) < max_new_tokens and new[-1] not in self.eos:
