@@ -219,6 +219,54 @@ def rope_prefill_exact(g):
                float(not exact), 0.0)
 
 
+def fast_launch(g):
+    """attention/launch.py: a kernel launched through its own table (the second call of a key) writes the
+    same bits as Triton's own launch (the first), for each kernel the engine launches; and the host time
+    of one launch either way (reported, no bound)."""
+    import time
+    from lengthwise.attention import launch as L
+    from lengthwise.attention.triton_decode import decode_attention, rope_prefill
+    from lengthwise.models.fused import add_rms_norm, silu_mul
+    from lengthwise.positions import Tables
+    T, H, Hkv, D, dim = 777, 9, 3, 64, 576
+    qkv = torch.randn(T, H + 2 * Hkv, D, device="cuda", generator=g).to(torch.bfloat16)
+    ang = torch.arange(T, device="cuda").double()[:, None] * 10000.0 ** (
+        -torch.arange(0, D, 2, device="cuda").double() / D)
+    tables = Tables.of(torch.cat([ang, ang], -1).cos().float(), torch.cat([ang, ang], -1).sin().float(), torch.bfloat16)
+    x = torch.randn(T, dim, device="cuda", generator=g)
+    y, w = torch.randn_like(x), torch.randn(dim, device="cuda", generator=g)
+    gu = torch.randn(T, 2 * 1536, device="cuda", generator=g).to(torch.bfloat16)
+    q = torch.randn(8, H, D, device="cuda", generator=g).to(torch.bfloat16)
+    kc = torch.randn(8 * 300, Hkv, D, device="cuda", generator=g).to(torch.bfloat16)
+    cu = torch.arange(0, 8 * 300 + 1, 300, device="cuda", dtype=torch.int32)
+    used = torch.full((8,), 257, device="cuda", dtype=torch.int32)
+    calls = {"rope_prefill": lambda: rope_prefill(qkv, tables, Hkv),
+             "add_rms_norm": lambda: add_rms_norm(x, y, w, 1e-5, torch.bfloat16)[1],
+             "silu_mul": lambda: silu_mul(gu),
+             "decode_attention": lambda: decode_attention(q, kc, kc, cu, used, D ** -0.5)}
+    L._TABLE.clear()
+    for name, f in calls.items():
+        n0 = len(L._TABLE)
+        first = f().clone()  # Triton's own launch, which fills the table
+        added = len(L._TABLE) > n0
+        second = f()  # the table's
+        record(f"fast launch {name}: table launch differs from Triton's own (bit for bit), or no table entry",
+               float(not (added and torch.equal(first, second))), 0.0)
+    torch.cuda.synchronize()
+    for name, f in calls.items():
+        for label, table in (("table", True), ("triton", False)):
+            keep = dict(L._TABLE)
+            n, t = 200, time.perf_counter()
+            for _ in range(n):
+                if not table:
+                    L._TABLE.clear()
+                f()
+            host = (time.perf_counter() - t) / n * 1e6
+            torch.cuda.synchronize()
+            L._TABLE.update(keep)
+            record(f"fast launch {name}: host us per call through {label} (incl. the wrapper's own work)", host)
+
+
 def decode_logits(fast, ids, backend, steps: int = 4):
     """Logits of a packed prefill into a ragged cache and of `steps` teacher-forced decode steps after it (the
     same fed tokens every time), on that Backend."""
@@ -382,6 +430,7 @@ def main():
         finish("gpu_check_memory.json")
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     kernels()
+    fast_launch(torch.Generator("cuda").manual_seed(5))
     fast, ref = causal_model("smollm2-135m")
     prompts = ["The capital of France is", "Write a long story about a dragon who", "1, 2, 3,"]
     a = fast.generate_ids(prompts, max_new_tokens=32)

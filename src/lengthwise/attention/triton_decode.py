@@ -24,6 +24,7 @@ import torch
 
 from ..errors import LengthwiseError
 from .backend import on_device, triton_interpreting
+from .launch import launch
 
 _KERNEL = None
 BLOCK_N = 64  # keys per loop step
@@ -67,8 +68,8 @@ def _launch(q, k, v, out, lse, cu_k, used_k, scale, window, G, H, tables=None, s
     fused = tables is not None
     cos, sin = (tables.cos, tables.sin) if fused else (q, q)  # unused pointers when not fused
     with on_device(q):
-        kernel[(B, Hkv)](
-            q, k, v, out, lse, cu_k, used_k, cos, sin, slots if fused else used_k,
+        launch(
+            kernel, (B, Hkv), q, k, v, out, lse, cu_k, used_k, cos, sin, slots if fused else used_k,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
             cos.stride(0), scale * math.log2(math.e), 0 if window is None else window,
             G=G, H=H, HKV=Hkv, D=D, BLOCK_G=max(16, triton.next_power_of_2(G)),
@@ -140,8 +141,8 @@ def rope_prefill(qkv, tables, n_kv_heads: int, k=None, v=None, slots=None):
     cache = k is not None
     k, v = (k, v) if cache else (out, out)  # placeholders the kernel never touches without CACHE
     with on_device(qkv):
-        kernel[(T,)](qkv, out, cos, sin, k, v, slots if cache else cos, qkv.stride(0), qkv.stride(1), out.stride(0),
-                     out.stride(1), cos.stride(0), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                     H=H, HKV=n_kv_heads, D=D, BLOCK_HEADS=triton.next_power_of_2(H + n_kv_heads),
-                     BLOCK_D=triton.next_power_of_2(D), CACHE=cache, enable_fp_fusion=False)  # as in _launch
+        launch(kernel, (T,), qkv, out, cos, sin, k, v, slots if cache else cos, qkv.stride(0), qkv.stride(1),
+               out.stride(0), out.stride(1), cos.stride(0), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+               H=H, HKV=n_kv_heads, D=D, BLOCK_HEADS=triton.next_power_of_2(H + n_kv_heads),
+               BLOCK_D=triton.next_power_of_2(D), CACHE=cache, enable_fp_fusion=False)  # as in _launch
     return out

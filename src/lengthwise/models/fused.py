@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..attention.backend import on_device, triton_interpreting
+from ..attention.launch import launch
 from ..errors import LengthwiseError
 
 _KERNELS = None
@@ -139,10 +140,10 @@ def _launch(x, y, weight, bias, residual, normed, eps: float, layer: bool):
     rows = max(1, min(NORM_ELEMENTS // block, triton.next_power_of_2(T))) if T >= NORM_ROWS_FROM else 1
     yk = x if y is None else y  # a placeholder the kernel never reads when HAS_Y is off
     with on_device(x):
-        kernel[(triton.cdiv(T, rows),)](x, yk, weight, bias, normed if residual is None else residual, normed, T,
-                                        x.stride(0), x.stride(1), yk.stride(0), yk.stride(1), float(eps), DIM=dim,
-                                        BLOCK=block, ROWS=rows, HAS_Y=y is not None, STORE_SUM=residual is not None,
-                                        LAYER=layer, num_warps=min(max(block * rows // 256, 1), 8))
+        launch(kernel, (triton.cdiv(T, rows),), x, yk, weight, bias, normed if residual is None else residual, normed,
+               T, x.stride(0), x.stride(1), yk.stride(0), yk.stride(1), float(eps), DIM=dim, BLOCK=block, ROWS=rows,
+               HAS_Y=y is not None, STORE_SUM=residual is not None, LAYER=layer,
+               num_warps=min(max(block * rows // 256, 1), 8))
 
 
 def add_rms_norm(x, y, weight, eps: float, out_dtype: torch.dtype):
@@ -187,5 +188,5 @@ def silu_mul(gu):
     triton, _, kernel = _kernels()
     block = min(SILU_BLOCK, triton.next_power_of_2(h))
     with on_device(gu):
-        kernel[(T, triton.cdiv(h, block))](gu, out, gu.stride(0), gu.stride(1), H=h, BLOCK=block)
+        launch(kernel, (T, triton.cdiv(h, block)), gu, out, gu.stride(0), gu.stride(1), H=h, BLOCK=block)
     return out
