@@ -10,6 +10,9 @@ gives every sequence one token is run again and again at that context (the cache
 each batch of steps):
   step_ms        CUDA events around back-to-back replays of the CUDA graph lengthwise decodes with (GraphDecoder)
   eager_step_ms  the same step launched op by op (what an evicting cache, or cuda_graph=False, runs)
+  two_pass_step_ms, two_pass_eager_step_ms  a remap's step again with Backend.one_pass_remap off: its near and
+                 far passes apart and merged (two_region.py), where the step above reads each key once
+                 (triton_two_region.py; the GPU only: on the CPU both are the two-pass step)
   split_ms       the graph's kernel time per family (torch.profiler, CUDA activity). A kernel's family is read
                  from the code that launched it in the eager step (Python stacks: two_region.py and the far
                  keys' writes and tables are "two-region / far keys"), the graph's kernels matched to the eager
@@ -26,6 +29,7 @@ Writes benchmarks/results/decode_profile.json (+ .png), or $OUT; --smoke writes 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import statistics
@@ -58,7 +62,7 @@ def family(name: str, frames: list[str]) -> str:
     if "attention/two_region.py" in where or re.search(r"\): (write_far|far_[qk])\b", where):
         return "two-region / far keys"
     if any(f"lengthwise/attention/{f}.py" in where for f in ("__init__", "varlen", "reference", "cpu_flash", "split_kv",
-                                                              "triton_decode")) \
+                                                              "triton_decode", "triton_two_region")) \
             or any(k in n for k in ("flash", "fmha", "attn", "attention", "sdpa")):
         return "attention decode"  # the fused Triton step (RoPE + cache write + attention) counts here
     if "lengthwise/kv/" in where:
@@ -112,14 +116,17 @@ def traced(fn, n: int, cuda: bool) -> list[tuple[str, float, list[tuple[str, int
 def labels(kernels: list) -> list[tuple[str, str | None]]:
     """(family, part of the two-region step or None) per kernel. Inside one call of attend_two_region, the
     kernels under its first attend() are the near pass (attention decode, as a plain step's), under its second the
-    far pass; the rest there is the merge."""
+    far pass; the rest there is the merge. The one-pass kernel (triton_two_region.py) is attention decode, its
+    part "one pass (near + far)"."""
     out, passes = [], defaultdict(list)  # two-region call -> its attend() calls, in order
     for name, _, frames in kernels:
         names = [f for f, _ in frames]
         fam = family(name, names)
         part = None
         call = next((i for f, i in frames if f.endswith(": attend_two_region")), None)
-        if call is not None:
+        if any(f.endswith(": two_region_decode") for f in names):  # the one-pass kernel: both regions at once
+            part = "one pass (near + far)"
+        elif call is not None:
             attend = next((i for f, i in frames if "lengthwise/attention/__init__.py(" in f and f.endswith(": attend")
                            and i > call), None)
             if attend is not None and attend not in passes[call]:
@@ -185,20 +192,26 @@ def decoder(lm, seqs: list[list[int]], room: int, graph: bool, backend=None):
     m, backend = lm.module, backend or lm.backend
     cache = new_cache(m, seqs, room)
     prefill(m, seqs, cache, backend)
-    tok = torch.ones(len(seqs), dtype=torch.long, device=cache.length.device)
+    return (cache, *steps(lm, cache, graph, backend))
+
+
+def steps(lm, cache, graph: bool, backend):
+    """(eager step, CUDA-graph step or None) over a prefilled cache, on that Backend."""
+    m = lm.module
+    tok = torch.ones(cache.length.numel(), dtype=torch.long, device=cache.length.device)
 
     def eager():  # what GraphDecoder captures
         slots, positions, meta = cache.plan_decode_all()
         return m(tok, positions, Step(meta, m.mask, backend, cache, slots))
     if not graph:
-        return cache, eager, None
+        return eager, None
     g = GraphDecoder(m, cache, backend)
     g.tokens.copy_(tok)
 
     def replay():  # the graph alone: its input tokens stay the same
         g.graph.replay()
         return g.logits
-    return cache, eager, replay
+    return eager, replay
 
 
 def weight_bytes(lm) -> int:
@@ -231,6 +244,14 @@ def workload(folder, spec: str, dev, dtype, bw: float, k: int, rounds: int) -> d
             assert err <= BOUND, f"{spec}: CUDA-graph decode step off the eager one by {err:.3g}"
         eager_ms = per_step_ms(eager, reset, k, rounds, cuda)
         step_ms = per_step_ms(graph, reset, k, rounds, cuda) if graph is not None else eager_ms
+        two_pass = {}
+        if lm.module.rotary.far_needed:  # the same cache, the remap's decode step as two passes (one_pass_remap off)
+            e2, g2 = steps(lm, cache, cuda, dataclasses.replace(lm.backend, one_pass_remap=False))
+            reset()
+            two_pass = {"two_pass_eager_step_ms": per_step_ms(e2, reset, k, rounds, cuda)}
+            two_pass["two_pass_step_ms"] = per_step_ms(g2, reset, k, rounds, cuda) if g2 is not None \
+                else two_pass["two_pass_eager_step_ms"]
+            del e2, g2
         n = min(k, 5)
         launched = traced(eager, n, cuda)
         reset()
@@ -250,9 +271,12 @@ def workload(folder, spec: str, dev, dtype, bw: float, k: int, rounds: int) -> d
            "context": ctx, "positions": positions or "rope", "far_keys": cache.k_far is not None,
            "check_graph_vs_eager": err, "step_ms": step_ms, "eager_step_ms": eager_ms, "kernels_ms": kernels_ms,
            "gaps_ms": step_ms - kernels_ms if cuda else None, "roofline_ms": roof, "pct_of_hbm_roofline": roof / step_ms * 100,
-           "weight_bytes": w, "kv_bytes": kv, "cache_bytes": cache.nbytes, **where}
+           "weight_bytes": w, "kv_bytes": kv, "cache_bytes": cache.nbytes, **two_pass, **where}
     print(f"{row['workload']}: step {step_ms:.3f} ms (eager {eager_ms:.3f}), kernels {kernels_ms:.3f}, roofline "
           f"{roof:.3f} ms ({row['pct_of_hbm_roofline']:.0f}%); {where['split_from']}", flush=True)
+    if two_pass:
+        print(f"  two-pass remap decode (one_pass_remap off): step {two_pass['two_pass_step_ms']:.3f} ms "
+              f"(eager {two_pass['two_pass_eager_step_ms']:.3f})", flush=True)
     if where["two_region_ms"]:
         print("  two-region step: " + ", ".join(f"{k} {v:.3f} ms" for k, v in where["two_region_ms"].items()), flush=True)
     del lm, cache, eager, graph
@@ -306,8 +330,8 @@ def main():
         bw = copy_gbps(dev)
         print(f"{dev}: copy {bw:.0f} GB/s", flush=True)
         rows = [workload(folder, s, dev, dtype, bw, k, rounds) for s in specs.split(";")]
-    print(table(rows, ["workload", "step_ms", "eager_step_ms", "kernels_ms", "gaps_ms", "roofline_ms",
-                       "pct_of_hbm_roofline", "far_keys"]))
+    print(table(rows, ["workload", "step_ms", "eager_step_ms", "two_pass_step_ms", "kernels_ms", "gaps_ms",
+                       "roofline_ms", "pct_of_hbm_roofline", "far_keys"]))
     print()
     print(family_table(rows))
     remaps = [r for r in rows if r["two_region_ms"]]

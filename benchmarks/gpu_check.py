@@ -7,14 +7,15 @@ Checks, all on mixed-length packed batches:
      sliding window, GQA, decode against a ragged cache with gaps (seqused_k), and split-KV decode
      over long ragged caches (against float32 and against the one-pass kernel), and the Triton decode
      kernel (GQA groups, head dims 64/128, windows; NaN-poisoned gaps), and the fused RoPE + cache write +
-     decode step (its cache rows bit for bit against Tables.apply's);
+     decode step (its cache rows bit for bit against Tables.apply's), and a remap's one-pass decode kernel
+     against the float32 reference and the two-pass step at 32k (timed against it too);
   2. smollm2-135m logits: the varlen backend against the reference backend, both bf16 weights
      (the backend's own error): ||diff|| / ||ref|| <= 2e-2 per sequence (max|diff| / max|ref| reported too). Reported beside it: varlen bf16
      against reference float32, and reference bf16 against reference float32 (bf16's own drift);
   3. greedy generation, varlen bf16 against reference float32 (agreement reported); CUDA-graph against
      eager decode (agreement >= 0.9); each fast path on against off (split-KV after prompts of 7900 and
-     3000 tokens; the fused Triton decode step; the fused add+RMSNorm and SiLU*up layers): logits of the
-     same prefill and decode steps within the bound, greedy agreement reported;
+     3000 tokens; the fused Triton decode step; a remap's one-pass decode; the fused add+RMSNorm and SiLU*up
+     layers): logits of the same prefill and decode steps within the bound, greedy agreement reported;
   4. minilm-l6 embeddings, varlen bf16 against reference float32 (cosine per row);
   5. random Qwen2 (qkv bias) and Mistral (window 64) configs, logits as in 2;
   6. memory hygiene: load, use and delete minilm-l6 and smollm2-135m 5 times; nothing stays allocated
@@ -80,6 +81,7 @@ def kernels():
     record("kernel decode over ragged cache (seqused_k)", rel(out, ref), BOUND)
     split_kv(g, D)
     triton_decode(g)
+    one_pass_remap(g)
     rope_prefill_exact(g)
     triton_prefill(g)
 
@@ -177,6 +179,81 @@ def fused_step(g, lens, cap, cu, used, meta):
             ref = attend(qk[:, :G * Hkv].float(), k2.float(), v2.float(), meta1, MaskPattern(True, window=window),
                          "reference")
             record(f"{name}: bf16 vs fp32 reference", rel(out, ref), BOUND)
+
+
+def gpu_ms(fn, n: int = 20, rounds: int = 5) -> float:
+    """ms per call of fn: the median over rounds of a CUDA graph of n back-to-back calls, replayed (no launch
+    overhead, as in the decode graph), after warm-up calls on a side stream."""
+    import statistics
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(n):
+            fn()
+    ts = []
+    for _ in range(rounds):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        graph.replay()
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e) / n)
+    return statistics.median(ts)
+
+
+def one_pass_remap(g):
+    """A remap's decode step in one pass (triton_two_region.two_region_decode, bf16) against attend_two_region:
+    the float32 reference and the two-pass varlen step (near pass, far pass, merge). SmolLM2's heads (9 query, 3
+    kv, D 64); far keys the cache's k itself (STRING) or a pool of their own (distance_cap, SelfExtend). Ragged
+    lengths around 32k with NaN-poisoned gaps, then 4 x 32768 keys timed, one-pass against two-pass."""
+    from lengthwise.attention.triton_two_region import two_region_decode
+    from lengthwise.attention.two_region import attend_two_region
+    from lengthwise.positions.rope import Far
+    H, Hkv, D, gap = 9, 3, 64, 8
+    two = Backend("varlen", one_pass_remap=False)
+    for lens, timed in (([32768, 30001, 2100, 1000, 1], False), ([32768] * 4, True)):
+        B, cap = len(lens), [n + gap for n in lens]
+        cu = torch.tensor([0] + torch.tensor(cap).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+        used = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        meta = AttnMeta(torch.arange(B + 1, dtype=torch.int32, device="cuda"), 1, cu, max(cap), used)
+        k, v, k_far = (torch.randn(sum(cap), Hkv, D, device="cuda", generator=g).bfloat16() for _ in range(3))
+        for i, n in enumerate(lens):
+            for t in (k, v, k_far):
+                t[cu[i] + n:cu[i + 1]] = float("nan")
+        q, qf = (torch.randn(B, H, D, device="cuda", generator=g).bfloat16() for _ in range(2))
+        for case, W, kf in (("kf is k (STRING-like), W=2048", 2048, k), ("kf apart (SelfExtend-like), W=1024", 1024, k_far)):
+            far = Far(None, None, None, None, used.long() - 1, W, None)
+            name = f"kernel one-pass remap decode, {case}, lens {lens if not timed else f'{B} x 32768'}"
+            one = two_region_decode(q, qf, k, v, kf, cu, used, W, D ** -0.5, meta.max_k)
+            passes = attend_two_region(q, k, v, qf, kf, meta, MaskPattern(True), far, two, D ** -0.5)
+            if not timed:
+                ref = attend_two_region(q.float(), k.float(), v.float(), qf.float(), kf.float(), meta,
+                                        MaskPattern(True), far, "reference", D ** -0.5)
+                record(f"{name}: bf16 vs fp32 reference", rel(one, ref), BOUND)
+                record(f"{name}: NaN in the output (a poisoned gap was read)", float(one.isnan().any()), 0.0)
+            record(f"{name}: vs the two-pass step (bf16)", rel(one, passes), BOUND)
+            if timed:
+                t1 = gpu_ms(lambda: two_region_decode(q, qf, k, v, kf, cu, used, W, D ** -0.5, meta.max_k))
+                t2 = gpu_ms(lambda: attend_two_region(q, k, v, qf, kf, meta, MaskPattern(True), far, two, D ** -0.5))
+                record(f"{name}: one-pass ms per layer", t1)
+                record(f"{name}: two-pass ms per layer", t2)
+                record(f"{name}: speed-up, two-pass / one-pass", t2 / t1)
+
+
+def remap_generation(fast):
+    """A remap's decode steps in one pass against two (Backend.one_pass_remap) inside smollm2-135m: a prompt of
+    3000 tokens past the near window, short ones within it; far keys of their own (SelfExtend) and not (STRING)."""
+    g = torch.Generator().manual_seed(6)
+    ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (5, 200, 3000, 17)]
+    for spec in ("self_extend:group=4,window=1024", "string:shift=1000,local=128"):
+        lm = lw.load("smollm2-135m", device="cuda", dtype="bfloat16", positions=spec)
+        decode_pair(f"one-pass remap decode ({spec})", lm, ids, "one_pass_remap", "two-pass two-region decode")
+        del lm
 
 
 def triton_prefill(g):
@@ -446,6 +523,7 @@ def main():
            higher_is_better=True)
     split_kv_generation(fast)
     triton_decode_generation(fast)
+    remap_generation(fast)
     fused_layers_generation(fast)
     triton_prefill_logits(fast)
     enc_f = lw.load("minilm-l6", device="cuda", dtype="bfloat16", backend="varlen")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .mask import MaskPattern
-from .backend import KERNELS, Backend, have_triton
+from .backend import KERNELS, Backend, have_triton, triton_interpreting
 from .cpu_flash import attend_cpu_flash
 from .reference import attend_reference
 from .split_kv import attend_split, auto_splits
@@ -61,6 +61,16 @@ def decode_kernel_applies(q, meta: "AttnMeta", mask: MaskPattern, backend: Backe
     return _triton_decode_applies(q, meta, mask, backend) and auto_splits(q, meta, mask, backend) == 1
 
 
+def remap_decode_applies(q, meta: "AttnMeta", mask: MaskPattern, backend: Backend) -> bool:
+    """A remap's decode step (one query per sequence against a cache, causal) runs both regions in one pass
+    (triton_two_region.two_region_decode): on the GPU (or Triton's interpreter), with Backend.one_pass_remap on.
+    Whatever split-KV would do: the kernel splits the keys itself."""
+    backend = Backend.of(backend)
+    return (backend.one_pass_remap and meta.max_q == 1 and mask.causal
+            and meta.used_k is not None and meta.cu_q.shape[0] == q.shape[0] + 1
+            and (q.is_cuda or triton_interpreting()) and backend.triton(q))
+
+
 def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: "Backend | str" = "reference",
            scale: float | None = None, return_lse: bool = False, splits: int | None = None, bias=None):
     """-> out [Tq, H, D], and with return_lse the log-sum-exp of each query's scores [Tq, H] float32.
@@ -96,4 +106,5 @@ def attend(q, k, v, meta: AttnMeta, mask: MaskPattern, backend: "Backend | str" 
     return attend_varlen(q, k, v, meta, mask, scale, return_lse)
 
 
-__all__ = ["AttnMeta", "Backend", "have_triton", "attend", "decode_kernel_applies", "BACKENDS", "MaskPattern"]
+__all__ = ["AttnMeta", "Backend", "have_triton", "attend", "decode_kernel_applies", "remap_decode_applies", "BACKENDS",
+           "MaskPattern"]

@@ -1,5 +1,5 @@
-"""The Triton source of triton_decode.py's and triton_prefill.py's kernels: imported on first use, so lengthwise
-imports without triton."""
+"""The Triton source of triton_decode.py's, triton_prefill.py's and triton_two_region.py's kernels: imported on
+first use, so lengthwise imports without triton."""
 import triton
 import triton.language as tl
 
@@ -179,3 +179,105 @@ def prefill_attn(q_ptr, k_ptr, v_ptr, o_ptr, cu_ptr, bseq_ptr, bstart_ptr, n_blo
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(o_ptr + (base + rows.to(tl.int64))[:, None] * so_t + h * so_h + cols[None, :],
              out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def two_region_attn(q_ptr, qf_ptr, k_ptr, kf_ptr, v_ptr, o_ptr, m_ptr, l_ptr, acc_ptr, cu_ptr, used_ptr,
+                    sq_b, sq_h, sqf_b, sqf_h, sk_s, sk_h, skf_s, skf_h, sv_s, sv_h, so_b, so_h, qk_scale, window,
+                    G: tl.constexpr, H: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+                    BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SAME_K: tl.constexpr, IEEE: tl.constexpr):
+    """One program per (sequence, kv head, split): the G query heads of a GQA group against one split of the
+    sequence's keys, each key read once. Keys j < used - window (distance >= window) score the far queries qf
+    against the far keys kf, the rest q against k; one online softmax spans both regions. SPLITS == 1 writes
+    out; else the split's running max m (log2 units), sum l and unnormalized acc, for merge_splits."""
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    rows = tl.arange(0, BLOCK_G)  # query heads kvh * G + rows
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < G
+    col_ok = cols < D
+    heads = kvh * G + rows
+    q_mask = row_ok[:, None] & col_ok[None, :]
+    q = tl.load(q_ptr + b.to(tl.int64) * sq_b + heads[:, None] * sq_h + cols[None, :], mask=q_mask, other=0.0)
+    qf = tl.load(qf_ptr + b.to(tl.int64) * sqf_b + heads[:, None] * sqf_h + cols[None, :], mask=q_mask, other=0.0)
+    start = tl.load(cu_ptr + b).to(tl.int64)
+    n = tl.load(used_ptr + b)
+    far_end = tl.maximum(n - window, 0)  # keys j < far_end are far
+    per = tl.cdiv(tl.cdiv(n, SPLITS), BLOCK_N) * BLOCK_N  # keys per split, whole blocks
+    lo = split * per
+    hi = tl.minimum(lo + per, n)
+    wholly_far = far_end // BLOCK_N * BLOCK_N  # blocks below this are all far
+    wholly_near = tl.cdiv(far_end, BLOCK_N) * BLOCK_N  # blocks from this on are all near
+    k_cols = kvh * sk_h + cols[None, :]
+    kf_cols = kvh * skf_h + cols[None, :]
+    v_cols = kvh * sv_h + cols[None, :]
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)  # running max, log2 units
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    # far blocks end at or before far_end <= used: every key is real, no key mask
+    for j in range(lo, tl.minimum(hi, wholly_far), BLOCK_N):
+        rows_k = start + j + tl.arange(0, BLOCK_N).to(tl.int64)
+        kf = tl.load(kf_ptr + rows_k[:, None] * skf_s + kf_cols, mask=col_ok[None, :], other=0.0)
+        v = tl.load(v_ptr + rows_k[:, None] * sv_s + v_cols, mask=col_ok[None, :], other=0.0)
+        m_i, l_i, acc = online_step(scores(qf, kf, qk_scale, IEEE), v, m_i, l_i, acc, IEEE)
+    # the block across the boundary (at most one): each key from its own region's pool
+    for j in range(tl.maximum(lo, wholly_far), tl.minimum(hi, wholly_near), BLOCK_N):
+        idx = j + tl.arange(0, BLOCK_N)
+        rows_k = start + idx.to(tl.int64)
+        key_ok = idx < hi
+        far = idx < far_end
+        if SAME_K:
+            kb = tl.load(k_ptr + rows_k[:, None] * sk_s + k_cols, mask=key_ok[:, None] & col_ok[None, :], other=0.0)
+            s_far = scores(qf, kb, qk_scale, IEEE)
+        else:
+            kb = tl.load(k_ptr + rows_k[:, None] * sk_s + k_cols, mask=(key_ok & ~far)[:, None] & col_ok[None, :],
+                         other=0.0)
+            kf = tl.load(kf_ptr + rows_k[:, None] * skf_s + kf_cols, mask=(key_ok & far)[:, None] & col_ok[None, :],
+                         other=0.0)
+            s_far = scores(qf, kf, qk_scale, IEEE)
+        v = tl.load(v_ptr + rows_k[:, None] * sv_s + v_cols, mask=key_ok[:, None] & col_ok[None, :], other=0.0)
+        s = tl.where(far[None, :], s_far, scores(q, kb, qk_scale, IEEE))
+        m_i, l_i, acc = online_step(tl.where(key_ok[None, :], s, float("-inf")), v, m_i, l_i, acc, IEEE)
+    for j in range(tl.maximum(lo, wholly_near), hi, BLOCK_N):
+        idx = j + tl.arange(0, BLOCK_N)
+        rows_k = start + idx.to(tl.int64)
+        key_ok = idx < hi
+        kv_mask = key_ok[:, None] & col_ok[None, :]  # never touch rows past used: they may be NaN
+        kb = tl.load(k_ptr + rows_k[:, None] * sk_s + k_cols, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + rows_k[:, None] * sv_s + v_cols, mask=kv_mask, other=0.0)
+        s = tl.where(key_ok[None, :], scores(q, kb, qk_scale, IEEE), float("-inf"))
+        m_i, l_i, acc = online_step(s, v, m_i, l_i, acc, IEEE)
+
+    if SPLITS == 1:
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # 0 where the query saw no key
+        tl.store(o_ptr + b.to(tl.int64) * so_b + heads[:, None] * so_h + cols[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=q_mask)
+    else:
+        part = (b.to(tl.int64) * H + heads) * SPLITS + split  # [BLOCK_G] rows of the [B, H, SPLITS] partials
+        tl.store(m_ptr + part, m_i, mask=row_ok)
+        tl.store(l_ptr + part, l_i, mask=row_ok)
+        tl.store(acc_ptr + part[:, None] * D + cols[None, :], acc, mask=q_mask)
+
+
+@triton.jit
+def merge_splits(m_ptr, l_ptr, acc_ptr, o_ptr, so_b, so_h, H: tl.constexpr, D: tl.constexpr,
+                 BLOCK_D: tl.constexpr, SPLITS: tl.constexpr, BLOCK_S: tl.constexpr):
+    """One program per (sequence, query head): its SPLITS partial softmaxes made one, exactly. An empty split
+    (m = -inf, l = 0) weighs nothing; a query that saw no key gets 0."""
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    s = tl.arange(0, BLOCK_S)
+    s_ok = s < SPLITS
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    part = (b * H + h) * SPLITS + s
+    m = tl.load(m_ptr + part, mask=s_ok, other=float("-inf"))
+    l = tl.load(l_ptr + part, mask=s_ok, other=0.0)
+    acc = tl.load(acc_ptr + part[:, None] * D + cols[None, :], mask=s_ok[:, None] & col_ok[None, :], other=0.0)
+    top = tl.max(m, 0)
+    w = tl.exp2(m - tl.where(top == float("-inf"), 0.0, top))  # [SPLITS]
+    den = tl.sum(l * w, 0)
+    out = tl.sum(acc * w[:, None], 0) / tl.where(den > 0, den, 1.0)
+    tl.store(o_ptr + b * so_b + h * so_h + cols, out.to(o_ptr.dtype.element_ty), mask=col_ok)

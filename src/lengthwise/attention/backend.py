@@ -7,8 +7,8 @@
 The kernel family is `reference` (pure torch, any device, the float64-checkable twin), `cpu_flash` (torch's
 fused CPU flash kernel) or `varlen` (FlashAttention varlen on CUDA, with lengthwise's Triton kernels where
 triton is installed). The switches only matter for `varlen`. Environment variables seed their defaults
-(LENGTHWISE_TRITON_DECODE, _TRITON_PREFILL, _TRITON_PREFILL_MIN, _SPLIT_KV, _FUSED, _GELU_EPILOGUE: "0"
-turns one off); this is the one module that reads them, and only when a Backend is resolved.
+(LENGTHWISE_TRITON_DECODE, _TRITON_PREFILL, _TRITON_PREFILL_MIN, _SPLIT_KV, _FUSED, _GELU_EPILOGUE,
+_ONE_PASS_REMAP: "0" turns one off); this is the one module that reads them, and only when a Backend is resolved.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ KERNELS = ("reference", "cpu_flash", "varlen")
 CPU_FLASH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ENV = {"triton_decode": "LENGTHWISE_TRITON_DECODE", "triton_prefill": "LENGTHWISE_TRITON_PREFILL",
         "triton_prefill_min": "LENGTHWISE_TRITON_PREFILL_MIN", "split_kv": "LENGTHWISE_SPLIT_KV",
-        "fused": "LENGTHWISE_FUSED", "gelu_epilogue": "LENGTHWISE_GELU_EPILOGUE"}
+        "fused": "LENGTHWISE_FUSED", "gelu_epilogue": "LENGTHWISE_GELU_EPILOGUE",
+        "one_pass_remap": "LENGTHWISE_ONE_PASS_REMAP"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class Backend:
     split_kv: bool = True  # long, narrow decode steps split their keys in chunks (split_kv.py)
     fused: bool = True  # residual add + norm, SiLU * up and prefill RoPE + cache write in Triton (models/fused.py)
     gelu_epilogue: bool = True  # BERT's FFN bias + GELU in cuBLASLt's epilogue (models/bert.py)
+    # a remap's decode step (SelfExtend, distance_cap, STRING) reads each cached key once, near and far region in
+    # one Triton kernel (triton_two_region.py); off: a near and a far pass merged by log-sum-exp (two_region.py)
+    one_pass_remap: bool = True
 
     def __post_init__(self):
         if self.kernel not in KERNELS:

@@ -14,7 +14,8 @@ the Backend, and for a decoder its rotations (positions/), its KV cache and the 
 - the fused prefill (Backend.fused): RoPE and the cache write in one Triton kernel, then attend();
 - plain torch: RoPE, the cache write, attend() (the only path that records a gradient, and the one an fp8
   cache takes: its write quantizes and its read dequantizes, kv/cache.py);
-- a remap (SelfExtend, LM-Infinite): a second, far rotation and two-region attention (two_region.py).
+- a remap (SelfExtend, LM-Infinite): a second, far rotation and two-region attention (two_region.py); its GPU
+  decode step runs both regions in one kernel (triton_two_region.py).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import LengthwiseError
-from . import AttnMeta, MaskPattern, attend, decode_kernel_applies
+from . import AttnMeta, MaskPattern, attend, decode_kernel_applies, remap_decode_applies
 from .backend import Backend
 
 
@@ -133,6 +134,10 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv_heads: int, step: Step,
                                   "(model.rotary.far_keys)")
         k, v = cache.write(layer, slots, k, v)
         kf = cache.write_far(layer, slots, kf) if far.cos_k is not None else k
+        if (far.sinks is None and step.bias is None and not converts
+                and (mask.window is None or mask.window >= far.window) and remap_decode_applies(q, meta, mask, backend)):
+            from .triton_two_region import two_region_decode  # a decode step: both regions, each key read once
+            return two_region_decode(q, qf, k, v, kf, meta.cu_k, meta.used_k, far.window, scale, meta.max_k)
     return attend_two_region(q, k, v, qf, kf, meta, mask, far, backend, scale)
 
 
