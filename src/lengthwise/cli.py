@@ -693,6 +693,12 @@ refused; the same config again finds its model and stops.
 """
 
 
+PRECISION_HELP = ("auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16: bf16 runs the forward under autocast, "
+                  "weights, optimizer and loss in float32.")
+ATTENTION_HELP = ("The attention kernel: auto (varlen for bf16 on CUDA unless the position encoding adds a bias, "
+                  "else reference), reference, varlen or cpu_flash.")
+
+
 def _train_help() -> str:
     from .positions.scratch import SCHEMES
     from .tasks.algorithmic import TASKS
@@ -717,11 +723,13 @@ def train_(
     chunk: Annotated[int, typer.Option("--chunk", help="Chunk length of concat-and-chunk; the largest bucket.")] = 256,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Steps between accuracy checks at the training lengths, in metrics.jsonl (0: none).")] = 0,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE")] = "cpu",
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
+    attention: Annotated[str, typer.Option("--attention", help=ATTENTION_HELP)] = "auto",
 ):
     from .train.loop import TrainConfig, train
     cfg = TrainConfig(task=task, pe=pe, seed=seed, n_layers=layers, dim=dim, n_heads=heads, train_max_len=train_max_len,
                       steps=steps, budget_s=budget, tokens_per_step=tokens_per_step, lr=lr, fill=fill, chunk=chunk,
-                      eval_every=eval_every, device=device)
+                      eval_every=eval_every, device=device, precision=precision, attention=attention)
     with _train_progress(f"{cfg.task} · {cfg.pe}") as show:
         r = train(cfg, out, progress=lambda step, loss, tps, frac: show(f"{cfg.task} · {cfg.pe}", step, loss, tps, frac))
     if r["skipped"]:
@@ -764,6 +772,8 @@ def lab(
     heads: Annotated[Optional[int], typer.Option("--heads")] = None,
     tokens_per_step: Annotated[Optional[int], typer.Option("--tokens-per-step")] = None,
     device: Annotated[Optional[str], typer.Option("--device", metavar="DEVICE")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help=PRECISION_HELP)] = None,
+    attention: Annotated[Optional[str], typer.Option("--attention", help=ATTENTION_HELP)] = None,
 ):
     import copy
     from .train.lab import PRESETS, LabConfig, run_lab
@@ -785,7 +795,7 @@ def lab(
     if samples is not None:
         base["samples"] = samples
     over = dict(train_max_len=train_max_len, steps=steps, budget_s=budget, n_layers=layers, dim=dim, n_heads=heads,
-                tokens_per_step=tokens_per_step, device=device)
+                tokens_per_step=tokens_per_step, device=device, precision=precision, attention=attention)
     base["train"].update({k: v for k, v in over.items() if v is not None})
     cfg = LabConfig(**base)
     n_cells = len(cfg.tasks) * len(cfg.pes) * len(cfg.seeds)

@@ -76,7 +76,25 @@ def test_bad_input_is_one_line(tmp_path):
     lab = ("lab", "--tasks", "copy", "--pes", "nope", "--train-max-len", "2", "--samples", "2", "--dim", "32")
     assert run(*lab, "--steps", "1", "-o", tmp_path / "e").exit_code == 0
     one_error(run(*lab, "--steps", "2", "-o", tmp_path / "e"), "holds another lab's results")
+    one_error(run(*lab, "--steps", "1", "--precision", "bf16", "-o", tmp_path / "e"), "holds another lab's results",
+              "precision")
+    assert run(*lab, "--steps", "1", "--precision", "fp32", "-o", tmp_path / "e").exit_code == 0  # the same run
+    one_error(run("train", "--pe", "alibi", "--attention", "varlen", "-o", tmp_path / "g"), "only the reference kernel")
     assert not (tmp_path / "b").exists() and not (tmp_path / "a").exists()  # refused before anything is written
+
+
+def test_bf16_training_runs_and_keys_its_folder(tmp_path):
+    """--precision bf16 on the CPU (autocast, torch's flash kernel): the mixed-precision path end to end."""
+    out = tmp_path / "r"
+    r = run("train", "--pe", "rope", "--steps", "2", "--dim", "32", "--tokens-per-step", "128", "--eval-every", "2",
+            "--precision", "bf16", "--attention", "cpu_flash", "-o", out)
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert (cfg["precision"], cfg["attention"]) == ("bf16", "cpu_flash")
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(m["loss"] > 0 for m in metrics) and 0 <= metrics[-1]["accuracy"] <= 1
+    train(TrainConfig(task="copy", pe="rope", steps=1, dim=32), tmp_path / "plain")  # the CPU default: keyed as before
+    assert "precision" not in json.loads((tmp_path / "plain" / "train_config.json").read_text())
 
 
 def test_smoke_preset_resumes_and_reports(tmp_path):

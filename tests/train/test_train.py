@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 
+from lengthwise.errors import LengthwiseError
 from lengthwise.positions import scratch
 from lengthwise.tasks.algorithmic import get_task
 from lengthwise.train.batches import IGNORE, Filler, Piece, grow_odds, pack
@@ -155,3 +156,89 @@ def test_eval_every_logs_accuracy_and_a_budget_stops(tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "r" / METRICS).read_text().splitlines()]
     assert len(recs) == r["steps"] and "accuracy" in recs[2] and "accuracy" in recs[-1]
     assert all(0 <= x["accuracy"] <= 1 for x in recs if "accuracy" in x)
+
+
+@pytest.mark.parametrize("pe", list(scratch.SCHEMES) + ["randomized:base=alibi", "abacus:base=fire"])
+def test_kernel_and_precision_per_scheme(pe):
+    """bf16 on CUDA attends through varlen unless the scheme adds a bias; the CPU keeps the float32 reference.
+    The chooser needs a device type only: nothing is allocated on a GPU."""
+    from lengthwise.train.loop import choose_kernel
+    bias = scratch.has_bias(pe)
+    assert bias == (pe in ("alibi", "t5", "fire") or "alibi" in pe or "fire" in pe)
+    cuda = torch.device("cuda")
+    assert choose_kernel(pe, cuda, "bf16") == ("reference" if bias else "varlen")
+    assert choose_kernel(pe, cuda, "fp32") == "reference" == choose_kernel(pe, "cpu", "fp32")
+    assert choose_kernel(pe, "cpu", "bf16") == "reference"
+    model = build_model(TrainConfig(task="copy", pe=pe, dim=32, n_heads=4))
+    b = backend_for(model, cuda, "bf16")
+    assert b.kernel == ("reference" if bias else "varlen")
+    assert not (b.fused or b.triton_prefill or b.triton_decode or b.split_kv)  # no backward there
+    assert backend_for(model, cuda, "bf16", "reference").kernel == "reference"
+    if bias:
+        with pytest.raises(LengthwiseError, match="only the reference kernel"):
+            choose_kernel(pe, cuda, "bf16", "varlen")
+    cfg = TrainConfig(task="copy", pe=pe)  # the CPU's defaults: the float32 reference, keyed as before
+    assert (cfg.precision, cfg.attention, cfg.legacy) == ("fp32", "reference", True)
+    assert "precision" not in cfg.key() and "attention" not in cfg.key()
+
+
+def test_kernel_choice_refusals():
+    from lengthwise.train.loop import choose_kernel
+    with pytest.raises(LengthwiseError, match="varlen kernel trains on CUDA in bf16"):
+        choose_kernel("nope", "cpu", "bf16", "varlen")
+    with pytest.raises(LengthwiseError, match="varlen kernel trains on CUDA in bf16"):
+        choose_kernel("nope", "cuda", "fp32", "varlen")
+    with pytest.raises(LengthwiseError, match="cpu_flash kernel runs on the CPU"):
+        choose_kernel("nope", "cuda", "bf16", "cpu_flash")
+    with pytest.raises(LengthwiseError, match="unknown precision"):
+        TrainConfig(task="copy", pe="nope", precision="fp16")
+    with pytest.raises(LengthwiseError, match="unknown attention kernel"):
+        TrainConfig(task="copy", pe="nope", attention="flex")
+    with pytest.raises(LengthwiseError, match="only the reference kernel"):
+        TrainConfig(task="copy", pe="t5", attention="cpu_flash")
+
+
+@pytest.mark.parametrize("pe", ["nope", "rope", "abacus"])
+def test_fused_kernel_and_bf16_autocast_train_like_the_reference(pe):
+    """The varlen-like path on the CPU: torch's flash kernel (with its backward) gives the reference's loss and
+    gradients in float32, and under bf16 autocast (q, k rotated in bf16) the loss stays within 2e-2."""
+    cfg = TrainConfig(task="addition:reverse=true", pe=pe, dim=32, n_heads=4, train_max_len=12)
+    model = build_model(cfg).eval()
+    tb = pack(pieces())
+    runs = {}
+    for prec, att in (("fp32", "reference"), ("fp32", "cpu_flash"), ("bf16", "cpu_flash"), ("bf16", "reference")):
+        model.zero_grad()
+        total, n = loss_of(model, tb, backend_for(model, torch.device("cpu"), prec, att), prec)
+        assert total.dtype == torch.float32
+        (total / n).backward()
+        runs[prec, att] = (total.item() / n, [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    ref, g_ref = runs["fp32", "reference"]
+    flash, g_flash = runs["fp32", "cpu_flash"]
+    assert abs(flash - ref) <= 1e-5 * ref
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g_flash, g_ref))
+    for key in (("bf16", "cpu_flash"), ("bf16", "reference")):
+        loss, grads = runs[key]
+        assert abs(loss - ref) <= 2e-2 * ref
+        worst = max(((a - b).norm() / b.norm()).item() for a, b in zip(grads, g_ref) if b.norm() > 0)
+        assert worst < 0.1, (key, worst)
+
+
+def test_lab_keys_precision(tmp_path):
+    """A run in another precision is another run: its own record ids and store header, and its own folder."""
+    from lengthwise.train.lab import LabConfig, record_id
+    from lengthwise.train.loop import claim
+    grid = dict(tasks=["copy"], pes=["nope", "alibi"], seeds=[0], lengths=[1, 2])
+    plain = LabConfig(**grid, train=dict(dim=32))
+    assert plain.store_config() == {"lab": 1, "samples": 64, "train": {"dim": 32}}  # as before precision existed
+    assert LabConfig(**grid, train=dict(dim=32, precision="fp32")).store_config() == plain.store_config()
+    bf16 = LabConfig(**grid, train=dict(dim=32, precision="bf16"))
+    assert bf16.store_config() == {"lab": 1, "samples": 64, "train": {"dim": 32}, "precision": "bf16",
+                                   "attention": "auto"}
+    for pe in grid["pes"]:
+        a, b = plain.cell("copy", pe, 0), bf16.cell("copy", pe, 0)
+        assert b.key()["precision"] == "bf16" and b.key()["attention"] == "reference"
+        assert record_id(plain.store_config(), a, 1) != record_id(bf16.store_config(), b, 1)
+        assert record_id(plain.store_config(), a, 1) != record_id(plain.store_config(), b, 1)
+    claim(tmp_path / "r", plain.cell("copy", "nope", 0))
+    with pytest.raises(LengthwiseError, match="precision"):
+        claim(tmp_path / "r", bf16.cell("copy", "nope", 0))

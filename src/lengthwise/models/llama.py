@@ -193,10 +193,12 @@ class Llama(nn.Module):
         """tokens, positions [T] -> logits [T, vocab], or [len(out_rows), vocab] for just those rows."""
         dtype = self.tok_embeddings.weight.dtype
         x = self.tok_embeddings(tokens).to(residual_dtype(dtype))  # [T, dim]
+        # under autocast (mixed-precision training) q, k and v come out of the GEMM in its dtype: rotate in it
+        rot_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else dtype
         if self.pe is None:
-            step.rots = Rotations.of(self.rotary(positions, step.meta, step.lengths), dtype)
+            step.rots = Rotations.of(self.rotary(positions, step.meta, step.lengths), rot_dtype)
         else:
-            x, positions = self._scratch_positions(tokens, positions, step, x, dtype)
+            x, positions = self._scratch_positions(tokens, positions, step, x, rot_dtype)
         if fused_applies(x, step.backend):
             x = self._fused_layers(x, step, out_rows, dtype)
         else:

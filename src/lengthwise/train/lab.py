@@ -3,11 +3,11 @@
 settings, one JSON line per (model, length)), so a killed lab resumes where it stopped: finished lengths are
 skipped, and a trained model is reloaded from its checkpoint instead of trained again.
 
-    {"id", "task", "pe", "seed", "train_max_len", "length", "accuracy", "n", "steps", "train_s", ...}
+    {"id", "task", "pe", "seed", "train_max_len", "length", "accuracy", "n", "steps", "train_s", "precision",
+     "attention", ...}
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -19,7 +19,7 @@ from ..errors import LengthwiseError
 from ..evaluation.store import ResultStore
 from ..positions import scratch
 from ..tasks.algorithmic import get_task
-from .loop import MODEL, TrainConfig, score_length, train
+from .loop import MODEL, TrainConfig, backend_for, forward_logits, score_length, train
 
 RESULTS = "results.jsonl"
 
@@ -51,13 +51,20 @@ class LabConfig:
             for n in self.lengths:
                 get_task(t).check_length(n)  # a test length a task cannot make fails before any training
             self.cell(t, self.pes[0], self.seeds[0])
+        for p in self.pes[1:]:
+            self.cell(self.tasks[0], p, self.seeds[0])  # a kernel a scheme cannot take fails before any training
 
     def cell(self, task: str, pe: str, seed: int) -> TrainConfig:
         return TrainConfig(task=task, pe=pe, seed=seed, **self.train)
 
     def store_config(self) -> dict:
-        """What every record's score depends on besides its own task, pe, seed and length."""
-        return {"lab": 1, "samples": self.samples, "train": json.loads(json.dumps(self.train))}
+        """What every record's score depends on besides its own task, pe, seed and length. Precision and the
+        attention setting are keyed as they resolve (auto on CUDA is bf16), and only off the float32 reference
+        path, so a store from before they were settings resumes with --precision fp32 (the CPU's default)."""
+        train = {k: v for k, v in self.train.items() if k not in ("precision", "attention")}
+        probe = self.cell(self.tasks[0], self.pes[0], self.seeds[0])
+        run = {} if probe.legacy else {"precision": probe.precision, "attention": self.train.get("attention", "auto")}
+        return {"lab": 1, "samples": self.samples, "train": json.loads(json.dumps(train)), **run}
 
 
 def run_dir(out: Path, cfg: TrainConfig) -> Path:
@@ -67,7 +74,7 @@ def run_dir(out: Path, cfg: TrainConfig) -> Path:
 
 
 def record_id(config: dict, cfg: TrainConfig, length: int) -> str:
-    key = {**config, "train": dataclasses.asdict(cfg), "length": length}
+    key = {**config, "train": cfg.key(), "length": length}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -104,15 +111,18 @@ def run_lab(lab: LabConfig, out: Path, events: Events | None = None) -> int:
                                                                            "pe": p, "seed": s, "step": step,
                                                                            "loss": loss, "tokens_per_s": tps,
                                                                            "done": frac}))
-            lm = lw.load(folder / MODEL, device=cfg.device, dtype="float32")
+            # the checkpoint as lw.load reads it, scored on the kernel and precision it trained with
+            module = lw.load(folder / MODEL, device=cfg.device, dtype="float32").module
+            logits = forward_logits(module, backend_for(module, cfg.device, cfg.precision, cfg.attention), cfg.precision)
             task = get_task(t)
             for n in todo:
-                scores = score_length(lm.logits, task, n, lab.samples, seed=1000 + s)
+                scores = score_length(logits, task, n, lab.samples, seed=1000 + s)
                 store.append({"id": record_id(config, cfg, n), "task": t, "pe": p, "seed": s,
                               "train_max_len": cfg.train_max_len, "length": n,
                               "accuracy": sum(scores) / len(scores), "n": len(scores),
                               "steps": summary.get("steps"), "train_s": summary.get("seconds"),
-                              "final_loss": summary.get("loss"), "config": config,
+                              "final_loss": summary.get("loss"), "precision": cfg.precision,
+                              "attention": cfg.attention, "config": config,
                               "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
                 written += 1
             if events:

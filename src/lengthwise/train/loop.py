@@ -5,14 +5,20 @@
 
 The loss is next-token cross-entropy on answer tokens only (batches.py), summed over the step's targets and
 divided by their count: a packed batch gives the same loss as its documents one at a time.
+
+On a GPU (`precision="auto"`: bf16 there, fp32 on the CPU) the forward runs under torch.autocast in bfloat16
+with the weights, the optimizer and the loss in float32, and schemes without an attention bias attend through
+FlashAttention varlen (`attention="auto"`); precision="fp32" with attention="reference" is the float32
+reference path every run took before, and the only one on the CPU by default.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +40,8 @@ ARCH = "LengthwiseLabForCausalLM"
 RUN_CONFIG = "train_config.json"
 METRICS = "metrics.jsonl"
 MODEL = "model"
+PRECISIONS = ("auto", "fp32", "bf16")
+ATTENTION = ("auto", "reference", "varlen", "cpu_flash")
 
 
 @dataclass
@@ -56,6 +64,11 @@ class TrainConfig:
     max_positions: int = 2048  # the model's context: tables and randomized positions reach this far
     eval_every: int = 0  # steps between accuracy checks at the training lengths (0: none)
     device: str = "cpu"
+    # auto: bf16 (autocast, float32 weights and optimizer) on CUDA, fp32 elsewhere; set to fp32 or bf16 when built
+    precision: str = "auto"
+    # the attention kernel, set to one when built (choose_kernel); auto: varlen for a bf16 run on CUDA whose
+    # scheme adds no attention bias, else reference
+    attention: str = "auto"
 
     def __post_init__(self):
         for k in ("seed", "n_layers", "dim", "n_heads", "train_min_len", "train_max_len", "steps", "tokens_per_step",
@@ -80,7 +93,25 @@ class TrainConfig:
         task.check_length(self.train_min_len)
         task.check_length(self.train_max_len)
         from ..pipeline import resolve_device
-        resolve_device(self.device)
+        device = resolve_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise LengthwiseError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.precision == "auto":
+            self.precision = "bf16" if device.type == "cuda" else "fp32"
+        self.attention = choose_kernel(self.pe, device, self.precision, self.attention)
+
+    @property
+    def legacy(self) -> bool:
+        """The float32 reference path: every run before precision and attention were settings took it."""
+        return self.precision == "fp32" and self.attention == "reference"
+
+    def key(self) -> dict:
+        """The run's identity, as train_config.json and the lab's record ids hold it: precision and attention
+        only off the float32 reference, so folders and stores written before they existed keep their keys."""
+        d = json.loads(json.dumps(asdict(self)))
+        if self.legacy:
+            del d["precision"], d["attention"]
+        return d
 
     def model_config(self) -> LlamaConfig:
         hidden = 8 * ((8 * self.dim // 3 + 7) // 8)  # SwiGLU at 8/3 of the width, as Llama sizes it
@@ -93,16 +124,55 @@ def build_model(cfg: TrainConfig) -> Llama:
     return init_weights(Llama(cfg.model_config()), seed=cfg.seed)
 
 
-def backend_for(module: Llama, device: torch.device) -> Backend:
-    """The attention kernel training runs on: the reference, which batches a pack's sequences of one length
-    together and takes every scheme's bias (float32 has no fused GPU kernel to prefer)."""
-    return Backend.resolve("reference", device, torch.float32)
+def choose_kernel(pe: str | None, device, precision: str, attention: str = "auto") -> str:
+    """The attention kernel a run trains and scores on (nothing is allocated: a device type is enough).
+
+    auto: FlashAttention varlen (attention/varlen.py, with its backward) for a bf16 run on CUDA whose scheme adds
+    no attention bias; otherwise the reference, which batches a pack's sequences of one length together and is
+    the one kernel that takes a bias (ALiBi, T5, FIRE, or randomized / Abacus over one)."""
+    device = torch.device(device)
+    if attention not in ATTENTION:
+        raise LengthwiseError(f"unknown attention kernel {attention!r}: choose one of {', '.join(ATTENTION)}")
+    if precision not in PRECISIONS[1:]:
+        raise LengthwiseError(f"precision must be fp32 or bf16 here, got {precision!r}")
+    bias = pe is not None and scratch.has_bias(pe)
+    if attention == "auto":
+        return "varlen" if device.type == "cuda" and precision == "bf16" and not bias else "reference"
+    if bias and attention != "reference":
+        raise LengthwiseError(f"{pe} adds an attention bias, which only the reference kernel takes: "
+                              "use attention auto or reference")
+    if attention == "varlen" and (device.type != "cuda" or precision != "bf16"):
+        raise LengthwiseError("the varlen kernel trains on CUDA in bf16: use precision bf16 on a GPU, "
+                              "or attention reference")
+    if attention == "cpu_flash" and device.type != "cpu":
+        raise LengthwiseError("the cpu_flash kernel runs on the CPU: use attention auto or reference")
+    return attention
 
 
-def loss_of(module: Llama, tb: TrainBatch, backend) -> tuple[torch.Tensor, int]:
-    """(sum of the cross-entropy over the batch's targets, how many targets)."""
+def backend_for(module: Llama, device: torch.device, precision: str = "fp32", attention: str = "auto") -> Backend:
+    """The Backend training and the lab's scoring run on (choose_kernel), with lengthwise's Triton kernels
+    off: they have no backward, and scoring should run the very math training did."""
+    kernel = choose_kernel(module.cfg.pe, device, precision, attention)
+    b = Backend.resolve(kernel, device, torch.bfloat16 if precision == "bf16" else torch.float32)
+    return replace(b, triton_decode=False, triton_prefill=False, split_kv=False, fused=False, gelu_epilogue=False,
+                   one_pass_remap=False)
+
+
+def autocast(device, precision: str):
+    """bf16: torch.autocast on the device (GEMMs and attention in bfloat16, the weights stay float32);
+    fp32: nothing. No global setting (TF32 included) is touched."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def loss_of(module: Llama, tb: TrainBatch, backend, precision: str = "fp32") -> tuple[torch.Tensor, int]:
+    """(sum of the cross-entropy over the batch's targets, how many targets); the forward under the run's
+    precision (autocast), the loss in float32."""
     b = tb.batch
-    logits = module(b.tokens, b.positions, Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), module.mask, backend))
+    with autocast(b.tokens.device, precision):
+        logits = module(b.tokens, b.positions, Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), module.mask,
+                                                    backend))
     keep = tb.targets != IGNORE
     return F.cross_entropy(logits[keep].float(), tb.targets[keep], reduction="sum"), int(keep.sum())
 
@@ -129,7 +199,7 @@ def save_model(module: Llama, cfg: TrainConfig, folder: Path) -> None:
 def claim(out: Path, cfg: TrainConfig) -> bool:
     """Check the output folder and write the run's config into it. True: this config's model is already there."""
     check_folder(out)
-    want = json.loads(json.dumps(asdict(cfg)))
+    want = cfg.key()
     path = out / RUN_CONFIG
     if path.exists():
         from ..models.load import read_json
@@ -163,7 +233,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> dict
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)  # randomized positions and Abacus offsets draw from torch's generator
     module = build_model(cfg).to(device)
-    backend = backend_for(module, device)
+    backend = backend_for(module, device, cfg.precision, cfg.attention)
     task = get_task(cfg.task)
     rng = random.Random(f"train-{cfg.seed}")
 
@@ -185,7 +255,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> dict
             tb = filler.step(device, done)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * schedule(done)
-            loss_sum, n = loss_of(module, tb, backend)
+            loss_sum, n = loss_of(module, tb, backend, cfg.precision)
             opt.zero_grad(set_to_none=True)
             (loss_sum / max(n, 1)).backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
@@ -202,8 +272,8 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> dict
             if cfg.eval_every and (step % cfg.eval_every == 0 or done >= 1.0):
                 t_eval = time.perf_counter()
                 module.eval()
-                rec["accuracy"] = exact_match(forward_logits(module, backend), task, range(cfg.train_min_len, cfg.train_max_len + 1),
-                                              16, cfg.seed)
+                rec["accuracy"] = exact_match(forward_logits(module, backend, cfg.precision), task,
+                                              range(cfg.train_min_len, cfg.train_max_len + 1), 16, cfg.seed)
                 module.train()
                 paused += time.perf_counter() - t_eval
             log.write(json.dumps(rec) + "\n")
@@ -215,15 +285,17 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> dict
             "seconds": time.perf_counter() - t0 - paused, "tokens": tokens}
 
 
-def forward_logits(module: Llama, backend) -> Callable[[list[list[int]]], list[torch.Tensor]]:
-    """lm.logits for a module in memory: packed forwards without gradients."""
+def forward_logits(module: Llama, backend, precision: str = "fp32") -> Callable[[list[list[int]]], list[torch.Tensor]]:
+    """lm.logits for a module in memory: packed forwards without gradients, under the run's precision."""
     from ..ragged import RaggedBatch
 
     @torch.no_grad()
     def logits(seqs):
         b = RaggedBatch.from_lists(seqs, next(module.parameters()).device)
-        return b.split(module(b.tokens, b.positions, Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), module.mask,
-                                                           backend)).float().cpu())
+        with autocast(b.tokens.device, precision):
+            out = module(b.tokens, b.positions, Step(AttnMeta.packed(b.cu_seqlens, b.max_seqlen), module.mask,
+                                                     backend))
+        return b.split(out.float().cpu())
     return logits
 
 

@@ -73,6 +73,12 @@ def canonical(spec: str) -> str:
     return name + (":" + ",".join(parts) if parts else "")
 
 
+def has_bias(spec: str) -> bool:
+    """The scheme adds an attention bias (ALiBi, T5, FIRE, or a wrapper over one): it runs on the reference kernel."""
+    name, _, base = parse(spec)
+    return SCHEMES[name].has_bias or (base is not None and SCHEMES[base].has_bias)
+
+
 def build(spec: str, shape: Shape) -> Scheme:
     name, kw, base = parse(spec)
     cls = SCHEMES[name]
@@ -84,5 +90,5 @@ def build(spec: str, shape: Shape) -> Scheme:
     return cls(shape, **kw)
 
 
-__all__ = ["SCHEMES", "Scheme", "SequenceBias", "Shape", "build", "parse", "canonical", "NoPE", "Learned",
+__all__ = ["SCHEMES", "Scheme", "SequenceBias", "Shape", "build", "parse", "canonical", "has_bias", "NoPE", "Learned",
            "Sinusoidal", "RoPEScheme", "ALiBi", "T5Bias", "FIRE", "Randomized", "Abacus"]
