@@ -102,3 +102,22 @@ def test_bad_input_is_one_line(pair):
         with pytest.raises(LengthwiseError, match=needle) as e:
             call()
         assert "\n" not in str(e.value)
+
+
+def test_from_hf_minilm_encodes_as_sentence_transformers(pair, minilm_path):
+    """An HF BertModel shared through lw.from_hf keeps requires_grad on its weights: embed and encode still run
+    (no autograd history in what they return) and match sentence-transformers."""
+    import transformers
+    _, st = pair
+    folder = minilm_path.parent if minilm_path.is_file() else minilm_path
+    hf = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    assert any(p.requires_grad for p in hf.parameters())
+    enc = lw.from_hf(hf, tok)
+    want = st.encode(TEXTS[:3], convert_to_tensor=True)
+    got = enc.encode(TEXTS[:3], convert_to_tensor=True)
+    assert not got.requires_grad and got.grad_fn is None
+    assert torch.nn.functional.cosine_similarity(got, want).min() >= 0.99999
+    emb = enc.embed(TEXTS[:3])
+    assert isinstance(emb, np.ndarray)
+    assert torch.nn.functional.cosine_similarity(torch.from_numpy(emb), want).min() >= 0.99999

@@ -365,6 +365,7 @@ class Encoder(_Loaded):
                 progress(done)
         return out.cpu().numpy()  # the one sync: groups queue back to back on the GPU
 
+    @torch.no_grad()
     def embed(self, texts: Sequence[str], truncate: bool = False, max_tokens_per_forward: int = 16384,
               progress: Progress = None, timing: "E.EmbedTiming | None" = None) -> np.ndarray:
         """np.ndarray [N, D], pooled as the model's own sentence-transformers config says. With a fast tokenizer
@@ -393,6 +394,7 @@ class Encoder(_Loaded):
             self.backend = Backend.resolve("auto", dev, self.dtype)
         return self
 
+    @torch.no_grad()  # a model shared with HF (lw.from_hf) keeps requires_grad on its weights
     def encode(self, sentences: str | Sequence[str], batch_size: int = 32, show_progress_bar: bool | None = None,
                output_value: str = "sentence_embedding", precision: str = "float32", convert_to_numpy: bool = True,
                convert_to_tensor: bool = False, device: str | torch.device | None = None,

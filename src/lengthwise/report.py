@@ -492,7 +492,7 @@ def _curves(title: str, curves: dict[tuple, dict[int, float]], groups: list[tupl
         ax.plot([n for n, _ in pts], [100 * a for _, a in pts], label=label, color=colour,
                 linestyle=styles[b % len(styles)], linewidth=2.0 if b == 0 else 1.3,
                 marker=MARKERS[(b + c) % len(MARKERS)], markersize=(9 if c % 2 == 0 else 6.5) if b == 0 else 5,
-                markerfacecolor=colour if b == 0 else "white", zorder=3 - min(b, 2))
+                markerfacecolor=colour if b == 0 else "white", zorder=3 + b)  # thin, hollow ones on top
     ax.set_xscale("log", base=2)
     ax.set_xticks(all_lengths, [_len_label(n, all_lengths) for n in all_lengths])
     ax.xaxis.set_minor_locator(NullLocator())
@@ -648,9 +648,9 @@ def _lab_curve(task: str, curves: dict, pes: list[str], train_len: int):
         colour = palette(0.85 * i / max(len(pes) - 1, 1))
         xs = list(pts)
         ax.plot(xs, [100 * m for m, _ in pts.values()], label=p, color=colour, linewidth=1.8,
-                marker=MARKERS[i % len(MARKERS)], markersize=5 if i % 2 else 7, zorder=3)
+                marker=MARKERS[i % len(MARKERS)], markersize=5 if i % 2 else 7, zorder=3 + 2 * i)
         if any(b != m for m, b in pts.values()):  # several seeds: the best drawn thin
-            ax.plot(xs, [100 * b for _, b in pts.values()], color=colour, linewidth=0.8, linestyle=":", zorder=2)
+            ax.plot(xs, [100 * b for _, b in pts.values()], color=colour, linewidth=0.8, linestyle=":", zorder=2 + 2 * i)
     ax.axvline(train_len, color="black", linestyle=(0, (4, 3)), linewidth=1.0, label=f"training length ({train_len})")
     ax.axvspan(0, train_len, color="grey", alpha=0.08, zorder=0)
     ax.set_ylim(0.0, 102.0)

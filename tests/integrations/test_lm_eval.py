@@ -86,8 +86,17 @@ def test_model_args_positions_kv_and_typos(folder):
     m = make(f"pretrained={folder},positions=yarn:factor=4,kv=window:sinks=4,recent=32,max_batch_tokens=512")
     assert m.lm.positions.spec().startswith("yarn:factor=4") and m.max_length == 4 * CONTEXT
     assert m.lm.kv.spec() == "window:sinks=4,recent=32" and m.max_batch_tokens == 512
-    lp = m.loglikelihood([_req("loglikelihood", LONG[:400], " and then")])  # past the trained 64, within 256
+    # a KV policy has no cache to act on when a whole text is scored: refused, never silently ignored
+    with pytest.raises(lw.LengthwiseError, match="applies to generate_until only"):
+        m.loglikelihood([_req("loglikelihood", LONG[:400], " and then")])
+    with pytest.raises(lw.LengthwiseError, match="applies to generate_until only"):
+        m.loglikelihood_rolling([_req("loglikelihood_rolling", LONG[:400])])
+    plain = make(f"pretrained={folder},positions=yarn:factor=4,max_batch_tokens=512")
+    lp = plain.loglikelihood([_req("loglikelihood", LONG[:400], " and then")])  # past the trained 64, within 256
     assert lp[0][0] < 0
+    for key in ("n", "logprobs", "system"):  # one completion per request, as the harness reads it
+        with pytest.raises(lw.LengthwiseError, match=f"gen_kwargs {key}="):
+            plain.generate_until([_req("generate_until", "Hi", {"until": ["\n"], key: 2})])
     with pytest.raises(lw.LengthwiseError, match="unknown --model_args key 'pretraind' for lengthwise: did you mean 'pretrained'"):
         make(f"pretraind={folder}")
     with pytest.raises(lw.LengthwiseError, match="max_length=1000 is past the 64 tokens"):

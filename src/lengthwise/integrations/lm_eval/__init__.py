@@ -35,6 +35,7 @@ import difflib
 import inspect
 import json
 import os
+import warnings
 
 import lm_eval.models  # noqa: F401  the harness's own models registered first (its registry imports them only when empty)
 import torch
@@ -51,7 +52,9 @@ from ...errors import LengthwiseError
 ARGS = ("pretrained", "positions", "kv", "device", "dtype", "backend", "max_length", "max_batch_tokens",
         "max_gen_toks", "add_bos_token", "prefix_token_id", "tokenizer", "batch_size", "max_batch_size")
 SPECS = ("positions", "kv")  # values with commas of their own
-INTERNAL = {"prompts", "max_new_tokens", "chat", "truncate", "progress", "timing", "check_context"}  # set here
+# set here, or not lm-eval's to set: one completion per request, no per-token details
+INTERNAL = {"prompts", "max_new_tokens", "chat", "truncate", "progress", "timing", "check_context", "n", "logprobs",
+            "system", "context", "details"}
 HARNESS = ("batch_size", "max_batch_size", "device")  # what simple_evaluate adds to every model's arguments
 
 
@@ -103,6 +106,10 @@ class LengthwiseLM(TemplateLM):
         elif isinstance(pretrained, torch.nn.Module):
             self.lm = lw.from_hf(pretrained, tokenizer, backend=backend, positions=positions, kv=kv)
         elif isinstance(pretrained, (str, os.PathLike)):
+            if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+                # the harness's default device is cuda; its hf model falls back to the CPU the same way
+                warnings.warn(f"device {device}: no CUDA GPU here, running on the CPU", stacklevel=2)
+                device = "cpu"
             if tokenizer is not None:
                 raise LengthwiseError("tokenizer= goes with an in-memory model; a checkpoint brings its own")
             self.lm = lw.load(pretrained, device=device, dtype=None if dtype == "auto" else dtype, backend=backend,
@@ -199,6 +206,7 @@ class LengthwiseLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """(sum of the continuation's log-probabilities, whether greedy decoding gives it) per (key, context,
         continuation) request; a context too long for max_length loses its left end, as in the `hf` model."""
+        self._no_scoring_policy()
         inps, conts = [], []
         for _, ctx, cont in requests:
             if not cont or len(cont) > self.max_length:
@@ -270,6 +278,13 @@ class LengthwiseLM(TemplateLM):
                 bar.update(len(chunk))
         bar.close()
         return res
+
+    def _no_scoring_policy(self) -> None:
+        """A KV policy shapes what generation keeps; a loglikelihood request scores the whole text in one forward,
+        where no cache is kept, so kv= would be silently ignored there: refused instead."""
+        if getattr(self.lm.kv, "evicts", False):
+            raise LengthwiseError(f"kv={self.lm.kv.spec()} applies to generate_until only: loglikelihood requests "
+                                  "score the whole text without a KV cache; drop kv= for this task")
 
     def _sampling(self, kwargs: dict) -> dict:
         """The request's sampling settings as generate_ids arguments; one it does not take is refused by name."""
