@@ -31,6 +31,7 @@ PRESSES = {
     "random": ("RandomPress", {"seed": "seed"}),
     "pyramidkv": ("PyramidKVPress", {"window": "window_size", "kernel": "kernel_size", "beta": "beta"}),
     "h2o": ("ObservedAttentionPress", {}),
+    "think": ("ThinKPress", {"window": "window_size"}),  # its ratio: key channels removed, twice ours (below)
 }
 
 
@@ -49,6 +50,8 @@ def make_press(spec: str):
     if ratio < 0:
         raise SystemExit("kvpress_peer: kvpress takes a compression ratio; give the policy ratio=, not tokens=")
     kw = {dst: getattr(pol, src) for src, dst in names.items() if hasattr(pol, src)}
+    if name == "think":  # ThinKPress.compression_ratio is key_channel_compression_ratio / 2, as lengthwise's ratio
+        return kvpress.ThinKPress(key_channel_compression_ratio=2 * ratio, **kw)
     return getattr(kvpress, cls)(compression_ratio=ratio, **kw)
 
 

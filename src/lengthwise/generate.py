@@ -120,6 +120,8 @@ def check_context(context, lens: list[int]) -> list[int] | None:
 def check_policy(model, policy: Policy) -> None:
     """A policy that evicts needs distances by position, not by cache slot: refused with a remap (two-region
     attention) or a model's own sliding window."""
+    if hasattr(policy, "check_head_dim"):
+        policy.check_head_dim(model.cfg.head_dim)
     if not policy.evicts or not (model.rotary.far_needed or model.cfg.windowed):
         return
     from .errors import LengthwiseError
@@ -157,6 +159,8 @@ def prefill(model, prompts: list[list[int]], cache: RaggedKVCache, backend, poli
     logits = torch.empty(len(prompts), model.cfg.vocab_size, dtype=cache.dtype, device=dev)
     host = [len(p) for p in prompts]
     ends = host if cache.context is None else cache.context.tolist()  # where eviction stops
+    if not policy.chunked:  # the policy acts once, over the whole context (ThinK)
+        chunk = max(max(ends), 1)
     E = torch.tensor(ends, device=dev)
     starts = batch.cu_seqlens[:-1].long()
 

@@ -4,6 +4,7 @@
     lw.load("smollm2-135m", kv="snapkv:ratio=0.5")       # kvpress's compression_ratio: 50% removed
     lw.load("smollm2-135m", kv=lw.kv.H2O(tokens=1024, every=1))
     lw.load("smollm2-135m", kv="snapkv:ratio=0.5", kv_dtype="fp8")  # float8 keys and values, any policy
+    lw.load("smollm2-135m", kv="think:ratio=0.25")      # ThinK: half the key channels, stored at half width
 
 `RaggedKVCache` gives each sequence a region of its own size; a `Policy` scores the cached tokens and the
 cache keeps the best within a budget (kv/policy.py). POLICIES lists them by name; KV_DTYPES what the cache
@@ -21,11 +22,12 @@ from .pyramidkv import PyramidKV
 from .random import Random
 from .snapkv import SnapKV
 from .streaming import Streaming
+from .think import ThinK
 from .tova import TOVA
 from .window import Window
 
 POLICIES: dict[str, type[Policy]] = {c.name: c for c in (Full, Window, Streaming, H2O, A2SF, TOVA, SnapKV,
-                                                          PyramidKV, Knorm, Random)}
+                                                          PyramidKV, Knorm, Random, ThinK)}
 
 
 def parse(spec: "str | Policy | None") -> Policy:
@@ -38,4 +40,4 @@ def parse(spec: "str | Policy | None") -> Policy:
 
 
 __all__ = ["RaggedKVCache", "KV_DTYPES", "check_kv_dtype", "Policy", "Budget", "Full", "Window", "Streaming", "H2O", "A2SF", "TOVA", "SnapKV",
-           "PyramidKV", "Knorm", "Random", "POLICIES", "parse", "compress"]
+           "PyramidKV", "Knorm", "Random", "ThinK", "POLICIES", "parse", "compress"]

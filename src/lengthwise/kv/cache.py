@@ -119,6 +119,7 @@ class RaggedKVCache:
         self.length = torch.zeros(len(capacities), dtype=torch.int64, device=device)  # [B]
         self.context = None  # [B] where set: tokens past it are never evicted (the question, the answer)
         self.kept = self.pos = self.acc = None
+        self.chan = None  # an evicting cache's key channels kept per layer (ThinK): None, or [B, Hkv, Dk] per layer
         self.k_far = self.k_scale = self.v_scale = self.k_far_scale = None
         per_slot = n_kv_heads * slot_bytes(self.kv_dtype, dtype, head_dim) * (3 if far_keys else 2)
         if not evicting:
@@ -150,6 +151,7 @@ class RaggedKVCache:
             self.capacity_l = lc.to(device)  # [L, B]
             self.start_l = (torch.cumsum(lc, 1) - lc).to(device)  # [L, B]
             self.kept = torch.zeros(n_layers, len(capacities), dtype=torch.int64, device=device)
+            self.chan = [None] * n_layers
         self.max_capacity = int(cap.max())
         self.cu_k_all = torch.cat([self.start, self.start[-1:] + self.capacity[-1:]]).to(torch.int32)  # [B+1]
         self.planned = Lengths(self.prompt_len, self.prompt_max, self.max_capacity)  # of the last plan
@@ -200,8 +202,46 @@ class RaggedKVCache:
     # what an evicting cache holds per (slot, kv head), moved together when a policy compacts or shrink copies
     PER_SLOT = ("k", "v", "k_scale", "v_scale", "pos", "acc")
 
+    def _seq_of(self, layer: int, slots: torch.Tensor) -> torch.Tensor:
+        """An evicting cache's sequence owning each of one layer's slots (any shape), with no host sync."""
+        return torch.searchsorted(self.start_l[layer], slots.long(), right=True) - 1
+
+    def key_channels(self, layer: int) -> torch.Tensor | None:
+        """[B, Hkv, Dk]: the key channels this layer stores per sequence and kv head (ThinK), or None: all."""
+        return None if self.chan is None else self.chan[layer]
+
+    def prune_keys(self, layer: int, seqs: torch.Tensor, chan: torch.Tensor) -> None:
+        """Keep only channels chan [B', Hkv, Dk] of the keys of sequences seqs [B'] in one layer, for real: the
+        layer's key pool is rebuilt Dk wide (the full one freed), and later writes store those channels. Every
+        cache sequence must be among seqs (one width per pool)."""
+        B = self.kept.shape[1]
+        if len(seqs) != B:
+            raise LengthwiseError("prune_keys: every sequence of the cache needs its channels (one key width per layer)")
+        full = torch.empty((B,) + tuple(chan.shape[1:]), dtype=torch.int64, device=chan.device)
+        full[seqs] = chan
+        old = self.k[layer]
+        owner = self._seq_of(layer, torch.arange(old.shape[0], device=old.device)).clamp(min=0)  # [S_l]
+        pruned = _raw(old).gather(-1, full[owner])  # [S_l, Hkv, Dk]
+        self.k[layer] = pruned if old.dtype == pruned.dtype else pruned.view(old.dtype)
+        self.chan[layer] = full
+
+    def pruned_qk(self, layer: int, q: torch.Tensor, k: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor):
+        """A ThinK layer's attention inputs: q [T, H, D] read at each token's sequence's kept channels and the
+        Dk-wide keys [S, Hkv, Dk], both zero-padded to D, so q . k sums over the kept channels only. cu_q, cu_k:
+        the forward's query offsets and its sequences' region starts in this layer."""
+        chan = self.chan[layer]  # [B, Hkv, Dk]
+        T, H, D = q.shape
+        seq = self._seq_of(layer, cu_k[:-1])  # [B'] each forward sequence's cache sequence
+        tok = torch.searchsorted(cu_q[1:].long(), torch.arange(T, device=q.device), right=True)  # [T]
+        c = chan[seq[tok]].repeat_interleave(H // chan.shape[1], dim=1)  # [T, H, Dk]
+        pad = D - chan.shape[2]
+        return (torch.nn.functional.pad(q.gather(-1, c), (0, pad)), torch.nn.functional.pad(k, (0, pad)))
+
     def _put(self, name: str, layer: int, slots: torch.Tensor, x: torch.Tensor) -> None:
-        """Store x [T, Hkv, D] in one layer's pool `name` (k, v, k_far) at slots [T], quantized where fp8."""
+        """Store x [T, Hkv, D] in one layer's pool `name` (k, v, k_far) at slots [T], quantized where fp8; keys of a
+        ThinK layer at their sequence's kept channels."""
+        if name == "k" and self.key_channels(layer) is not None:
+            x = x.gather(-1, self.chan[layer][self._seq_of(layer, slots)])
         if self.quantized:
             x, scale = quantize(x)
             getattr(self, name + "_scale")[layer][slots] = scale

@@ -71,6 +71,7 @@ class Policy:
     name: ClassVar[str] = ""
     observe: ClassVar[int] = 0  # last queries whose attention weights score() needs; 0: none
     accumulate: ClassVar[bool] = False  # score() reads the accumulated attention (Cached.attention)
+    chunked: ClassVar[bool] = True  # long prompts prefill in chunks, each ending in an eviction (False: one forward)
     # decode: evict after every `every`-th step (0: the policy acts in prefill only); keyword-only, so it
     # follows each policy's own options
     every: int = field(default=0, kw_only=True)
@@ -184,8 +185,21 @@ def after_attention(policy: Policy, cache, layer: int, seqs: torch.Tensor, budge
         fade = (policy.decay ** m.double()).float()[:, None, None]
         acc = cache.acc[layer]
         acc[slots[valid]] = (torch.where(old[..., None], acc[slots] * fade, 0) + cs)[valid]
+    if budgets is not None and hasattr(policy, "channels") and cache.chan[layer] is None:
+        prune_channels(policy, cache, layer, seqs, q, cu_q)
     if budgets is not None:
         compress(policy, cache, layer, seqs, budgets, q, cu_q, scale)
+
+
+def prune_channels(policy, cache, layer: int, seqs: torch.Tensor, q: torch.Tensor, cu_q: torch.Tensor) -> None:
+    """ThinK (kv/think.py): after the context's forward, choose each sequence's kept key channels per kv head from
+    its last `window` queries and its cached keys, and store the layer's keys at those channels from now on."""
+    from ..attention.weights import last_rows
+    n = cache.kept[layer, seqs]
+    slots, valid = _gather(cache, layer, seqs, n)
+    idx, ok = last_rows(cu_q, torch.arange(len(seqs), device=n.device), policy.window)
+    chan = policy.channels(q[idx.clamp(min=0)], ok, cache.keys(layer, slots), valid)  # [B', Hkv, Dk]
+    cache.prune_keys(layer, seqs, chan)
 
 
 def compress(policy: Policy, cache, layer: int, seqs: torch.Tensor, budgets: torch.Tensor,
