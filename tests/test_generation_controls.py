@@ -196,6 +196,8 @@ def test_chat_with_a_system_turn_renders_as_apply_chat_template(smolish):
     (dict(stop=["ok", ""]), "stop string 1 is empty"),
     (dict(repetition_penalty=0), "repetition_penalty must be"),
     (dict(logprobs=-1), "logprobs must be an integer"),
+    (dict(logprobs=True), r"logprobs takes an int, not True: the number of top alternatives per token \(0 for"),
+    (dict(logprobs=False), "logprobs takes an int, not False"),
     (dict(stop_token_ids=[10**9]), "stop_token_ids holds"),
     (dict(max_batch_tokens=0), "max_batch_tokens must be"),
 ])

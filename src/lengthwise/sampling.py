@@ -138,10 +138,11 @@ def check_token_ids(ids, what: str, vocab: int) -> set[int]:
 
 
 def check_logprobs(logprobs, what: str = "logprobs") -> int | None:
-    if logprobs is None or logprobs is False:
+    if logprobs is None:
         return None
-    if logprobs is True:
-        return 0
+    if isinstance(logprobs, bool):  # vLLM's int, not OpenAI's flag: True would read as 1 alternative
+        raise LengthwiseError(f"{what} takes an int, not {logprobs}: the number of top alternatives per token "
+                              f"(0 for the chosen token's logprob only), or None for no logprobs")
     if not isinstance(logprobs, int) or logprobs < 0 or logprobs > 100:
         raise LengthwiseError(f"{what} must be an integer from 0 to 100 (the top alternatives per token), "
                               f"got {logprobs!r}")
@@ -176,6 +177,8 @@ class Picker:
         self.last: dict = {}  # this step's [B] outputs beyond the tokens: "stopped", "logprob", "top"
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.gen is None and not len(self.procs) and self.ids is None and self.tail is None and self.logprobs is None:
+            return logits.argmax(dim=-1)  # plain greedy: the float32 copy below would change no argmax
         scores = logits.float()  # [B, V]; a copy when logits are 16-bit (the processors may write in place)
         if self.logprobs is not None:
             lp = torch.log_softmax(scores, dim=-1)
