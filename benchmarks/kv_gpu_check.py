@@ -1,10 +1,10 @@
 """KV policies on the GPU, checked before anything is timed (issue 18's acceptance on the GPU path).
 
-    LENGTHWISE_MODEL_DIR=/tmp/lw-models PYTHONPATH=src python benchmarks/kv_gpu_check.py
+    LENGTHWISE_MODEL_DIR=/tmp/lw-models PYTHONPATH=src python benchmarks/kv_gpu_check.py [POLICY ...]
 
 SmolLM2-135M, 16 niah_single prompts at 2k (chat), the question kept out of compression, 32 greedy tokens:
   ratio 0 / full   snapkv:ratio=0 and kv=full give the same tokens as no policy (bf16, varlen, CUDA graph)
-  graph == eager   each policy at 0.5: the CUDA-graph decode of a compressed cache gives the eager decode's tokens
+  graph == eager   each policy at 0.5 (think at 0.25: half its key channels): the CUDA-graph decode of a compressed cache gives the eager decode's tokens
   bf16 vs fp32     each policy at 0.5 in bf16 (varlen) against float32 (reference kernels): token agreement
 Writes $OUT/kv_gpu_check.json.
 """
@@ -22,7 +22,8 @@ from lengthwise.evaluation.backends import context_tokens, make_render
 from lengthwise.generate import Sampling, generate_ids
 from lengthwise.tasks import get_task
 
-POLICIES = ["streaming", "knorm", "tova", "snapkv", "pyramidkv", "h2o", "a2sf", "random"]
+POLICIES = ["streaming", "knorm", "tova", "snapkv", "pyramidkv", "h2o", "a2sf", "random", "think"]
+RATIO = {"think": 0.25}  # ThinK's ratio counts half the key channels removed: 0.25 prunes half of them
 
 
 def main():
@@ -51,8 +52,8 @@ def main():
         rows.append({"check": "identical to no policy", "kv": spec, "ok": same})
         print(json.dumps(rows[-1]), flush=True)
     f32 = lw.load("smollm2-135m", device="cuda", dtype="float32", backend="reference")
-    for p in POLICIES:
-        spec = f"{p}:ratio=0.5"
+    for p in sys.argv[1:] or POLICIES:
+        spec = f"{p}:ratio={RATIO.get(p, 0.5)}"
         g, e = gen(base, graph=True, spec=spec), gen(base, graph=False, spec=spec)
         r = gen(f32, graph=False, spec=spec)
         row = {"check": "graph == eager; bf16 vs fp32 reference", "kv": spec, "graph_eager_agree": agree(g, e),

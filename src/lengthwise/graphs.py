@@ -37,13 +37,21 @@ class GraphDecoder:
         kept = None if cache.kept is None else cache.kept.clone()  # an evicting cache's counts per layer
         side = _side_stream(cache.length.device)
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the graph; its cache writes are overwritten later
-            for _ in range(2):
-                step()
-                self._restore(saved, kept)
+        with torch.cuda.stream(side):
+            # one warm-up step outside the graph (Triton's compiles, cuBLAS's workspace for this stream); its
+            # cache writes are overwritten later
+            step()
+            self._restore(saved, kept)
+            # the capture on the same stream, without torch.cuda.graph's empty_cache: that hands every cached
+            # block (and the pinned host cache) back to the driver, and each generate call would pay cudaFree
+            # and cudaMalloc for them again (benchmarks/gen_phases.py times the capture)
+            side.synchronize()
+            self.graph.capture_begin()
+            try:
+                self.logits = step()  # [B, V] output buffer
+            finally:
+                self.graph.capture_end()
         torch.cuda.current_stream().wait_stream(side)
-        with torch.cuda.graph(self.graph):
-            self.logits = step()  # [B, V] output buffer
         self._restore(saved, kept)
 
     def _restore(self, length: torch.Tensor, kept: torch.Tensor | None) -> None:
