@@ -36,8 +36,9 @@ def ref_channels(q, k, ratio, groups):
 
 
 class ThinKRef:
-    """An HF attention function: causal eager attention where queries past `context` score over the kept
-    channels of their layer only. Records the kept channels per layer."""
+    """An HF attention function: causal eager attention where queries past `context` see the context's keys at
+    their layer's kept channels only (the rest zeroed, as kvpress does) and the later keys whole. Records the kept
+    channels per layer."""
 
     def __init__(self, ratio: float, context: int):
         self.ratio, self.context, self.kept = ratio, context, {}
@@ -55,7 +56,9 @@ class ThinKRef:
         mask_q = mask.repeat_interleave(g, 0)[None, :, None, :]  # [1, H, 1, D]
         k = key.repeat_interleave(g, 1)
         full = query @ k.transpose(-1, -2) * scaling  # [B, H, T, S]
-        thin = (query * mask_q) @ (k * mask_q).transpose(-1, -2) * scaling
+        # the context's keys at their kept channels, the later ones whole (kvpress compresses the context only)
+        k_thin = torch.where((torch.arange(k.shape[2]) < c)[None, None, :, None], k * mask_q, k)
+        thin = query @ k_thin.transpose(-1, -2) * scaling
         s = torch.where((torch.arange(T) >= c)[None, None, :, None], thin, full)
         s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
         w = torch.softmax(s, dim=-1)
@@ -161,14 +164,16 @@ def test_ratio_zero_is_the_full_cache_bit_for_bit(models):
 
 
 def test_bytes_fall_with_the_ratio(tmp_path):
-    """bfloat16, head_dim 64: the cache after prefill holds <= (1 - ratio) x full + 2%, read from the storage."""
+    """bfloat16, head_dim 64: the cache after prefill holds <= (1 - ratio) x full + 2%, read from the storage (the
+    slots' positions take 1.6% at this width, and the new tokens' keys stay whole)."""
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=128, intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m", safe_serialization=True)
     lm = lw.load(tmp_path / "m", device="cpu", dtype="bfloat16")
     m = lm.module
-    prompts = [list(range(1, 90)), list(range(3, 60))]
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, 97, (n,), generator=g).tolist() for n in (700, 450)]  # 4 new tokens: a 0.7% tail
     full = new_cache(m, prompts, 4)
     for ratio in (0.125, 0.25, 0.375):
         pol = kv.ThinK(ratio=ratio)
@@ -178,7 +183,7 @@ def test_bytes_fall_with_the_ratio(tmp_path):
         from lengthwise.generate import decode_need
         cache.shrink(decode_need(pol, cache, [len(p) for p in prompts], 4))
         assert cache.nbytes <= ((1 - ratio) + 0.02) * full.nbytes, (ratio, cache.nbytes, full.nbytes)
-        assert cache.nbytes >= (1 - ratio) * full.nbytes * 0.98  # and the values are all still there
+        assert cache.nbytes >= (1 - ratio) * full.nbytes  # and the values and later keys are all still there
 
 
 def test_fp8_keys_compose(models):

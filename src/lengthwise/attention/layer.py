@@ -104,7 +104,7 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv_heads: int, step: Step,
     scored = step.policy is not None and step.policy.needs_queries(step.budgets is not None)  # this forward's queries
     # a bias runs the plain path (attend takes it on the reference kernel); so does a cache stored in another
     # dtype (fp8), whose write and read the fused kernels do not convert
-    # and so does a layer whose cache keeps some key channels only (ThinK: queries read at those channels)
+    # and so does a layer whose cache keeps some key channels of its context only (ThinK)
     converts = cache is not None and (cache.store_dtype != cache.dtype or cache.key_channels(layer) is not None)
     fused = fused and step.bias is None and not converts
     if (far is None and step.bias is None and cache is not None and meta.used_k is not None and not scored
@@ -122,12 +122,9 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv_heads: int, step: Step,
     qk = rots.near.apply(qkv[:, :H + Hkv])  # queries and keys rotated in one pass
     q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]  # [T, H, D], [T, Hkv, D], [T, Hkv, D]
     if far is None:
-        qa = q
         if cache is not None:
             k, v = cache.write(layer, slots, k, v)
-            if cache.key_channels(layer) is not None:
-                qa, k = cache.pruned_qk(layer, q, k, meta.cu_q, meta.cu_k)
-        return _evict(step, layer, q, attend(qa, k, v, meta, mask, backend, scale, bias=step.bias), scale)
+        return _evict(step, layer, q, attend(q, k, v, meta, mask, backend, scale, bias=step.bias), scale)
     # a remap: queries (and maybe keys) rotated again for the far region
     from .two_region import attend_two_region
     qf = rots.far_q.apply(qkv[:, :H])

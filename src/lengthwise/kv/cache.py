@@ -120,6 +120,7 @@ class RaggedKVCache:
         self.context = None  # [B] where set: tokens past it are never evicted (the question, the answer)
         self.kept = self.pos = self.acc = None
         self.chan = None  # an evicting cache's key channels kept per layer (ThinK): None, or [B, Hkv, Dk] per layer
+        self.drop = self.k_rest = self.rest_start = self.ctx_len = None  # ThinK: the others, and later keys' share
         self.k_far = self.k_scale = self.v_scale = self.k_far_scale = None
         per_slot = n_kv_heads * slot_bytes(self.kv_dtype, dtype, head_dim) * (3 if far_keys else 2)
         if not evicting:
@@ -159,8 +160,9 @@ class RaggedKVCache:
     @property
     def nbytes(self) -> int:
         """Bytes the cache holds on its device (keys, values, far keys, their fp8 scales, positions, scores)."""
-        parts = [self.k, self.v, self.k_far, self.k_scale, self.v_scale, self.k_far_scale, self.pos, self.acc]
-        return sum(t.untyped_storage().nbytes() for p in parts if p is not None for t in (p if isinstance(p, list) else [p]))
+        parts = [self.k, self.v, self.k_far, self.k_scale, self.v_scale, self.k_far_scale, self.pos, self.acc, self.k_rest]
+        return sum(t.untyped_storage().nbytes() for p in parts if p is not None
+                   for t in (p if isinstance(p, list) else [p]) if t is not None)
 
     def shrink(self, need: torch.Tensor) -> None:
         """An evicting cache after prefill: give each (layer, sequence) a region of need [L, B] slots (at least what
@@ -211,42 +213,70 @@ class RaggedKVCache:
         return None if self.chan is None else self.chan[layer]
 
     def prune_keys(self, layer: int, seqs: torch.Tensor, chan: torch.Tensor) -> None:
-        """Keep only channels chan [B', Hkv, Dk] of the keys of sequences seqs [B'] in one layer, for real: the
-        layer's key pool is rebuilt Dk wide (the full one freed), and later writes store those channels. Every
-        cache sequence must be among seqs (one width per pool)."""
-        B = self.kept.shape[1]
+        """Keep only channels chan [B', Hkv, Dk] of the keys cached so far (the context's) of sequences seqs [B']
+        in one layer, for real: the layer's key pool is rebuilt Dk wide (the full one freed). Keys written later
+        (the question, decode steps) stay whole, as kvpress's ThinKPress leaves them: their kept channels go in
+        that pool, the others in a side pool (k_rest) sized for each sequence's tokens still to come. Every cache
+        sequence must be among seqs (one width per pool)."""
+        B, D = self.kept.shape[1], self.k[layer].shape[-1]
         if len(seqs) != B:
             raise LengthwiseError("prune_keys: every sequence of the cache needs its channels (one key width per layer)")
-        full = torch.empty((B,) + tuple(chan.shape[1:]), dtype=torch.int64, device=chan.device)
-        full[seqs] = chan
+        keep = torch.empty((B,) + tuple(chan.shape[1:]), dtype=torch.int64, device=chan.device)
+        keep[seqs] = chan
+        mask = torch.ones(B, chan.shape[1], D, dtype=torch.bool, device=chan.device).scatter_(-1, keep, False)
+        drop = mask.nonzero()[:, 2].view(B, chan.shape[1], D - chan.shape[2])  # [B, Hkv, D - Dk]
         old = self.k[layer]
         owner = self._seq_of(layer, torch.arange(old.shape[0], device=old.device)).clamp(min=0)  # [S_l]
-        pruned = _raw(old).gather(-1, full[owner])  # [S_l, Hkv, Dk]
+        pruned = _raw(old).gather(-1, keep[owner])  # [S_l, Hkv, Dk]
         self.k[layer] = pruned if old.dtype == pruned.dtype else pruned.view(old.dtype)
-        self.chan[layer] = full
+        ctx = self.kept[layer].clone()  # [B] the context's tokens (ThinK evicts none: offset = position)
+        tail = (self.capacity_l[layer] - ctx).clamp(min=0)  # [B] room for the tokens after it
+        if self.k_rest is None:
+            self.k_rest, self.rest_start, self.ctx_len = ([None] * self.n_layers for _ in range(3))
+        self.k_rest[layer] = torch.zeros((int(tail.sum()),) + tuple(drop.shape[1:]), dtype=old.dtype, device=old.device)
+        self.rest_start[layer], self.ctx_len[layer] = torch.cumsum(tail, 0) - tail, ctx
+        self.chan[layer], self.drop = keep, (self.drop or [None] * self.n_layers)
+        self.drop[layer] = drop
 
-    def pruned_qk(self, layer: int, q: torch.Tensor, k: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor):
-        """A ThinK layer's attention inputs: q [T, H, D] read at each token's sequence's kept channels and the
-        Dk-wide keys [S, Hkv, Dk], both zero-padded to D, so q . k sums over the kept channels only. cu_q, cu_k:
-        the forward's query offsets and its sequences' region starts in this layer."""
-        chan = self.chan[layer]  # [B, Hkv, Dk]
-        T, H, D = q.shape
-        seq = self._seq_of(layer, cu_k[:-1])  # [B'] each forward sequence's cache sequence
-        tok = torch.searchsorted(cu_q[1:].long(), torch.arange(T, device=q.device), right=True)  # [T]
-        c = chan[seq[tok]].repeat_interleave(H // chan.shape[1], dim=1)  # [T, H, Dk]
-        pad = D - chan.shape[2]
-        return (torch.nn.functional.pad(q.gather(-1, c), (0, pad)), torch.nn.functional.pad(k, (0, pad)))
+    def _rest_rows(self, layer: int, slots: torch.Tensor):
+        """-> (owner, row in k_rest, whether the slot is past its sequence's context) for one layer's slots."""
+        owner = self._seq_of(layer, slots).clamp(min=0)
+        t = slots.long() - self.start_l[layer][owner] - self.ctx_len[layer][owner]  # index past the context
+        R = self.k_rest[layer].shape[0]
+        past = (t >= 0) & (self.rest_start[layer][owner] + t < R)
+        return owner, (self.rest_start[layer][owner] + t).clamp(0, max(R - 1, 0)), past
 
     def _put(self, name: str, layer: int, slots: torch.Tensor, x: torch.Tensor) -> None:
         """Store x [T, Hkv, D] in one layer's pool `name` (k, v, k_far) at slots [T], quantized where fp8; keys of a
-        ThinK layer at their sequence's kept channels."""
-        if name == "k" and self.key_channels(layer) is not None:
-            x = x.gather(-1, self.chan[layer][self._seq_of(layer, slots)])
+        ThinK layer split into their kept channels (the pool) and the others (k_rest)."""
         if self.quantized:
             x, scale = quantize(x)
             getattr(self, name + "_scale")[layer][slots] = scale
         pool = getattr(self, name)[layer]
-        _raw(pool)[slots] = _raw(x.to(pool.dtype))
+        x = _raw(x.to(pool.dtype))
+        if name == "k" and self.key_channels(layer) is not None:
+            owner, row, _ = self._rest_rows(layer, slots)
+            if self.k_rest[layer].shape[0]:
+                _raw(self.k_rest[layer])[row] = x.gather(-1, self.drop[layer][owner])
+            x = x.gather(-1, self.chan[layer][owner])
+        _raw(pool)[slots] = x
+
+    def _thin_keys(self, layer: int) -> torch.Tensor:
+        """A ThinK layer's keys [S, Hkv, D] in the compute dtype: the context's at their kept channels and zeros
+        elsewhere (kvpress's zeroed channels), the later ones whole. A transient of this one layer."""
+        kp, rest = self.k[layer], self.k_rest[layer]
+        S, Hkv = kp.shape[:2]
+        D = kp.shape[-1] + rest.shape[-1]
+        slots = torch.arange(S, device=kp.device)
+        owner, row, past = self._rest_rows(layer, slots)
+        full = torch.zeros(S, Hkv, D, dtype=kp.dtype if not self.quantized else torch.uint8, device=kp.device)
+        _raw(full).scatter_(-1, self.chan[layer][owner], _raw(kp))
+        if rest.shape[0]:
+            r = torch.where(past[:, None, None], _raw(rest)[row], 0)
+            _raw(full).scatter_(-1, self.drop[layer][owner], r)
+        if self.quantized:
+            return dequantize(full.view(FP8), self.k_scale[layer], self.dtype)
+        return full if full.dtype == self.dtype else full.to(self.dtype)
 
     def _get(self, name: str, layer: int, idx: torch.Tensor | None = None) -> torch.Tensor:
         """One layer's pool `name`, or its slots idx (any shape), in the compute dtype."""
@@ -258,7 +288,11 @@ class RaggedKVCache:
         return x if x.dtype == self.dtype else x.to(self.dtype)
 
     def keys(self, layer: int, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """One layer's cached keys [S, Hkv, D] (or at slots idx [...]: [..., Hkv, D]) in the compute dtype."""
+        """One layer's cached keys [S, Hkv, D] (or at slots idx [...]: [..., Hkv, D]) in the compute dtype; a
+        ThinK layer's with the context's pruned channels zero."""
+        if self.key_channels(layer) is not None:
+            k = self._thin_keys(layer)
+            return k if idx is None else k[idx]
         return self._get("k", layer, idx)
 
     def values(self, layer: int, idx: torch.Tensor | None = None) -> torch.Tensor:

@@ -3,15 +3,13 @@
 Prunes key channels, not tokens. At the end of the context, per (sequence, kv head), each channel c of the
 head dimension scores mean over the last `window` queries of q_c^2 (averaged over the kv head's query group)
 times mean over the cached keys of k_c^2 (RoPE applied to both, as kvpress's ThinKPress does); the lowest
-int(D * 2 * ratio) channels go. The cache then stores each key with only the kept channels for real (the layer's
-key pool is rebuilt at the smaller width, kv/cache.py: RaggedKVCache.prune_keys), and every later query of that
-sequence is read at the same channels, so q . k sums over the kept ones: the same scores as kvpress's zeroed
-channels. Values stay whole.
+int(D * 2 * ratio) channels go. The cache then stores the context's keys with only the kept channels for real
+(the layer's key pool is rebuilt at the smaller width, kv/cache.py: RaggedKVCache.prune_keys); keys written
+later (the question, decode steps) stay whole, as in kvpress, their other channels in a side pool. Attention
+sees the context's pruned channels as zero: the scores of kvpress's zeroed channels. Values stay whole.
 
-`ratio` counts as kvpress's ThinKPress.compression_ratio does: the share of the cache's bytes removed, half of
-the key channels removed (ratio=0.25 prunes half the key channels), so 0 <= ratio < 0.5. Unlike kvpress, whose
-decode-time keys stay whole (and whose cache stays its full size), the keys of the question and of decode steps
-are stored at the kept channels too: the cache has one key width per layer.
+`ratio` counts as kvpress's ThinKPress.compression_ratio does: the share of the context's cache bytes removed,
+half of the key channels removed (ratio=0.25 prunes half the key channels), so 0 <= ratio < 0.5.
 """
 from __future__ import annotations
 
