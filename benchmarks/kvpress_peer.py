@@ -32,6 +32,7 @@ PRESSES = {
     "pyramidkv": ("PyramidKVPress", {"window": "window_size", "kernel": "kernel_size", "beta": "beta"}),
     "h2o": ("ObservedAttentionPress", {}),
     "think": ("ThinKPress", {"window": "window_size"}),  # its ratio: key channels removed, twice ours (below)
+    "adakv": ("AdaKVPress", {"alpha": "alpha_safeguard"}),  # around SnapKVPress, as lengthwise's adakv scores
 }
 
 
@@ -52,6 +53,9 @@ def make_press(spec: str):
     kw = {dst: getattr(pol, src) for src, dst in names.items() if hasattr(pol, src)}
     if name == "think":  # ThinKPress.compression_ratio is key_channel_compression_ratio / 2, as lengthwise's ratio
         return kvpress.ThinKPress(key_channel_compression_ratio=2 * ratio, **kw)
+    if name == "adakv":  # head-wise budgets over SnapKV's scores (kvpress masks the dropped tokens)
+        inner = kvpress.SnapKVPress(compression_ratio=ratio, window_size=pol.window, kernel_size=pol.kernel)
+        return kvpress.AdaKVPress(press=inner, **kw)
     return getattr(kvpress, cls)(compression_ratio=ratio, **kw)
 
 

@@ -85,6 +85,13 @@ def new_cache(model, prompts: list[list[int]], max_new_tokens: int, policy: Poli
     longest = max(lens)
     check_policy(model, policy)
     context = check_context(context, lens)
+    if policy.headwise and policy.evicts:  # kv/headwise.py: a region per kv head, the whole prompt until prefill ends
+        from .kv.headwise import HeadwiseKVCache
+        cache = HeadwiseKVCache(cfg.n_layers, [n + max_new_tokens for n in lens], cfg.n_kv_heads, cfg.head_dim,
+                                w.dtype, w.device, prompts=lens, kv_dtype=kv_dtype)
+        if context is not None:
+            cache.context = torch.tensor(context, dtype=torch.int64, device=w.device)
+        return cache
     caps = capacities(policy, lens, max_new_tokens, chunk, cfg.n_layers, context)
     cache = RaggedKVCache(cfg.n_layers, [max(c) for c in zip(*caps)], cfg.n_kv_heads, cfg.head_dim, w.dtype,
                           w.device, far_keys=model.rotary.far_keys_for(longest, longest + max_new_tokens),
@@ -312,7 +319,8 @@ def _generate(prompts, model, max_new_tokens, eos_ids, sampling, gen, backend, o
         cache.shrink(decode_need(policy, cache, [len(p) for p in prompts], max_new_tokens))
         held = cache.region_bytes()
     if cuda_graph is None:
-        cuda_graph = dev.type == "cuda" and backend.kernel == "varlen" and not policy.every
+        # a head-wise cache (adakv) decodes eagerly: its graph capture is not yet checked on a GPU
+        cuda_graph = dev.type == "cuda" and backend.kernel == "varlen" and not policy.every and not policy.headwise
     graph = GraphDecoder(model, cache, backend) if cuda_graph and max_new_tokens > 1 else None
     active = torch.arange(len(prompts), device=dev)
     out: list[list[int]] = [[] for _ in prompts]

@@ -15,7 +15,9 @@ the Backend, and for a decoder its rotations (positions/), its KV cache and the 
 - plain torch: RoPE, the cache write, attend() (the only path that records a gradient, and the one an fp8
   cache takes: its write quantizes and its read dequantizes, kv/cache.py);
 - a remap (SelfExtend, LM-Infinite): a second, far rotation and two-region attention (two_region.py); its GPU
-  decode step runs both regions in one kernel (triton_two_region.py).
+  decode step runs both regions in one kernel (triton_two_region.py);
+- a head-wise cache (kv/headwise.py: a count per kv head, Ada-KV): plain torch RoPE, then attention over each
+  (sequence, kv head) as a sequence of its own.
 """
 from __future__ import annotations
 
@@ -101,6 +103,12 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv_heads: int, step: Step,
             k, v = cache.write(layer, slots, k, v)
         return _evict(step, layer, q, attend(q, k, v, meta, mask, backend, scale, bias=step.bias), scale)
     far = rots.rot.far
+    if cache is not None and getattr(cache, "headwise", False):  # a count per kv head (kv/headwise.py)
+        from ..kv.headwise import attend_headwise
+        qk = rots.near.apply(qkv[:, :H + Hkv])
+        q = qk[:, :H]
+        y = attend_headwise(q, qk[:, H:], qkv[:, H + Hkv:], cache, layer, slots, meta, mask, backend, scale)
+        return _evict(step, layer, q, y, scale)
     scored = step.policy is not None and step.policy.needs_queries(step.budgets is not None)  # this forward's queries
     # a bias runs the plain path (attend takes it on the reference kernel); so does a cache stored in another
     # dtype (fp8), whose write and read the fused kernels do not convert

@@ -5,6 +5,7 @@
     lw.load("smollm2-135m", kv=lw.kv.H2O(tokens=1024, every=1))
     lw.load("smollm2-135m", kv="snapkv:ratio=0.5", kv_dtype="fp8")  # float8 keys and values, any policy
     lw.load("smollm2-135m", kv="think:ratio=0.25")      # ThinK: half the key channels, stored at half width
+    lw.load("smollm2-135m", kv="adakv:ratio=0.5")        # Ada-KV: budgets per kv head, a region per head
 
 `RaggedKVCache` gives each sequence a region of its own size; a `Policy` scores the cached tokens and the
 cache keeps the best within a budget (kv/policy.py). POLICIES lists them by name; KV_DTYPES what the cache
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 from .. import options
 from .cache import KV_DTYPES, RaggedKVCache, check_kv_dtype
+from .headwise import HeadwiseKVCache
 from .policy import Budget, Full, Policy, compress
 from .a2sf import A2SF
+from .adakv import AdaKV
 from .h2o import H2O
 from .knorm import Knorm
 from .pyramidkv import PyramidKV
@@ -27,7 +30,7 @@ from .tova import TOVA
 from .window import Window
 
 POLICIES: dict[str, type[Policy]] = {c.name: c for c in (Full, Window, Streaming, H2O, A2SF, TOVA, SnapKV,
-                                                          PyramidKV, Knorm, Random, ThinK)}
+                                                          PyramidKV, Knorm, Random, ThinK, AdaKV)}
 
 
 def parse(spec: "str | Policy | None") -> Policy:
@@ -40,4 +43,4 @@ def parse(spec: "str | Policy | None") -> Policy:
 
 
 __all__ = ["RaggedKVCache", "KV_DTYPES", "check_kv_dtype", "Policy", "Budget", "Full", "Window", "Streaming", "H2O", "A2SF", "TOVA", "SnapKV",
-           "PyramidKV", "Knorm", "Random", "ThinK", "POLICIES", "parse", "compress"]
+           "PyramidKV", "Knorm", "Random", "ThinK", "AdaKV", "HeadwiseKVCache", "POLICIES", "parse", "compress"]
