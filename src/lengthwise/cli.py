@@ -845,6 +845,38 @@ def report(
                               f"({'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''}); the report covers the other {n} records")
 
 
+@app.command("kv-calibrate", help="""\
+Find a decoder's retrieval heads for the duo KV policy (DuoAttention): passkey prompts generated with a
+seed evaluation never uses, the passkey teacher-forced, and per (layer, kv head) the attention mass the
+answer's queries put outside sinks + recent. Writes the table that duo:calibration=FILE reads.
+
+[bold]Example[/bold]
+  lengthwise kv-calibrate --model smollm2-135m --length 2k --samples 8 -o runs/heads.json
+  lengthwise eval --tasks niah_single --lengths 4k --kv duo:heads=0.5,calibration=runs/heads.json -o runs/duo.jsonl
+""")
+def kv_calibrate(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--output", "-o", metavar="HEADS.json", help="Where the table goes (JSON).")],
+    model: Annotated[str, ModelOpt] = "smollm2-135m",
+    length: Annotated[str, typer.Option("--length", help="Calibration prompt length in tokens; k = 1024.")] = "2k",
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Passkey prompts, their depths spread over 0-100%.")] = 8,
+    sinks: Annotated[int, typer.Option("--sinks", min=0, help="The streaming heads' first tokens, as duo's sinks.")] = 4,
+    recent: Annotated[int, typer.Option("--recent", min=1, help="The streaming heads' newest tokens, as duo's recent.")] = 256,
+    chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Wrap prompts in the model's chat template.")] = True,
+    device: Annotated[Optional[str], DeviceOpt] = None,
+    dtype: Annotated[Dtype, DtypeOpt] = None,
+):
+    from .evaluation.grid import parse_lengths
+    from .kv.duo import calibrate
+    check_output(out, (".json",), "the calibration table is JSON: name it .json")
+    n = parse_lengths(length)
+    if len(n) != 1:
+        raise LengthwiseError(f"--length takes one length, got {length!r}: e.g. --length 2k")
+    lm = _load(ctx, model, device, dtype, "auto")
+    t = calibrate(lm, out, n[0], samples, sinks, recent, chat)
+    typer.echo(f"wrote {out}: {len(t['scores'])} layers x {len(t['scores'][0])} kv heads", err=True)
+
+
 def main() -> None:
     """The console script: `lengthwise ...`."""
     app(prog_name="lengthwise")

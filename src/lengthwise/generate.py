@@ -129,6 +129,8 @@ def check_policy(model, policy: Policy) -> None:
     attention) or a model's own sliding window."""
     if hasattr(policy, "check_head_dim"):
         policy.check_head_dim(model.cfg.head_dim)
+    if hasattr(policy, "check_model"):  # duo: its calibration table is this model's
+        policy.check_model(model)
     if not policy.evicts or not (model.rotary.far_needed or model.cfg.windowed):
         return
     from .errors import LengthwiseError

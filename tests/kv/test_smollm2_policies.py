@@ -72,3 +72,20 @@ def test_each_policy_runs_packed_as_alone_within_its_bytes(setup, full, spec):
         allowed = (kept_ctx + (n - c) + NEW) / (n + NEW)  # the question and the new tokens stay whole
         assert b <= (allowed + 0.02) * f, (spec, b / f, allowed)
         assert b >= allowed * f * 0.9, (spec, b / f, allowed)  # and what is kept is really held
+
+
+def test_duo_with_its_calibrated_heads_runs_packed_as_alone_within_its_bytes(setup, full, tmp_path):
+    """duo on the heads its own probe finds (a short calibration: 2 passkey prompts of 512 tokens): half the kv
+    heads stream (sinks 4 + recent 256 of the context), the others keep all; the bytes are that share."""
+    from lengthwise.kv.duo import calibrate
+    lm, samples, ids, ctx = setup
+    calibrate(lm, tmp_path / "heads.json", length=512, samples=2)
+    spec = f"duo:heads=0.5,sinks=4,recent=256,calibration={tmp_path / 'heads.json'}"
+    toks, got = run(lm, ids, ctx, spec)
+    assert toks[1] == run(lm, ids[1:], ctx[1:], spec)[0][0]
+    cfg = lm.module.cfg
+    pairs = cfg.n_layers * cfg.n_kv_heads
+    stream = round(0.5 * pairs)
+    for b, f, n, c in zip(got, full[1], map(len, ids), ctx):
+        held = (stream * (min(c, 4 + 256) + n - c + NEW) + (pairs - stream) * (n + NEW)) / (pairs * (n + NEW))
+        assert held * f <= b <= (held + 0.02) * f, (b / f, held)

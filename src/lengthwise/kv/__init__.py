@@ -6,6 +6,7 @@
     lw.load("smollm2-135m", kv="snapkv:ratio=0.5", kv_dtype="fp8")  # float8 keys and values, any policy
     lw.load("smollm2-135m", kv="think:ratio=0.25")      # ThinK: half the key channels, stored at half width
     lw.load("smollm2-135m", kv="adakv:ratio=0.5")        # Ada-KV: budgets per kv head, a region per head
+    lw.load("smollm2-135m", kv="duo:heads=0.5,calibration=heads.json")  # DuoAttention (lengthwise kv-calibrate)
 
 `RaggedKVCache` gives each sequence a region of its own size; a `Policy` scores the cached tokens and the
 cache keeps the best within a budget (kv/policy.py). POLICIES lists them by name; KV_DTYPES what the cache
@@ -19,6 +20,7 @@ from .headwise import HeadwiseKVCache
 from .policy import Budget, Full, Policy, compress
 from .a2sf import A2SF
 from .adakv import AdaKV
+from .duo import Duo
 from .h2o import H2O
 from .knorm import Knorm
 from .pyramidkv import PyramidKV
@@ -30,7 +32,7 @@ from .tova import TOVA
 from .window import Window
 
 POLICIES: dict[str, type[Policy]] = {c.name: c for c in (Full, Window, Streaming, H2O, A2SF, TOVA, SnapKV,
-                                                          PyramidKV, Knorm, Random, ThinK, AdaKV)}
+                                                          PyramidKV, Knorm, Random, ThinK, AdaKV, Duo)}
 
 
 def parse(spec: "str | Policy | None") -> Policy:
@@ -43,4 +45,4 @@ def parse(spec: "str | Policy | None") -> Policy:
 
 
 __all__ = ["RaggedKVCache", "KV_DTYPES", "check_kv_dtype", "Policy", "Budget", "Full", "Window", "Streaming", "H2O", "A2SF", "TOVA", "SnapKV",
-           "PyramidKV", "Knorm", "Random", "ThinK", "AdaKV", "HeadwiseKVCache", "POLICIES", "parse", "compress"]
+           "PyramidKV", "Knorm", "Random", "ThinK", "AdaKV", "Duo", "HeadwiseKVCache", "POLICIES", "parse", "compress"]

@@ -52,6 +52,9 @@ class AdaKV(Budget):
     def score(self, c: Cached) -> torch.Tensor:
         return snap_scores(c, self.window, self.kernel)
 
+    def compress_heads(self, cache, layer, seqs, budgets, q, cu_q, scale=None) -> None:
+        compress_headwise(self, cache, layer, seqs, budgets, q, cu_q, scale)
+
 
 def compress_headwise(policy: AdaKV, cache, layer: int, seqs: torch.Tensor, budgets: torch.Tensor,
                       q: torch.Tensor, cu_q: torch.Tensor, scale: float | None = None) -> None:
@@ -59,21 +62,16 @@ def compress_headwise(policy: AdaKV, cache, layer: int, seqs: torch.Tensor, budg
     best by the policy's score over all its kv heads together, each head's best alpha x budget first; each head's
     kept tokens compacted to the front of its region, in cache order. q [T, H, D], cu_q [B'+1]: this forward's."""
     from ..attention.weights import last_queries, window_weights
+    from .headwise import gather_heads, keep_heads
     Hkv = cache.Hkv
-    n = cache.head_counts(layer, seqs)  # [B', Hkv]
-    over = n.sum(1) > budgets * Hkv
+    over = cache.head_counts(layer, seqs).sum(1) > budgets * Hkv
     if not bool(over.any()):
         return
     rows = over.nonzero().squeeze(1)
     seqs, budgets = seqs[rows], budgets[rows]
     B = len(seqs)
-    heads = cache.heads_of(seqs).t()  # [B, Hkv] virtual sequences
-    nv = cache.kept[layer, heads.reshape(-1)]  # [B Hkv]
-    S = int(nv.max())
-    idx = torch.arange(S, device=nv.device)
-    valid = idx[None, :] < nv[:, None]  # [B Hkv, S]
-    start = cache.start_l[layer, heads.reshape(-1)][:, None]
-    slots = torch.where(valid, start + idx[None, :], start)  # [B Hkv, S]
+    heads, slots, valid = gather_heads(cache, layer, seqs)  # [B, Hkv], [B Hkv, S], [B Hkv, S]
+    S = slots.shape[1]
     k = cache.keys(layer, slots)  # [B Hkv, S, 1, D]
     pos = cache.pos[layer][slots]  # [B Hkv, S, 1]
     # each (sequence, kv head) scored alone, as a sequence of one kv head and its G query heads
@@ -93,6 +91,7 @@ def compress_headwise(policy: AdaKV, cache, layer: int, seqs: torch.Tensor, budg
     # the safeguard: each head's best floor(alpha x budget) first (ties to the older token)
     safe = (budgets.double() * policy.alpha).floor().long()  # [B]
     order = sc.sort(dim=-1, descending=True, stable=True).indices  # [B, Hkv, S]
+    idx = torch.arange(S, device=sc.device)
     rank = torch.empty_like(order).scatter_(-1, order, idx.expand_as(order))
     sc = torch.where((rank < safe[:, None, None]) & valid3, math.inf, sc)
     # then the best Hkv x budget of the sequence's heads together; a stable sort over [head, slot] breaks ties
@@ -101,10 +100,6 @@ def compress_headwise(policy: AdaKV, cache, layer: int, seqs: torch.Tensor, budg
     flat = sc.reshape(B, Hkv * S)
     K = int(total.max())
     top = flat.sort(dim=-1, descending=True, stable=True).indices[:, :K]  # [B, K]
-    chosen = (torch.arange(K, device=nv.device)[None, :] < total[:, None]) & (flat.gather(1, top) > -math.inf)
-    keep = torch.zeros(B, Hkv * S, dtype=torch.bool, device=nv.device).scatter_(1, top, chosen).view(B, Hkv, S)
-    b, h, s = keep.nonzero(as_tuple=True)  # by sequence, head, then cache order
-    at = keep.long().cumsum(-1) - 1  # each kept token's place in its head's region
-    dst = cache.start_l[layer, heads[b, h]] + at[b, h, s]
-    cache.move(layer, dst, slots.view(B, Hkv, S)[b, h, s][:, None])
-    cache.kept[layer, heads.reshape(-1)] = keep.sum(-1).reshape(-1)
+    chosen = (torch.arange(K, device=sc.device)[None, :] < total[:, None]) & (flat.gather(1, top) > -math.inf)
+    keep = torch.zeros(B, Hkv * S, dtype=torch.bool, device=sc.device).scatter_(1, top, chosen)
+    keep_heads(cache, layer, heads, slots, keep.view(B, Hkv, S))

@@ -125,3 +125,26 @@ def attend_headwise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: He
     cu_q = torch.cat([(meta.cu_q[None, :-1] + heads).reshape(-1), meta.cu_q[-1:] + (Hkv - 1) * T])
     y = attend(qv, K, Vv, replace(meta, cu_q=cu_q), mask, backend, scale)  # [Hkv T, G, D]
     return y.view(Hkv, T, G, D).transpose(0, 1).reshape(T, H, D)
+
+
+def gather_heads(cache: HeadwiseKVCache, layer: int, seqs: torch.Tensor):
+    """One layer's cached tokens of seqs [B'], every kv head apart -> heads [B', Hkv] (their virtual sequences),
+    slots [B' Hkv, S] and valid [B' Hkv, S], padded past each head's count."""
+    heads = cache.heads_of(seqs).t()  # [B', Hkv]
+    nv = cache.kept[layer, heads.reshape(-1)]  # [B' Hkv]
+    idx = torch.arange(int(nv.max()), device=nv.device)
+    valid = idx[None, :] < nv[:, None]
+    start = cache.start_l[layer, heads.reshape(-1)][:, None]
+    return heads, torch.where(valid, start + idx[None, :], start), valid
+
+
+def keep_heads(cache: HeadwiseKVCache, layer: int, heads: torch.Tensor, slots: torch.Tensor,
+               keep: torch.Tensor) -> None:
+    """Keep, of each (sequence, kv head) heads [B', Hkv], the tokens keep [B', Hkv, S] marks (at slots
+    [B' Hkv, S]), compacted to the front of the head's region in cache order; its count becomes theirs."""
+    B, Hkv, S = keep.shape
+    b, h, s = keep.nonzero(as_tuple=True)  # by sequence, head, then cache order
+    at = keep.long().cumsum(-1) - 1  # each kept token's place in its head's region
+    dst = cache.start_l[layer, heads[b, h]] + at[b, h, s]
+    cache.move(layer, dst, slots.view(B, Hkv, S)[b, h, s][:, None])
+    cache.kept[layer, heads.reshape(-1)] = keep.sum(-1).reshape(-1)

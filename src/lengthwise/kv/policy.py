@@ -72,7 +72,8 @@ class Policy:
     observe: ClassVar[int] = 0  # last queries whose attention weights score() needs; 0: none
     accumulate: ClassVar[bool] = False  # score() reads the accumulated attention (Cached.attention)
     chunked: ClassVar[bool] = True  # long prompts prefill in chunks, each ending in an eviction (False: one forward)
-    headwise: ClassVar[bool] = False  # kv heads keep counts of their own (kv/headwise.py: a region per head)
+    headwise: ClassVar[bool] = False  # kv heads keep counts of their own (kv/headwise.py: a region per head),
+    # chosen by compress_heads(cache, layer, seqs, budgets, q, cu_q, scale)
     # decode: evict after every `every`-th step (0: the policy acts in prefill only); keyword-only, so it
     # follows each policy's own options
     every: int = field(default=0, kw_only=True)
@@ -188,9 +189,8 @@ def after_attention(policy: Policy, cache, layer: int, seqs: torch.Tensor, budge
         acc[slots[valid]] = (torch.where(old[..., None], acc[slots] * fade, 0) + cs)[valid]
     if budgets is not None and hasattr(policy, "channels") and cache.chan[layer] is None:
         prune_channels(policy, cache, layer, seqs, q, cu_q)
-    if budgets is not None and getattr(cache, "headwise", False):
-        from .adakv import compress_headwise
-        compress_headwise(policy, cache, layer, seqs, budgets, q, cu_q, scale)
+    if budgets is not None and getattr(cache, "headwise", False):  # budgets per kv head (kv/headwise.py)
+        policy.compress_heads(cache, layer, seqs, budgets, q, cu_q, scale)
     elif budgets is not None:
         compress(policy, cache, layer, seqs, budgets, q, cu_q, scale)
 

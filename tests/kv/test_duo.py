@@ -1,0 +1,142 @@
+"""DuoAttention (duo): retrieval heads keep the whole cache, streaming heads their sinks and recent window, on the
+head-wise cache; the heads come from a calibration probe. Checked against independent references: the probe's
+table against the same quantity computed from HF transformers' own eager attention weights (SmolLM2, float32);
+the attention over the split cache against HF's model with each streaming head's middle masked (float64).
+"""
+import json
+
+import pytest
+import torch
+
+import lengthwise as lw
+from lengthwise import LengthwiseError
+from lengthwise.generate import Timing, decode_step, generate, new_cache, prefill
+from lengthwise.kv.duo import CALIBRATION_SEED, calibrate
+
+from conftest import rel_err
+from test_adakv import head_sets
+from test_policies import HKV, LAYERS, hf_kept_logits, models, prompts_of  # noqa: F401
+
+SCORES = [[0.9, 0.1], [0.2, 0.8], [0.05, 0.3]]  # heads=0.5: the three lowest (0.05, 0.1, 0.2) stream
+
+
+@pytest.fixture()
+def table(tmp_path):
+    p = tmp_path / "heads.json"
+    p.write_text(json.dumps({"scores": SCORES}))
+    return p
+
+
+def streaming(layer, h):
+    return SCORES[layer][h] <= 0.2
+
+
+def test_probe_equals_hf_attention_mass_outside_the_window(smol, hf_smol, tmp_path):
+    """The table: per (layer, kv head), the mass the answer's queries put outside sinks + recent, from HF's own
+    eager weights on the same ids (the passkey teacher-forced), averaged over the group's heads."""
+    from lengthwise.evaluation.backends import make_render
+    from lengthwise.tasks import get_task
+    sinks, recent = 4, 64
+    got = calibrate(smol, tmp_path / "h.json", length=512, samples=1, sinks=sinks, recent=recent)
+    assert json.loads((tmp_path / "h.json").read_text())["scores"] == got["scores"]
+    render = make_render(smol.tokenizer, chat=True)
+    s = get_task("passkey").make(render, 512, 50.0, seed=CALIBRATION_SEED)
+    answer = smol.tokenizer(s.answers[0], add_special_tokens=False)["input_ids"]
+    ids = render(s.prompt, s.answer_prefix) + answer
+    with torch.no_grad():
+        att = hf_smol(torch.tensor([ids]), output_attentions=True).attentions
+    n, k = len(ids), len(answer) + 1
+    q = torch.arange(n - k, n)[:, None]
+    p = torch.arange(n)[None, :]
+    outside = ~((p < sinks) | (p > q - recent)) & (p <= q)
+    cfg = smol.module.cfg
+    for layer in range(cfg.n_layers):
+        mass = (att[layer][0, :, -k:, :].double() * outside).sum(-1).mean(-1)  # [H]
+        want = mass.view(cfg.n_kv_heads, -1).mean(1)
+        assert torch.allclose(torch.tensor(got["scores"][layer], dtype=torch.float64), want, atol=2e-4), layer
+    assert max(max(r) for r in got["scores"]) > 0.1  # some heads do reach past the window
+
+
+def test_streaming_heads_keep_their_window_and_attention_equals_hf_masked(models, table):
+    hf, folder = models
+    spec = f"duo:heads=0.5,sinks=2,recent=5,calibration={table}"
+    lm = lw.load(folder, device="cpu", dtype="float64", kv=spec)
+    m = lm.module
+    prompts = prompts_of(7, (38, 27))
+    context = [30, 19]
+    feed = [[5, 17, 3], [11, 2, 40]]
+    cache = new_cache(m, prompts, len(feed[0]) + 1, lm.kv, context=context)
+    steps = []
+    with torch.inference_mode():
+        steps.append(prefill(m, prompts, cache, lm.backend, lm.kv))
+        kept = [[head_sets(cache, layer, i) for layer in range(LAYERS)] for i in range(2)]
+        for t in range(len(feed[0])):
+            steps.append(decode_step(m, cache, torch.tensor([f[t] for f in feed]), torch.arange(2), lm.backend, lm.kv))
+    for i, (p, c) in enumerate(zip(prompts, context)):
+        for layer in range(LAYERS):
+            for h in range(HKV):
+                whole = set(range(len(p)))
+                want = {x for x in whole if x < 2 or x >= c - 5} if streaming(layer, h) else whole
+                assert kept[i][layer][h] == want, (i, layer, h)
+        ref = hf_kept_logits(hf, p + feed[i], c, kept[i])
+        for t, got in enumerate(steps):
+            assert rel_err(got[i], ref[len(p) - 1 + t]) <= 1e-6, (i, t)
+
+
+def test_bytes_packing_and_no_streaming_heads(models, table):
+    """A streaming head's region holds its window, a retrieval head's everything: the bytes are that sum, read
+    from storage; packed equals alone; heads=0 is the full cache."""
+    _, folder = models
+    prompts = [list(range(3, 203)), list(range(10, 130))]
+    spec = f"duo:heads=0.5,sinks=4,recent=16,calibration={table}"
+    lm = lw.load(folder, device="cpu", dtype="bfloat16", kv=spec)
+    full = lw.load(folder, device="cpu", dtype="bfloat16")
+    t, tf = Timing(), Timing()
+    generate(lm.module, prompts, 4, set(), backend=lm.backend, policy=lm.kv, timing=t)
+    generate(full.module, prompts, 4, set(), backend=full.backend, timing=tf)
+    D = lm.module.cfg.head_dim
+    for got, want, p in zip(t.kv_bytes, tf.kv_bytes, prompts):
+        n = len(p) + 4
+        heads = [(20 + 4) if streaming(layer, h) else n for layer in range(LAYERS) for h in range(HKV)]
+        assert abs(got - want * sum(heads) / (LAYERS * HKV * n) * (1 + 1 / D)) <= 0.005 * want, (got, want)
+    f64 = lw.load(folder, device="cpu", dtype="float64", kv=spec)
+    together = f64.generate_ids(prompts_of(2), max_new_tokens=4)
+    assert together == [f64.generate_ids([x], max_new_tokens=4)[0] for x in prompts_of(2)]
+    none = lw.load(folder, device="cpu", dtype="float64", kv=f"duo:heads=0,calibration={table}")
+    plain = lw.load(folder, device="cpu", dtype="float64")
+    assert none.generate_ids(prompts_of(2), max_new_tokens=4) == plain.generate_ids(prompts_of(2), max_new_tokens=4)
+
+
+def test_bad_input_gets_one_line(models, table, tmp_path):
+    _, folder = models
+    from lengthwise import kv
+    for bad, needle in [("duo:heads=0.5", "needs a calibration file"),
+                        (f"duo:calibration={tmp_path / 'none.json'}", "no calibration file at"),
+                        (f"duo:heads=1.5,calibration={table}", "heads .* must be in"),
+                        (f"duo:recent=0,calibration={table}", "recent >= 1"),
+                        (f"duo:every=2,calibration={table}", "drop every")]:
+        with pytest.raises(LengthwiseError, match=needle):
+            kv.parse(bad)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"scores": [[0.1, 0.2, 0.3]]}))
+    with pytest.raises(LengthwiseError, match="calibrate this model"):
+        lw.load(folder, device="cpu", kv=f"duo:calibration={other}")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(LengthwiseError, match="cannot read the calibration file"):
+        lw.load(folder, device="cpu", kv=f"duo:calibration={broken}")
+
+
+def test_cli_calibrates_and_refuses_bad_input_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+    from lengthwise import cli
+    out = tmp_path / "heads.json"
+    r = CliRunner().invoke(cli.app, ["kv-calibrate", "--model", "smollm2-135m", "--length", "256", "--samples", "1",
+                                     "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    t = json.loads(out.read_text())
+    assert len(t["scores"]) == 30 and len(t["scores"][0]) == 3 and t["seed"] == CALIBRATION_SEED
+    for args in (["--length", "1k,2k"], ["-o", str(tmp_path / "h.txt")]):
+        base = ["kv-calibrate", "--model", "smollm2-135m", "-o", str(tmp_path / "x.json")]
+        r = CliRunner().invoke(cli.app, base + args)
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
