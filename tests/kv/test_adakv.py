@@ -24,7 +24,7 @@ def reference_heads(att, n, budget, alpha=0.2, window=4, kernel=3):
     s = group_mean(att[:, -window:, :].mean(1))  # [Hkv, n]: SnapKV's window attention per kv head
     s = F.avg_pool1d(s[:, None], kernel, stride=1, padding=kernel // 2, count_include_pad=False)[:, 0]
     s = torch.where(newest(n, window), torch.inf, s)
-    safe = int(budget * alpha)
+    safe = max(1, int(budget * alpha)) if alpha > 0 and budget > 0 else 0  # AdaKVPress's n_safe
     for h in range(HKV):
         s[h, s[h].sort(descending=True, stable=True).indices[:safe]] = torch.inf
     top = s.reshape(-1).sort(descending=True, stable=True).indices[:HKV * budget]

@@ -88,8 +88,10 @@ def compress_headwise(policy: AdaKV, cache, layer: int, seqs: torch.Tensor, budg
     if cache.context is not None:  # the question and what follows it stay, in every head
         past = pos.view(B, Hkv, S) >= cache.context[seqs][:, None, None]
         sc = sc.masked_fill(past & valid3, math.inf)
-    # the safeguard: each head's best floor(alpha x budget) first (ties to the older token)
+    # the safeguard: each head's best floor(alpha x budget), at least 1, first (ties to the older token)
     safe = (budgets.double() * policy.alpha).floor().long()  # [B]
+    if policy.alpha > 0:  # kvpress: at least one, where the budget keeps any
+        safe = torch.where(budgets > 0, safe.clamp(min=1), 0)
     order = sc.sort(dim=-1, descending=True, stable=True).indices  # [B, Hkv, S]
     idx = torch.arange(S, device=sc.device)
     rank = torch.empty_like(order).scatter_(-1, order, idx.expand_as(order))
