@@ -262,7 +262,9 @@ def test_cache_bytes_fall_with_the_ratio(models):
     ("tova:ratio=0.5,tokens=3", "exactly one budget"), ("streaming:tokens=4", "must pass them"),
     ("snapkv:ratio=0.5,kernel=4", "odd number"), ("pyramidkv:ratio=0.5,beta=0.5", "beta must be >= 1"),
     ("a2sf:ratio=0.5,factor=0", "forgetting factor"), ("h2o:ratio=0.5,recent=1", "share of the budget"),
-    ("snapkv:ratio=0.5,windw=3", "no option 'windw'"), ("snapkv2:ratio=0.5", "unknown KV policy")])
+    ("snapkv:ratio=0.5,windw=3", "no option 'windw'"), ("snapkv2:ratio=0.5", "unknown KV policy"),
+    ("snapkv:tokens=10", "below its observation window"), ("pyramidkv:tokens=8,window=16", "below its observation"),
+    ("adakv:tokens=10", "below its observation window")])
 def test_bad_specs_get_one_line(bad, needle):
     with pytest.raises(lw.LengthwiseError, match=needle):
         kv.parse(bad)

@@ -45,6 +45,9 @@ class AdaKV(Budget):
         if self.window < 1 or self.kernel < 1 or self.kernel % 2 == 0:
             raise LengthwiseError(f"adakv: window must be >= 1 and kernel an odd number >= 1, got "
                                   f"window={self.window}, kernel={self.kernel}")
+        if self.tokens and self.tokens < self.window:
+            raise LengthwiseError(f"adakv: a budget of tokens={self.tokens} is below its observation window "
+                                  f"(window={self.window}, always kept): raise tokens or lower window")
         if self.every:
             raise LengthwiseError("adakv sets its head budgets once, at the end of prefill: drop every= "
                                   "(or use snapkv, h2o or streaming to evict during decode)")

@@ -42,6 +42,9 @@ class SnapKV(Budget):
         if self.window < 1 or self.kernel < 1 or self.kernel % 2 == 0:
             raise LengthwiseError(f"{self.name}: window must be >= 1 and kernel an odd number >= 1, got "
                                   f"window={self.window}, kernel={self.kernel}")
+        if self.tokens and self.tokens < self.window:
+            raise LengthwiseError(f"{self.name}: a budget of tokens={self.tokens} is below its observation window "
+                                  f"(window={self.window}, always kept): raise tokens or lower window")
 
     def score(self, c):
         return snap_scores(c, self.window, self.kernel)
