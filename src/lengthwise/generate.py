@@ -85,10 +85,13 @@ def new_cache(model, prompts: list[list[int]], max_new_tokens: int, policy: Poli
     longest = max(lens)
     check_policy(model, policy)
     context = check_context(context, lens)
-    if policy.headwise and policy.evicts:  # kv/headwise.py: a region per kv head, the whole prompt until prefill ends
+    if policy.headwise and policy.evicts:  # kv/headwise.py: a region per (layer, kv head)
         from .kv.headwise import HeadwiseKVCache
+        heads = None  # the whole prompt in every head until prefill ends, unless the policy says what each holds
+        if hasattr(policy, "head_capacities"):
+            heads = policy.head_capacities(lens, context, max_new_tokens, chunk, cfg.n_layers, cfg.n_kv_heads)
         cache = HeadwiseKVCache(cfg.n_layers, [n + max_new_tokens for n in lens], cfg.n_kv_heads, cfg.head_dim,
-                                w.dtype, w.device, prompts=lens, kv_dtype=kv_dtype)
+                                w.dtype, w.device, prompts=lens, head_capacities=heads, kv_dtype=kv_dtype)
         if context is not None:
             cache.context = torch.tensor(context, dtype=torch.int64, device=w.device)
         return cache

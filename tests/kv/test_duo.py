@@ -15,7 +15,7 @@ from lengthwise.kv.duo import CALIBRATION_SEED, calibrate
 
 from conftest import rel_err
 from test_adakv import head_sets
-from test_policies import HKV, LAYERS, hf_kept_logits, models, prompts_of  # noqa: F401
+from test_policies import HKV, LAYERS, models, prompts_of  # noqa: F401
 
 SCORES = [[0.9, 0.1], [0.2, 0.8], [0.05, 0.3]]  # heads=0.5: the three lowest (0.05, 0.1, 0.2) stream
 
@@ -57,7 +57,10 @@ def test_probe_equals_hf_attention_mass_outside_the_window(smol, hf_smol, tmp_pa
     assert max(max(r) for r in got["scores"]) > 0.1  # some heads do reach past the window
 
 
-def test_streaming_heads_keep_their_window_and_attention_equals_hf_masked(models, table):
+@pytest.mark.parametrize("chunk", [4096, 8])
+def test_streaming_heads_keep_their_window_and_attention_equals_hf_masked(models, table, chunk):
+    """In one prefill forward or in chunks of 8 (a streaming head evicting after each): the kept tokens, and the
+    question's and decode steps' logits equal HF's model with each streaming head masked as it runs (visible)."""
     hf, folder = models
     spec = f"duo:heads=0.5,sinks=2,recent=5,calibration={table}"
     lm = lw.load(folder, device="cpu", dtype="float64", kv=spec)
@@ -65,10 +68,10 @@ def test_streaming_heads_keep_their_window_and_attention_equals_hf_masked(models
     prompts = prompts_of(7, (38, 27))
     context = [30, 19]
     feed = [[5, 17, 3], [11, 2, 40]]
-    cache = new_cache(m, prompts, len(feed[0]) + 1, lm.kv, context=context)
+    cache = new_cache(m, prompts, len(feed[0]) + 1, lm.kv, chunk=chunk, context=context)
     steps = []
     with torch.inference_mode():
-        steps.append(prefill(m, prompts, cache, lm.backend, lm.kv))
+        steps.append(prefill(m, prompts, cache, lm.backend, lm.kv, chunk=chunk))
         kept = [[head_sets(cache, layer, i) for layer in range(LAYERS)] for i in range(2)]
         for t in range(len(feed[0])):
             steps.append(decode_step(m, cache, torch.tensor([f[t] for f in feed]), torch.arange(2), lm.backend, lm.kv))
@@ -78,14 +81,50 @@ def test_streaming_heads_keep_their_window_and_attention_equals_hf_masked(models
                 whole = set(range(len(p)))
                 want = {x for x in whole if x < 2 or x >= c - 5} if streaming(layer, h) else whole
                 assert kept[i][layer][h] == want, (i, layer, h)
-        ref = hf_kept_logits(hf, p + feed[i], c, kept[i])
+        ref = hf_masked_logits(hf, p + feed[i], lambda layer, h: visible(streaming(layer, h), len(p) + 3, c, chunk))
         for t, got in enumerate(steps):
             assert rel_err(got[i], ref[len(p) - 1 + t]) <= 1e-6, (i, t)
 
 
+def visible(stream: bool, n: int, c: int, chunk: int, sinks: int = 2, recent: int = 5):
+    """[n, n] bool: what query i sees of key j in one head, by DuoAttention's rule as the engine runs it: causal;
+    a streaming head's queries in a prefill chunk starting at a see, of the keys before a, only the sinks and the
+    `recent` newest (the head evicted after the chunk before); past the context (c), the question and decode
+    tokens see the sinks, the context's last `recent` and everything from c on."""
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    ok = j <= i
+    if not stream:
+        return ok
+    a = torch.where(i < c, (i // chunk) * chunk, c)  # where each query's chunk (or the question) starts
+    return ok & ((j >= a) | (j < sinks) | (j >= a - recent))
+
+
+def hf_masked_logits(hf, ids, see):
+    """HF's own model on ids, each query head reading only what see(layer, kv head) [n, n] allows of its kv head;
+    the mask goes in through HF's attention registry, around HF's eager attention. -> logits [n, V] float64."""
+    from transformers import AttentionInterface
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+    H = hf.config.num_attention_heads
+    masks = [torch.stack([torch.where(see(layer, h // (H // HKV)), 0.0, -torch.inf).double() for h in range(H)])[None]
+             for layer in range(LAYERS)]
+
+    def masked(module, query, key, value, attention_mask, scaling, dropout=0.0, **kw):
+        return eager_attention_forward(module, query, key, value, masks[module.layer_idx], scaling, dropout, **kw)
+
+    AttentionInterface.register("lengthwise_test_duo", masked)
+    before = hf.config._attn_implementation
+    hf.set_attn_implementation("lengthwise_test_duo")
+    try:
+        with torch.no_grad():
+            return hf(torch.tensor([ids])).logits[0].double()
+    finally:
+        hf.set_attn_implementation(before)
+
+
 def test_bytes_packing_and_no_streaming_heads(models, table):
     """A streaming head's region holds its window, a retrieval head's everything: the bytes are that sum, read
-    from storage; packed equals alone; heads=0 is the full cache."""
+    from storage, in decode and in a chunked prefill (the window plus one chunk); packed equals alone; heads=0 is
+    the full cache."""
     _, folder = models
     prompts = [list(range(3, 203)), list(range(10, 130))]
     spec = f"duo:heads=0.5,sinks=4,recent=16,calibration={table}"
@@ -98,6 +137,13 @@ def test_bytes_packing_and_no_streaming_heads(models, table):
     for got, want, p in zip(t.kv_bytes, tf.kv_bytes, prompts):
         n = len(p) + 4
         heads = [(20 + 4) if streaming(layer, h) else n for layer in range(LAYERS) for h in range(HKV)]
+        assert abs(got - want * sum(heads) / (LAYERS * HKV * n) * (1 + 1 / D)) <= 0.005 * want, (got, want)
+    t, tf = Timing(), Timing()
+    generate(lm.module, prompts, 4, set(), backend=lm.backend, policy=lm.kv, timing=t, chunk=32)
+    generate(full.module, prompts, 4, set(), backend=full.backend, timing=tf, chunk=32)
+    for got, want, p in zip(t.kv_bytes_prefill, tf.kv_bytes_prefill, prompts):
+        n = len(p) + 4
+        heads = [(20 + 32 + 4) if streaming(layer, h) else n for layer in range(LAYERS) for h in range(HKV)]
         assert abs(got - want * sum(heads) / (LAYERS * HKV * n) * (1 + 1 / D)) <= 0.005 * want, (got, want)
     f64 = lw.load(folder, device="cpu", dtype="float64", kv=spec)
     together = f64.generate_ids(prompts_of(2), max_new_tokens=4)

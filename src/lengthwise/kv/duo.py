@@ -49,7 +49,6 @@ def _read(path: str, mtime: float) -> dict:
 class Duo(Policy):
     name: ClassVar[str] = "duo"
     headwise: ClassVar[bool] = True
-    chunked: ClassVar[bool] = False
     heads: float = 0.5
     sinks: int = 4
     recent: int = 256
@@ -89,6 +88,16 @@ class Duo(Policy):
         out = torch.zeros(scores.numel(), dtype=torch.bool)
         out[scores.reshape(-1).sort(stable=True).indices[:n]] = True
         return out.view(n_layers, n_kv_heads)
+
+    def head_capacities(self, prompts: list[int], context: list[int] | None, new: int, chunk: int, n_layers: int,
+                        n_kv_heads: int) -> list[list[list[int]]]:
+        """[L][Hkv][B]: a retrieval head's region holds its whole sequence; a streaming head's its window plus one
+        prefill chunk of the context (evicted after each), then the question and the new tokens."""
+        stream = self.streaming_heads(n_layers, n_kv_heads).tolist()
+        C = prompts if context is None else context
+        whole = [p + new for p in prompts]
+        window = [min(c, self.sinks + self.recent + chunk) + p - c + new for p, c in zip(prompts, C)]
+        return [[window if s else whole for s in layer] for layer in stream]
 
     def check_model(self, model) -> None:
         self.streaming_heads(model.cfg.n_layers, model.cfg.n_kv_heads)

@@ -31,13 +31,16 @@ class HeadwiseKVCache(RaggedKVCache):
     headwise = True
 
     def __init__(self, n_layers: int, capacities: list[int], n_kv_heads: int, head_dim: int, dtype: torch.dtype,
-                 device, prompts: list[int] | None = None, layer_capacities: list[list[int]] | None = None,
+                 device, prompts: list[int] | None = None, head_capacities: list[list[list[int]]] | None = None,
                  kv_dtype: str = "auto"):
+        """capacities [B]: each sequence's largest region; head_capacities [L][Hkv][B]: each (layer, kv head)'s
+        region per sequence (None: capacities everywhere), so a head that keeps little never holds more."""
         B, Hkv = len(capacities), n_kv_heads
         prompts = list(capacities) if prompts is None else list(prompts)
-        lc = [list(capacities)] * n_layers if layer_capacities is None else layer_capacities
+        hc = [[list(capacities)] * Hkv] * n_layers if head_capacities is None else head_capacities
+        lc = [[c for row in layer for c in row] for layer in hc]  # [L][Hkv B], kv head first
         super().__init__(n_layers, list(capacities) * Hkv, 1, head_dim, dtype, device, prompts=prompts * Hkv,
-                         evicting=True, layer_capacities=[list(row) * Hkv for row in lc], kv_dtype=kv_dtype)
+                         evicting=True, layer_capacities=lc, kv_dtype=kv_dtype)
         self.B, self.Hkv = B, Hkv
         dev = self.kept.device
         self.length = torch.zeros(B, dtype=torch.int64, device=dev)
