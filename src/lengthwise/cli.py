@@ -373,7 +373,7 @@ def _describe(path: Path) -> tuple[str, str]:
     if path.suffix == ".gguf":
         reader = L.open_gguf(path)  # opened once: it maps the file and touches its last tensor
         trained = L.gguf_context(reader)
-        return str(reader.fields["general.architecture"].contents()), "?" if trained is None else str(trained)
+        return str(reader.fields.get("general.architecture", "?")), "?" if trained is None else str(trained)
     trained = L.trained_context(path)
     context = "?" if trained is None else str(trained)
     cfg = L.read_json(path / "config.json")

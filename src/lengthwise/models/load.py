@@ -248,7 +248,34 @@ def _gguf_fields(reader) -> dict:
     return out
 
 
-def open_gguf(path: Path):
+def _identity(path: Path) -> tuple:
+    """A file as a cache key: its path and (inode, size, mtime, ctime), so a rewritten file is read again."""
+    path = Path(path).resolve()
+    st = path.stat()
+    return path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+@dataclass(frozen=True)
+class GGUFFile:
+    """What lengthwise reads of a GGUF file: its metadata (the big tokenizer arrays left out) and its tensors
+    (gguf's ReaderTensor: name, type, shape, and data mapped from the file, read when dequantized)."""
+    fields: dict
+    tensors: tuple
+
+    def context(self) -> int | None:
+        ctx = self.fields.get(f"{self.fields.get('general.architecture')}.context_length")
+        return None if ctx is None else int(ctx)
+
+
+def open_gguf(path: Path) -> GGUFFile:
+    """Parse a GGUF file once per process (per file identity): gguf's reader walks every vocabulary string, seconds
+    for a 49k vocabulary, and a grid asks for the context before the weights. Only the small parts are kept: the
+    metadata and the tensors' file maps, not the reader's per-string views."""
+    return _open_gguf(*_identity(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _open_gguf(path: Path, ino: int, size: int, mtime_ns: int, ctime_ns: int) -> GGUFFile:
     from gguf import GGUFReader
     try:
         reader = GGUFReader(str(path))
@@ -256,7 +283,7 @@ def open_gguf(path: Path):
         if reader.tensors:
             last = reader.tensors[-1]
             np.asarray(last.data).reshape(-1)[-1:].copy()
-        return reader
+        return GGUFFile(_gguf_fields(reader), tuple(reader.tensors))
     except Exception as e:
         raise LengthwiseError(f"corrupted or truncated GGUF file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
                               "restore or re-download it") from None
@@ -265,7 +292,7 @@ def open_gguf(path: Path):
 def _read_gguf(path: Path) -> Checkpoint:
     from gguf.quants import dequantize
     reader = open_gguf(path)
-    fields = _gguf_fields(reader)
+    fields = reader.fields
     arch = fields.get("general.architecture", "?")
     if arch not in GGUF_ARCHS:
         raise LengthwiseError(f"unsupported GGUF architecture {arch!r} in {path}: supported are {', '.join(GGUF_ARCHS)}")
@@ -287,8 +314,7 @@ def _read_gguf(path: Path) -> Checkpoint:
 
 def gguf_context(reader) -> int | None:
     """The trained context an open GGUF file's metadata names, or None."""
-    ctx = reader.fields.get(f"{reader.fields['general.architecture'].contents()}.context_length")
-    return None if ctx is None else int(ctx.contents())
+    return reader.context()
 
 
 def trained_context(path: Path) -> int | None:
@@ -331,7 +357,21 @@ def build_module(ck: Checkpoint, dtype: torch.dtype, device: torch.device, train
 
 
 def load_tokenizer(path: Path):
-    """The model's own tokenizer, or None when the checkpoint ships none."""
+    """The model's own tokenizer, or None when the checkpoint ships none. Built once per process per checkpoint
+    (a GGUF's is converted from its vocabulary, seconds); each call gets its own copy, so a caller's settings
+    (padding side, added tokens) never reach another's."""
+    import copy
+    key = (path, *_identity(path)[1:]) if path.suffix == ".gguf" else (path, *_folder_identity(path))
+    return copy.deepcopy(_tokenizer(*key))
+
+
+def _folder_identity(folder: Path) -> tuple:
+    files = [folder / f for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")]
+    return tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: Path, *identity):
     from transformers import AutoTokenizer
     try:
         if path.suffix == ".gguf":
