@@ -186,3 +186,20 @@ def test_cli_calibrates_and_refuses_bad_input_in_one_line(tmp_path):
         base = ["kv-calibrate", "--model", "smollm2-135m", "-o", str(tmp_path / "x.json")]
         r = CliRunner().invoke(cli.app, base + args)
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+
+
+def test_an_eval_store_keys_duo_by_its_calibration_bytes(tmp_path):
+    """The same path with another table is another config: a rerun after kv-calibrate rewrote the file does not
+    reuse the old cells."""
+    from lengthwise.evaluation import EvalConfig
+    from lengthwise.evaluation.grid import store_config
+    p = tmp_path / "heads.json"
+    p.write_text(json.dumps({"scores": SCORES}))
+    cfg = EvalConfig(model="smollm2-135m", tasks=["passkey"], lengths=[1024], depths=[50.0], samples=1,
+                     kv=f"duo:calibration={p}")
+    first = store_config(cfg)
+    p.write_text(json.dumps({"scores": [[0.1, 0.9], [0.2, 0.8], [0.05, 0.3]]}))
+    second = store_config(cfg)
+    assert first["kv"] == second["kv"] and first["kv_calibration_sha256"] != second["kv_calibration_sha256"]
+    assert "kv_calibration_sha256" not in store_config(EvalConfig(model="smollm2-135m", tasks=["passkey"],
+                                                                  lengths=[1024], depths=[50.0], samples=1))

@@ -125,7 +125,17 @@ def store_config(cfg: EvalConfig) -> dict:
             "positions": cfg.method, "hf_rope": cfg.hf_rope, "kv": getattr(cfg, "kv", None) or "full",
             "seed": cfg.seed, **({"kernel": cfg.kernel} if getattr(cfg, "kernel", "auto") != "auto" else {}),
             **({"kv_question": cfg.kv_question} if (getattr(cfg, "kv", None) or "full") != "full" else {}),
-            **({"kv_dtype": kv_dtype} if kv_dtype != "auto" else {})}  # stores from before kv_dtype keep their keys
+            **({"kv_dtype": kv_dtype} if kv_dtype != "auto" else {}),  # stores from before kv_dtype keep their keys
+            **_kv_files(getattr(cfg, "kv", None) or "full")}
+
+
+def _kv_files(kv: str) -> dict:
+    """A policy that reads a file (duo's calibration table) is keyed by the file's bytes too, not its path alone."""
+    from pathlib import Path
+    from .. import kv as K
+    from ..models import load as L
+    path = getattr(K.parse(kv), "calibration", "")
+    return {"kv_calibration_sha256": L.content_hash(Path(path))} if path else {}
 
 
 def cell_id(cfg: EvalConfig, task: str, length: int, depth: float, sample: int, context: int | None = None,
