@@ -95,3 +95,30 @@ def test_specs_and_errors():
         scratch.parse("randomized:base=abacus")
     with pytest.raises(LengthwiseError, match="cannot read option"):
         scratch.parse("alibi:slope=2")
+
+
+@pytest.mark.parametrize("spec", ["alibi", "t5", "fire", "randomized:base=alibi", "abacus:base=t5"])
+def test_a_batch_of_sequences_gets_each_ones_bias_exactly(spec):
+    """The reference kernel asks for every sequence of one length at once (SequenceBias.batch): the same numbers,
+    and the same gradients into a learned bias, as one sequence at a time."""
+    from types import SimpleNamespace
+    from lengthwise.positions import scratch
+    torch.manual_seed(0)
+    s = scratch.build(spec, scratch.Shape(32, 4, 8))  # float32, as the lab trains
+    lens = [5, 9, 5, 5, 9, 3]
+    positions = torch.cat([torch.randperm(40)[:n].sort().values for n in lens])  # randomized-style gaps
+    cu = torch.tensor([0] + lens).cumsum(0)
+    sb = s.biases(positions, SimpleNamespace(cu_q=cu))
+    for n in (5, 9):
+        seqs = [i for i, m in enumerate(lens) if m == n]
+        one = torch.stack([sb(i, n, n) for i in seqs])
+        many = sb.batch(seqs, n)
+        assert many.shape == (len(seqs), 4, n, n), spec
+        assert torch.allclose(many, one, rtol=1e-6, atol=1e-7), spec  # one GEMM for FIRE's MLP, not several
+        params = [p for p in s.parameters() if p.requires_grad]
+        if params:
+            g1 = torch.autograd.grad(one.square().sum(), params, allow_unused=True)
+            g2 = torch.autograd.grad(sb.batch(seqs, n).square().sum(), params, allow_unused=True)
+            assert any(a is not None for a in g1), spec
+            assert all((a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-5, atol=1e-6))
+                       for a, b in zip(g1, g2)), spec

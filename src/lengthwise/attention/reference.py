@@ -54,7 +54,8 @@ def _packed_by_length(q, k, v, meta, mask, scale, bias):
         v_b = v[idx].to(work).view(len(seqs), n, *v.shape[1:]).repeat_interleave(rep, dim=2)
         s = torch.einsum("bqhd,bkhd->bhqk", q_b, k_b) * scale  # [B, H, n, n]
         if bias is not None:
-            s = s + torch.stack([bias(i, n, n) for i in seqs]).to(work)
+            many = bias.batch(seqs, n) if hasattr(bias, "batch") else torch.stack([bias(i, n, n) for i in seqs])
+            s = s + many.to(work)
         pos = torch.arange(n, device=q.device)
         s = s.masked_fill(~mask.allowed(pos, pos), float("-inf"))
         p = torch.softmax(s, dim=-1).nan_to_num(0.0)

@@ -28,5 +28,5 @@ class ALiBi(Scheme):
 
     def bias(self, pos_q, pos_k):
         m = torch.tensor(slopes(self.shape.n_heads), dtype=torch.float32, device=pos_q.device)  # [H]
-        dist = (pos_q[:, None] - pos_k[None, :]).to(torch.float32)  # [Lq, Lk], >= 0 where causal allows
-        return -m[:, None, None] * dist.abs()
+        dist = (pos_q[..., :, None] - pos_k[..., None, :]).to(torch.float32)  # [..., Lq, Lk], >= 0 where causal allows
+        return -m[:, None, None] * dist.abs()[..., None, :, :]  # [..., H, Lq, Lk]

@@ -44,7 +44,8 @@ class Scheme(nn.Module):
         return None
 
     def bias(self, pos_q: torch.Tensor, pos_k: torch.Tensor) -> torch.Tensor | None:
-        """[H, Lq, Lk] float32 from the positions of one sequence's queries [Lq] and keys [Lk]."""
+        """[..., H, Lq, Lk] float32 from the positions of queries [..., Lq] and keys [..., Lk]: one sequence's, or a
+        batch of them along the leading dimensions."""
         return None
 
     def biases(self, positions: torch.Tensor, meta) -> "SequenceBias | None":
@@ -63,3 +64,9 @@ class SequenceBias:
     def __call__(self, i: int, n_q: int, n_k: int) -> torch.Tensor:
         pos = self.positions[self.cu[i]:self.cu[i + 1]]
         return self.scheme.bias(pos[n_k - n_q:n_k], pos[:n_k])
+
+    def batch(self, seqs: list[int], n: int) -> torch.Tensor:
+        """[len(seqs), H, n, n]: the self-attention bias of sequences seqs, each n long, in one call."""
+        starts = torch.tensor([self.cu[i] for i in seqs], device=self.positions.device)
+        pos = self.positions[starts[:, None] + torch.arange(n, device=self.positions.device)]  # [B, n]
+        return self.scheme.bias(pos, pos)

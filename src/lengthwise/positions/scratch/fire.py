@@ -23,11 +23,12 @@ class FIRE(Scheme):
         self.mlp = nn.Sequential(nn.Linear(1, width), nn.ReLU(), nn.Linear(width, shape.n_heads))
 
     def normalized(self, pos_q: torch.Tensor, pos_k: torch.Tensor) -> torch.Tensor:
-        """The MLP's input [Lq, Lk]: psi(i - j) / psi(max(L, i)), with distances below zero (masked anyway) at 0."""
+        """The MLP's input [..., Lq, Lk]: psi(i - j) / psi(max(L, i)), with distances below zero (masked anyway)
+        at 0."""
         c = self.c.abs()
-        i = pos_q.to(torch.float32)[:, None]
-        dist = (i - pos_k.to(torch.float32)[None, :]).clamp(min=0)
+        i = pos_q.to(torch.float32)[..., :, None]
+        dist = (i - pos_k.to(torch.float32)[..., None, :]).clamp(min=0)
         return torch.log(c * dist + 1) / torch.log(c * torch.maximum(self.threshold.abs(), i) + 1)
 
     def bias(self, pos_q, pos_k):
-        return self.mlp(self.normalized(pos_q, pos_k)[..., None]).permute(2, 0, 1)  # [H, Lq, Lk]
+        return self.mlp(self.normalized(pos_q, pos_k)[..., None]).movedim(-1, -3)  # [..., H, Lq, Lk]

@@ -39,5 +39,5 @@ class T5Bias(Scheme):
         self.table = nn.Embedding(num_buckets, shape.n_heads)
 
     def bias(self, pos_q, pos_k):
-        b = bucket(pos_k[None, :] - pos_q[:, None], False, self.num_buckets, self.max_distance)  # [Lq, Lk]
-        return self.table(b).permute(2, 0, 1).float()  # [H, Lq, Lk]
+        b = bucket(pos_k[..., None, :] - pos_q[..., :, None], False, self.num_buckets, self.max_distance)  # [..., Lq, Lk]
+        return self.table(b).movedim(-1, -3).float()  # [..., H, Lq, Lk]
