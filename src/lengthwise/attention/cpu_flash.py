@@ -29,6 +29,17 @@ def attend_cpu_flash(q, k, v, meta, mask, scale, return_lse: bool = False):
         n_q = cu_q[i + 1] - cu_q[i]
         if n_k == 0 or n_q == 0:
             continue
+        if n_q == 1 and mask.window is None and rep > 1:
+            # a decode step: one query sees every key, so each kv head's group of query heads goes in as rows
+            # of one query block against its keys, unrepeated (a GQA cache is not copied once per step)
+            Hkv, D = k.shape[1], q.shape[-1]
+            q_g = q[cu_q[i]].view(Hkv, rep, D)[None]  # [1, Hkv, rep, D]
+            k_g = k[cu_k[i]:cu_k[i] + n_k].transpose(0, 1)[None]  # [1, Hkv, Lk, D]
+            v_g = v[cu_k[i]:cu_k[i] + n_k].transpose(0, 1)[None]
+            o, l = _flash(q_g, k_g, v_g, 0.0, False, scale=scale)
+            out[cu_q[i]] = o[0].reshape(-1, D)
+            lse[cu_q[i]] = l[0].reshape(-1).float()
+            continue
         q_i = q[cu_q[i]:cu_q[i + 1]].transpose(0, 1)[None]  # [1, H, Lq, D]
         k_i = k[cu_k[i]:cu_k[i] + n_k].repeat_interleave(rep, dim=1).transpose(0, 1)[None]  # [1, H, Lk, D]
         v_i = v[cu_k[i]:cu_k[i] + n_k].repeat_interleave(rep, dim=1).transpose(0, 1)[None]
