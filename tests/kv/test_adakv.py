@@ -150,3 +150,16 @@ def test_with_an_fp8_cache_each_head_keeps_what_it_keeps_in_bf16(models):
     D = fp8.module.cfg.head_dim
     for a, b in zip(t8.kv_bytes, t16.kv_bytes):  # per slot and head: 2 (D + 2) + 4 bytes against 4 D + 4
         assert abs(a / b - (2 * (D + 2) + 4) / (4 * D + 4)) < 0.03, (a, b)
+
+
+def test_a_sequence_that_stops_early_leaves_the_others_as_alone(models):
+    """Decode over a subset of the cache's sequences (one stopped at an end id) plans every head of each active
+    sequence, and of those only."""
+    _, folder = models
+    prompts = prompts_of(1)
+    lm = lw.load(folder, device="cpu", dtype="float64", kv=SPEC)
+    stop = lm.generate_ids(prompts, max_new_tokens=12)[1][3]
+    out = generate(lm.module, prompts, 12, {stop}, backend=lm.backend, policy=lm.kv)
+    assert any(len(c.token_ids) < 12 for c in out)
+    assert [c.token_ids for c in out] == [generate(lm.module, [p], 12, {stop}, backend=lm.backend,
+                                                   policy=lm.kv)[0].token_ids for p in prompts]
