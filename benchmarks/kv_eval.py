@@ -16,7 +16,7 @@ import time
 import lengthwise as lw
 
 TASKS = "niah_single,niah_multikey,niah_multivalue,variable_tracking,common_words"
-POLICIES = "streaming,knorm,random,tova,snapkv,pyramidkv,h2o,a2sf"
+POLICIES = "streaming,knorm,random,tova,snapkv,pyramidkv,h2o,a2sf,adakv,duo,think"
 
 
 def main():
@@ -32,7 +32,23 @@ def main():
                     "context (kv_question=compressed), reported apart")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    specs = [("full", "kept")] + [(f"{p}:ratio={r}", "kept") for r in a.ratios.split(",") for p in a.policies.split(",")]
+    heads = None
+    if "duo" in a.policies.split(","):  # duo's heads from its own probe, written beside the store
+        from pathlib import Path
+        from lengthwise.kv.duo import calibrate
+        heads = Path(a.out).with_name(Path(a.out).stem + "_duo_heads.json")
+        if not heads.exists():
+            calibrate(lw.load(a.model), heads)
+
+    def spec(p: str, r: str) -> str:
+        """duo's share of streaming heads stands for the ratio (its bytes follow it); think's ratio is kvpress's, and
+        it removes at most half the cache (skipped above 0.49)."""
+        if p == "duo":
+            return f"duo:heads={r},calibration={heads}"
+        return f"{p}:ratio={r}"
+
+    specs = [("full", "kept")] + [(spec(p, r), "kept") for r in a.ratios.split(",") for p in a.policies.split(",")
+                                  if not (p == "think" and float(r) >= 0.5)]
     specs += [(f"{p}:ratio={r}", "compressed") for r in a.ratios.split(",") for p in a.query_aware.split(",") if p]
     means = {}
     for kv, question in specs:

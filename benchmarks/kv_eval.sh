@@ -13,7 +13,7 @@ run() { python3 -m lengthwise.cli eval --model smollm2-135m --tasks "$TASKS" --l
           --samples "$SAMPLES" --chat --output "$STORE" --append-config --yes "$@"; }
 run
 for r in $RATIOS; do
-  for p in streaming knorm random tova snapkv pyramidkv h2o a2sf; do
+  for p in streaming knorm random tova snapkv pyramidkv h2o a2sf adakv; do
     run --kv "$p:ratio=$r"
   done
 done

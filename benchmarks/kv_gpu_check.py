@@ -4,7 +4,9 @@
 
 SmolLM2-135M, 16 niah_single prompts at 2k (chat), the question kept out of compression, 32 greedy tokens:
   ratio 0 / full   snapkv:ratio=0 and kv=full give the same tokens as no policy (bf16, varlen, CUDA graph)
-  graph == eager   each policy at 0.5 (think at 0.25: half its key channels): the CUDA-graph decode of a compressed cache gives the eager decode's tokens
+  graph == eager   each policy at 0.5 (think at 0.25: half its key channels; duo: half its heads streaming, from
+                   kv-calibrate): the CUDA-graph decode of a compressed cache gives the eager decode's tokens
+                   (adakv and duo decode eagerly by default: this forces their graph, to check its capture)
   bf16 vs fp32     each policy at 0.5 in bf16 (varlen) against float32 (reference kernels): token agreement
 Writes $OUT/kv_gpu_check.json.
 """
@@ -22,7 +24,7 @@ from lengthwise.evaluation.backends import context_tokens, make_render
 from lengthwise.generate import Sampling, generate_ids
 from lengthwise.tasks import get_task
 
-POLICIES = ["streaming", "knorm", "tova", "snapkv", "pyramidkv", "h2o", "a2sf", "random", "think"]
+POLICIES = ["streaming", "knorm", "tova", "snapkv", "pyramidkv", "h2o", "a2sf", "random", "think", "adakv", "duo"]
 RATIO = {"think": 0.25}  # ThinK's ratio counts half the key channels removed: 0.25 prunes half of them
 
 
@@ -54,6 +56,11 @@ def main():
     f32 = lw.load("smollm2-135m", device="cuda", dtype="float32", backend="reference")
     for p in sys.argv[1:] or POLICIES:
         spec = f"{p}:ratio={RATIO.get(p, 0.5)}"
+        if p == "duo":  # its heads from its own probe (seeds apart from these prompts'), half of them streaming
+            from lengthwise.kv.duo import calibrate
+            out.mkdir(parents=True, exist_ok=True)
+            calibrate(base, out / "duo_heads.json", length=2048, samples=8)
+            spec = f"duo:heads=0.5,calibration={out / 'duo_heads.json'}"
         g, e = gen(base, graph=True, spec=spec), gen(base, graph=False, spec=spec)
         r = gen(f32, graph=False, spec=spec)
         row = {"check": "graph == eager; bf16 vs fp32 reference", "kv": spec, "graph_eager_agree": agree(g, e),
