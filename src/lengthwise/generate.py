@@ -95,6 +95,8 @@ def new_cache(model, prompts: list[list[int]], max_new_tokens: int, policy: Poli
         if context is not None:
             cache.context = torch.tensor(context, dtype=torch.int64, device=w.device)
         return cache
+    if not policy.chunked:  # one prefill forward over each context (prefill): no chunk's budget to plan for
+        chunk = max(max(context or lens), 1)
     caps = capacities(policy, lens, max_new_tokens, chunk, cfg.n_layers, context)
     cache = RaggedKVCache(cfg.n_layers, [max(c) for c in zip(*caps)], cfg.n_kv_heads, cfg.head_dim, w.dtype,
                           w.device, far_keys=model.rotary.far_keys_for(longest, longest + max_new_tokens),

@@ -5,6 +5,7 @@
     lw.load("smollm2-135m", kv=lw.kv.H2O(tokens=1024, every=1))
     lw.load("smollm2-135m", kv="snapkv:ratio=0.5", kv_dtype="fp8")  # float8 keys and values, any policy
     lw.load("smollm2-135m", kv="think:ratio=0.25")      # ThinK: half the key channels, stored at half width
+    lw.load("smollm2-135m", kv="snapkv:ratio=0.5+think:ratio=0.25")  # both (kvpress's ComposedPress)
     lw.load("smollm2-135m", kv="adakv:ratio=0.5")        # Ada-KV: budgets per kv head, a region per head
     lw.load("smollm2-135m", kv="duo:heads=0.5,calibration=heads.json")  # DuoAttention (lengthwise kv-calibrate)
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from .. import options
 from .cache import KV_DTYPES, RaggedKVCache, check_kv_dtype
+from .composed import Composed
 from .headwise import HeadwiseKVCache
 from .policy import Budget, Full, Policy, compress
 from .a2sf import A2SF
@@ -36,13 +38,15 @@ POLICIES: dict[str, type[Policy]] = {c.name: c for c in (Full, Window, Streaming
 
 
 def parse(spec: "str | Policy | None") -> Policy:
-    """'window:sinks=4,recent=256' -> the policy; None -> Full."""
+    """'window:sinks=4,recent=256' -> the policy; None -> Full; 'snapkv:ratio=0.5+think:ratio=0.25' -> both."""
     if spec is None:
         return Full()
     if isinstance(spec, Policy):
         return spec
+    if isinstance(spec, str) and "+" in spec:  # a token policy with think (kv/composed.py)
+        return Composed.of([options.parse(part, POLICIES, "KV policy") for part in spec.split("+")])
     return options.parse(spec, POLICIES, "KV policy")
 
 
 __all__ = ["RaggedKVCache", "KV_DTYPES", "check_kv_dtype", "Policy", "Budget", "Full", "Window", "Streaming", "H2O", "A2SF", "TOVA", "SnapKV",
-           "PyramidKV", "Knorm", "Random", "ThinK", "AdaKV", "Duo", "HeadwiseKVCache", "POLICIES", "parse", "compress"]
+           "PyramidKV", "Knorm", "Random", "ThinK", "AdaKV", "Duo", "Composed", "HeadwiseKVCache", "POLICIES", "parse", "compress"]

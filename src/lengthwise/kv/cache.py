@@ -186,9 +186,25 @@ class RaggedKVCache:
                     (total,) + tuple(old.shape[1:]), dtype=old.dtype, device=old.device)
                 _raw(new)[dst] = _raw(old)[src]
                 pools[layer] = new
+            if self.k_rest is not None and self.k_rest[layer] is not None:
+                self._shrink_rest(layer, need[layer])
         self.capacity_l, self.start_l = need, starts
         self.capacity = need.max(0).values
         self.max_capacity = int(self.capacity.max())
+
+    def _shrink_rest(self, layer: int, need: torch.Tensor) -> None:
+        """A ThinK layer's side pool (k_rest) resized with its regions: each sequence's rows for the tokens after its
+        context, need [B] - its context, the rows written so far copied over."""
+        ctx, old_start = self.ctx_len[layer], self.rest_start[layer]
+        tail = (need - ctx).clamp(min=0)
+        used = torch.minimum((self.kept[layer] - ctx).clamp(min=0), tail)
+        start = torch.cumsum(tail, 0) - tail
+        seq = torch.repeat_interleave(torch.arange(used.numel(), device=used.device), used)
+        off = torch.arange(int(used.sum()), device=used.device) - torch.repeat_interleave(torch.cumsum(used, 0) - used, used)
+        old = self.k_rest[layer]
+        new = torch.zeros((int(tail.sum()),) + tuple(old.shape[1:]), dtype=old.dtype, device=old.device)
+        _raw(new)[start[seq] + off] = _raw(old)[old_start[seq] + off]
+        self.k_rest[layer], self.rest_start[layer] = new, start
 
     def region_bytes(self) -> list[int]:
         """Each sequence's share of nbytes: the storage its regions hold in every layer."""

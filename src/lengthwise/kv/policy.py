@@ -187,12 +187,14 @@ def after_attention(policy: Policy, cache, layer: int, seqs: torch.Tensor, budge
         fade = (policy.decay ** m.double()).float()[:, None, None]
         acc = cache.acc[layer]
         acc[slots[valid]] = (torch.where(old[..., None], acc[slots] * fade, 0) + cs)[valid]
-    if budgets is not None and hasattr(policy, "channels") and cache.chan[layer] is None:
-        prune_channels(policy, cache, layer, seqs, q, cu_q)
     if budgets is not None and getattr(cache, "headwise", False):  # budgets per kv head (kv/headwise.py)
         policy.compress_heads(cache, layer, seqs, budgets, q, cu_q, scale)
     elif budgets is not None:
         compress(policy, cache, layer, seqs, budgets, q, cu_q, scale)
+    # then key channels over the tokens kept (ThinK; composed after a token policy, as kvpress's ComposedPress)
+    if (budgets is not None and hasattr(policy, "channels") and cache.chan[layer] is None
+            and policy.pruned(cache.k[layer].shape[-1]) > 0):
+        prune_channels(policy, cache, layer, seqs, q, cu_q)
 
 
 def prune_channels(policy, cache, layer: int, seqs: torch.Tensor, q: torch.Tensor, cu_q: torch.Tensor) -> None:
