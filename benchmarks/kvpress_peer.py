@@ -39,8 +39,10 @@ PRESSES = {
 def make_press(spec: str):
     """The kvpress press that stands beside a lengthwise spec, at the same compression ratio."""
     import kvpress
-    from lengthwise.kv import parse
+    from lengthwise.kv import Composed, parse
     pol = parse(spec)
+    if isinstance(pol, Composed):  # tokens, then key channels: kvpress's ComposedPress in the same order
+        return kvpress.ComposedPress([make_press(pol.tokens.spec()), make_press(pol.think.spec())])
     name = spec.split(":")[0]
     if name not in PRESSES:
         raise SystemExit(f"kvpress_peer: no kvpress press stands beside {name!r}; choose one of {', '.join(PRESSES)}")
