@@ -20,40 +20,27 @@ from typing import ClassVar
 import torch
 
 from ..errors import LengthwiseError
-from .policy import Budget, Cached
-from .snapkv import snap_scores
+from .policy import Cached
+from .snapkv import SnapKV
 
 
 @dataclass(frozen=True)
-class AdaKV(Budget):
+class AdaKV(SnapKV):
+    """SnapKV's options and score (window, kernel; a budget of tokens below the window is refused), its budget
+    spent per layer across the kv heads."""
     name: ClassVar[str] = "adakv"
     headwise: ClassVar[bool] = True
     chunked: ClassVar[bool] = False
     alpha: float = 0.2
-    window: int = 64
-    kernel: int = 5
-
-    @property
-    def observe(self) -> int:
-        return self.window
 
     def check(self) -> None:
         super().check()
         if not 0 <= self.alpha <= 1:
             raise LengthwiseError(f"adakv: alpha (the share of its budget each head keeps first) must be in [0, 1], "
                                   f"got {self.alpha:g}")
-        if self.window < 1 or self.kernel < 1 or self.kernel % 2 == 0:
-            raise LengthwiseError(f"adakv: window must be >= 1 and kernel an odd number >= 1, got "
-                                  f"window={self.window}, kernel={self.kernel}")
-        if self.tokens and self.tokens < self.window:
-            raise LengthwiseError(f"adakv: a budget of tokens={self.tokens} is below its observation window "
-                                  f"(window={self.window}, always kept): raise tokens or lower window")
         if self.every:
             raise LengthwiseError("adakv sets its head budgets once, at the end of prefill: drop every= "
                                   "(or use snapkv, h2o or streaming to evict during decode)")
-
-    def score(self, c: Cached) -> torch.Tensor:
-        return snap_scores(c, self.window, self.kernel)
 
     def compress_heads(self, cache, layer, seqs, budgets, q, cu_q, scale=None) -> None:
         compress_headwise(self, cache, layer, seqs, budgets, q, cu_q, scale)
