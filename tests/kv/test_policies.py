@@ -392,3 +392,42 @@ def test_pyramidkv_chunked_prefill_fits_budgets_that_shrink_with_length(models):
     final = lm.kv.layer_keep(torch.tensor([len(p) for p in prompts]), LAYERS)
     assert cache.kept.tolist() == final.tolist()
     assert all(c >= k for row, krow in zip(caps, final.tolist()) for c, k in zip(row, krow))
+
+
+def _hash31(x: int) -> int:
+    """kv/random.py's documented draw in plain Python integers: xor-shift-multiply twice, then a last xor-shift."""
+    M = 2 ** 31 - 1
+    for _ in range(2):
+        x ^= x >> 16
+        x = (x * 0x45D9F3B) & M
+    return x ^ (x >> 16)
+
+
+def test_random_keeps_the_top_of_its_documented_hash_uniformly(models):
+    """random: each (layer, kv head) keeps the budget's best by hash(seed, layer, head, position), computed here in
+    plain Python; a different seed keeps other tokens; over many positions the draw is uniform."""
+    _, folder = models
+    lm = lw.load(folder, device="cpu", dtype="float64", kv="random:tokens=12,seed=3")
+    prompts = prompts_of(0)
+    cache = new_cache(lm.module, prompts, 4, lm.kv, chunk=64)
+    with torch.inference_mode():
+        prefill(lm.module, prompts, cache, lm.backend, lm.kv, chunk=64)
+    M = 2 ** 31 - 1
+
+    def score(layer, head, pos):
+        h = _hash31((3 * 1_000_003 + 12_345) & M)
+        return _hash31(_hash31(_hash31(h ^ layer) ^ head) ^ pos) / M
+
+    for i, p in enumerate(prompts):
+        n, budget = len(p), min(12, len(p))
+        for layer in range(LAYERS):
+            want = [set(sorted(range(n), key=lambda x: (-score(layer, h, x), x))[:budget]) for h in range(HKV)]
+            assert kept_sets(cache, layer, i) == want, (i, layer)
+    other = kv.parse("random:tokens=12,seed=4")
+    c2 = new_cache(lm.module, prompts, 4, other, chunk=64)
+    with torch.inference_mode():
+        prefill(lm.module, prompts, c2, lm.backend, other, chunk=64)
+    assert kept_sets(c2, 0, 0) != kept_sets(cache, 0, 0)
+    draws = torch.tensor([score(1, 0, x) for x in range(20000)], dtype=torch.float64)
+    assert abs(float(draws.mean()) - 0.5) < 0.01 and abs(float(draws.std()) - 12 ** -0.5) < 0.01
+    assert abs(float((draws < 0.25).double().mean()) - 0.25) < 0.015
