@@ -8,6 +8,8 @@ SmolLM2-135M, 16 niah_single prompts at 2k (chat), the question kept out of comp
                    kv-calibrate): the CUDA-graph decode of a compressed cache gives the eager decode's tokens
                    (adakv and duo decode eagerly by default: this forces their graph, to check its capture)
   bf16 vs fp32     each policy at 0.5 in bf16 (varlen) against float32 (reference kernels): token agreement
+  fp8              "fp8" or "fp8+POLICY": the float8 cache (kv_dtype=fp8), graph == eager, and its tokens against
+                   the same run with a bf16 cache
 Writes $OUT/kv_gpu_check.json.
 """
 from __future__ import annotations
@@ -37,10 +39,10 @@ def main():
     ids = [render(s.prompt, s.answer_prefix) for s in samples]
     ctx = [context_tokens(render, s, x) for s, x in zip(samples, ids)]
 
-    def gen(lm, graph=None, spec="full"):  # one loaded model per dtype; the policy goes with each call
+    def gen(lm, graph=None, spec="full", kv_dtype="auto"):  # one loaded model per dtype; the policy goes with each call
         pol = lw.kv.parse(spec)
         return generate_ids(lm.module, ids, 32, set(), Sampling(), lm.backend, cuda_graph=graph, policy=pol,
-                            context=ctx if pol.evicts else None)
+                            context=ctx if pol.evicts else None, kv_dtype=kv_dtype)
 
     def agree(a, b):
         return sum(x == y for p, q in zip(a, b) for x, y in zip(p, q)) / sum(len(p) for p in a)
@@ -55,6 +57,19 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     f32 = lw.load("smollm2-135m", device="cuda", dtype="float32", backend="reference")
     for p in sys.argv[1:] or POLICIES:
+        if p.startswith("fp8"):  # the float8 cache, alone or under a policy
+            pol = p.partition("+")[2]
+            spec = f"{pol}:ratio={RATIO.get(pol, 0.5)}" if pol else "full"
+            g, e = gen(base, graph=True, spec=spec, kv_dtype="fp8"), gen(base, graph=False, spec=spec, kv_dtype="fp8")
+            b = gen(base, graph=False, spec=spec)
+            row = {"check": "fp8 cache: graph == eager; fp8 vs bf16 cache", "kv": spec, "kv_dtype": "fp8",
+                   "graph_eager_agree": agree(g, e), "fp8_bf16_agree": agree(e, b),
+                   "first_token_fp8_bf16": sum(x[0] == y[0] for x, y in zip(e, b)) / len(e)}
+            row["ok"] = row["graph_eager_agree"] == 1.0
+            ok &= row["ok"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            continue
         spec = f"{p}:ratio={RATIO.get(p, 0.5)}"
         if p == "duo":  # its heads from its own probe (seeds apart from these prompts'), half of them streaming
             from lengthwise.kv.duo import calibrate
