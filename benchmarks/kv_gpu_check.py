@@ -6,7 +6,6 @@ SmolLM2-135M, 16 niah_single prompts at 2k (chat), the question kept out of comp
   ratio 0 / full   snapkv:ratio=0 and kv=full give the same tokens as no policy (bf16, varlen, CUDA graph)
   graph == eager   each policy at 0.5 (think at 0.25: half its key channels; duo: half its heads streaming, from
                    kv-calibrate): the CUDA-graph decode of a compressed cache gives the eager decode's tokens
-                   (adakv and duo decode eagerly by default: this forces their graph, to check its capture)
   bf16 vs fp32     each policy at 0.5 in bf16 (varlen) against float32 (reference kernels): token agreement
   fp8              "fp8" or "fp8+POLICY": the float8 cache (kv_dtype=fp8), graph == eager, and its tokens against
                    the same run with a bf16 cache

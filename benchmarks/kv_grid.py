@@ -58,13 +58,18 @@ def plan(which: str, heads: str, samples: int, lengths=(4096, 8192), policies=tu
                     if s:
                         add(length, s)
 
-    if which in ("main", "all"):
-        grid((0.5, 0.75))  # the targets' ratios first
-    if which in ("fp8", "all"):
+    def fp8():
         for length in lengths:
             add(length, "full", "fp8")
             add(length, "snapkv:ratio=0.5", "fp8")
             add(length, "streaming:ratio=0.5", "fp8")
+
+    if which == "targets":  # the FP8 rows, then the targets' ratios
+        fp8()
+    if which in ("main", "all", "targets"):
+        grid((0.5, 0.75))  # the targets' ratios first
+    if which in ("fp8", "all"):
+        fp8()
     if which in ("main", "all"):
         grid((0.25, 0.875))
     if which in ("32k", "all"):
@@ -97,6 +102,8 @@ def summarize(folder: Path) -> dict:
     cells = collections.defaultdict(lambda: collections.defaultdict(list))
     meta = {}
     for f in sorted(folder.glob("*.jsonl")):
+        if "jobs" in f.name:  # the driver's job logs, read below
+            continue
         for r in ResultStore(f).records()[0]:
             cfg = r.get("config", {})
             key = (r["length"], r["kv"], r.get("kv_dtype", "auto"), cfg.get("positions", "none"))
@@ -113,14 +120,37 @@ def summarize(folder: Path) -> dict:
                      "tasks": len(acc), "samples_per_task": min(len(v) for v in by.values()),
                      "kv_bytes_per_sequence": sum(r.get("kv_bytes") or 0 for r in every) / len(every),
                      "kv_bytes_prefill_per_sequence": sum(r.get("kv_bytes_prefill") or 0 for r in every) / len(every)})
+    # jobs whose store did not come back from the GPU machine: their mean from the driver's job log, no per-task split
+    have = {(r["length"], r["kv"].split(",")[0].split(":")[0] + ":" + _opt(r["kv"]), r["kv_dtype"]) for r in rows}
+    for f in sorted(folder.glob("*jobs*.jsonl")):
+        for line in f.read_text().splitlines():
+            j = json.loads(line) if line.strip() else {}
+            if "mean_pct" not in j or j.get("positions"):
+                continue
+            k = (j["length"], j["kv"].split(":")[0] + ":" + _opt(j["kv"]), j["kv_dtype"])
+            if k in have:
+                continue
+            have.add(k)
+            rows.append({"length": j["length"], "kv": j["kv"], "kv_dtype": j["kv_dtype"], "positions": "none",
+                         "accuracy_pct": {}, "mean_pct": j["mean_pct"], "tasks": len(TASKS),
+                         "samples_per_task": j["records"] // len(TASKS), "kv_bytes_per_sequence": None,
+                         "kv_bytes_prefill_per_sequence": None, "source": f"{f.name} (mean only: its store was lost)"})
+    rows.sort(key=lambda r: (r["length"], r["positions"], r["kv_dtype"], r["kv"] != "full", r["kv"]))
     full = {(r["length"], r["positions"]): r for r in rows if r["kv"] == "full" and r["kv_dtype"] == "auto"}
     for r in rows:
         f = full.get((r["length"], r["positions"]))
         if f and f["mean_pct"] and r["mean_pct"] is not None:
             r["share_of_full"] = r["mean_pct"] / f["mean_pct"]
-            r["kv_bytes_share_of_full"] = r["kv_bytes_per_sequence"] / f["kv_bytes_per_sequence"]
+            if r["kv_bytes_per_sequence"] is not None:
+                r["kv_bytes_share_of_full"] = r["kv_bytes_per_sequence"] / f["kv_bytes_per_sequence"]
     return {"model": "smollm2-135m (Q4_1 GGUF)", "chat": True, "question": "kept out of compression", "depth": 50,
             "tasks": TASKS, "rows": rows}
+
+
+def _opt(kv: str) -> str:
+    """The ratio (or duo's heads) of a spec, the part that names a grid cell."""
+    o = dict(x.split("=", 1) for x in kv.partition(":")[2].split(",") if "=" in x)
+    return o.get("ratio", o.get("heads", ""))
 
 
 def plot(summary: dict, path: Path):
@@ -155,12 +185,13 @@ def table(summary: dict) -> str:
     lines = ["| length | kv | kv_dtype | " + " | ".join(TASKS) + " | mean % | share of full | n | KV MB/seq |",
              "|---|---|---|" + "---|" * (len(TASKS) + 4)]
     for r in summary["rows"]:
-        acc = " | ".join(f"{r['accuracy_pct'].get(t, float('nan')):.1f}" for t in TASKS)
+        acc = " | ".join(f"{r['accuracy_pct'][t]:.1f}" if t in r["accuracy_pct"] else "" for t in TASKS)
         mean = "" if r["mean_pct"] is None else f"{r['mean_pct']:.1f}"
         share = f"{r['share_of_full']:.2f}" if "share_of_full" in r else ""
         ext = "" if r["positions"] == "none" else " (+ext)"
         lines.append(f"| {r['length'] // 1024}k{ext} | `{r['kv']}` | {r['kv_dtype']} | {acc} | {mean} | {share} | "
-                     f"{r['samples_per_task']} | {r['kv_bytes_per_sequence'] / 1e6:.1f} |")
+                     f"{r['samples_per_task']} | " + ("" if r["kv_bytes_per_sequence"] is None else
+                                                f"{r['kv_bytes_per_sequence'] / 1e6:.1f}") + " |")
     return "\n".join(lines)
 
 
@@ -168,13 +199,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", required=True)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--plan", default="all", choices=["main", "fp8", "32k", "all"])
+    ap.add_argument("--plan", default="all", choices=["main", "targets", "fp8", "32k", "all"])
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--lengths", default="4096,8192")
     ap.add_argument("--workers", type=int, default=6)
     ap.add_argument("--deadline", type=float, default=540.0, help="seconds after which no new job starts")
     ap.add_argument("--max-batch-tokens", type=int, default=262144)
     ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--skip-done", default=None, help="a jobs log (jobs.jsonl) of an earlier run: its finished jobs "
+                    "are not run again (for runs whose stores did not come back)")
+    ap.add_argument("--plan-extra", default="", help="with --plan targets: also fp8")
     ap.add_argument("--summary", action="store_true", help="only summarize the stores in --dir")
     a = ap.parse_args()
     start = time.perf_counter()
@@ -190,6 +224,12 @@ def main():
             calibrate(lw.load(a.model), heads)
             print(f"duo calibration: {time.perf_counter() - t0:.0f} s", flush=True)
         jobs = plan(a.plan, str(heads), a.samples, tuple(int(x) for x in a.lengths.split(",")), policies)
+        if a.skip_done:
+            def key(j):
+                return (j["length"], j["kv"].split(",calibration=")[0], j["kv_dtype"], j["positions"])
+            done = {key(json.loads(x)) for x in Path(a.skip_done).read_text().splitlines()
+                    if x.strip() and "error" not in json.loads(x)}
+            jobs = [j for j in jobs if key(j) not in done]
         log = folder / "jobs.jsonl"
         with cf.ProcessPoolExecutor(a.workers, mp_context=mp.get_context("spawn")) as pool:
             pending = collections.deque(jobs)

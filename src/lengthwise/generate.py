@@ -326,8 +326,8 @@ def _generate(prompts, model, max_new_tokens, eos_ids, sampling, gen, backend, o
         cache.shrink(decode_need(policy, cache, [len(p) for p in prompts], max_new_tokens))
         held = cache.region_bytes()
     if cuda_graph is None:
-        # a head-wise cache (adakv) decodes eagerly: its graph capture is not yet checked on a GPU
-        cuda_graph = dev.type == "cuda" and backend.kernel == "varlen" and not policy.every and not policy.headwise
+        # a head-wise cache (adakv, duo) replays the graph too: graph == eager on an H200 (kv_gpu_check, 2026-12-04)
+        cuda_graph = dev.type == "cuda" and backend.kernel == "varlen" and not policy.every
     graph = GraphDecoder(model, cache, backend) if cuda_graph and max_new_tokens > 1 else None
     active = torch.arange(len(prompts), device=dev)
     out: list[list[int]] = [[] for _ in prompts]

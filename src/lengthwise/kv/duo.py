@@ -166,6 +166,7 @@ def calibrate(lm, out: str | Path, length: int = 2048, samples: int = 8, sinks: 
         n = len(ids)
         for layer, w, pos, valid in probe.seen:  # w [1, H, k, S], pos [1, S] (one kv head's; all heads agree)
             k = w.shape[2]
+            w, pos, valid = w.double().cpu(), pos.cpu(), valid.cpu()  # on whatever device the model runs
             qpos = torch.arange(n - k, n, dtype=torch.int64)[:, None]  # [k, 1]
             p = pos[0][None, :]
             inside = (p < sinks) | (p > qpos - recent)  # [k, S]
