@@ -431,3 +431,29 @@ def test_random_keeps_the_top_of_its_documented_hash_uniformly(models):
     draws = torch.tensor([score(1, 0, x) for x in range(20000)], dtype=torch.float64)
     assert abs(float(draws.mean()) - 0.5) < 0.01 and abs(float(draws.std()) - 12 ** -0.5) < 0.01
     assert abs(float((draws < 0.25).double().mean()) - 0.25) < 0.015
+
+
+def test_a_rope_scaling_composes_with_eviction(tmp_path):
+    """Past the trained context with a RoPE scaling (the 32k grid's setting) and an evicting policy: each kept
+    token keeps its position, so the question's and the decode steps' logits equal HF's model with that scaling
+    in its config and the dropped context tokens masked per layer and kv head (float64)."""
+    _, folder = tiny_hf_causal("llama", tmp_path, num_hidden_layers=LAYERS, max_position_embeddings=32)
+    hf, _ = tiny_hf_causal("llama", tmp_path / "hf", num_hidden_layers=LAYERS, max_position_embeddings=32,
+                           rope_parameters={"rope_theta": 10000.0, "rope_type": "yarn", "factor": 8.0})
+    hf = hf.double()
+    lm = lw.load(folder, device="cpu", dtype="float64", positions="yarn:factor=8", kv="snapkv:ratio=0.5,window=4")
+    m = lm.module
+    prompts = prompts_of(11, (52, 41))  # both past the trained 32
+    context = [44, 33]
+    feed = [[5, 17, 3], [11, 2, 40]]
+    cache = new_cache(m, prompts, len(feed[0]) + 1, lm.kv, chunk=64, context=context)
+    with torch.inference_mode():
+        steps = [prefill(m, prompts, cache, lm.backend, lm.kv, chunk=64)]
+        kept = [[kept_sets(cache, layer, i) for layer in range(LAYERS)] for i in range(2)]
+        for t in range(len(feed[0])):
+            steps.append(decode_step(m, cache, torch.tensor([f[t] for f in feed]), torch.arange(2), lm.backend, lm.kv))
+    for i, (p, c) in enumerate(zip(prompts, context)):
+        assert all(len(s - set(range(c, len(p)))) < c for s in kept[i][0])  # it did evict
+        ref = hf_kept_logits(hf, p + feed[i], c, kept[i])
+        for t, got in enumerate(steps):
+            assert rel_err(got[i], ref[len(p) - 1 + t]) <= 1e-6, (i, t)
