@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import sys
 import time
+from pathlib import Path
 
-import lengthwise as lw
+sys.path.insert(0, str(Path(__file__).parent))
+import lengthwise as lw  # noqa: E402
+from kv_grid import spec  # noqa: E402  (duo's heads stand for the ratio; think runs below 0.5 only)
 
 TASKS = "niah_single,niah_multikey,niah_multivalue,variable_tracking,common_words"
 POLICIES = "streaming,knorm,random,tova,snapkv,pyramidkv,h2o,a2sf,adakv,duo,think"
@@ -34,21 +38,13 @@ def main():
     a = ap.parse_args()
     heads = None
     if "duo" in a.policies.split(","):  # duo's heads from its own probe, written beside the store
-        from pathlib import Path
         from lengthwise.kv.duo import calibrate
         heads = Path(a.out).with_name(Path(a.out).stem + "_duo_heads.json")
         if not heads.exists():
             calibrate(lw.load(a.model), heads)
 
-    def spec(p: str, r: str) -> str:
-        """duo's share of streaming heads stands for the ratio (its bytes follow it); think's ratio is kvpress's, and
-        it removes at most half the cache (skipped above 0.49)."""
-        if p == "duo":
-            return f"duo:heads={r},calibration={heads}"
-        return f"{p}:ratio={r}"
-
-    specs = [("full", "kept")] + [(spec(p, r), "kept") for r in a.ratios.split(",") for p in a.policies.split(",")
-                                  if not (p == "think" and float(r) >= 0.5)]
+    specs = [("full", "kept")] + [(s, "kept") for r in a.ratios.split(",") for p in a.policies.split(",")
+                                  if (s := spec(p, float(r), str(heads)))]
     specs += [(f"{p}:ratio={r}", "compressed") for r in a.ratios.split(",") for p in a.query_aware.split(",") if p]
     means = {}
     for kv, question in specs:
