@@ -121,13 +121,13 @@ def summarize(folder: Path) -> dict:
                      "kv_bytes_per_sequence": sum(r.get("kv_bytes") or 0 for r in every) / len(every),
                      "kv_bytes_prefill_per_sequence": sum(r.get("kv_bytes_prefill") or 0 for r in every) / len(every)})
     # jobs whose store did not come back from the GPU machine: their mean from the driver's job log, no per-task split
-    have = {(r["length"], r["kv"].split(",")[0].split(":")[0] + ":" + _opt(r["kv"]), r["kv_dtype"]) for r in rows}
+    have = {(r["length"], _cell(r["kv"]), r["kv_dtype"]) for r in rows}
     for f in sorted(folder.glob("*jobs*.jsonl")):
         for line in f.read_text().splitlines():
             j = json.loads(line) if line.strip() else {}
             if "mean_pct" not in j or j.get("positions"):
                 continue
-            k = (j["length"], j["kv"].split(":")[0] + ":" + _opt(j["kv"]), j["kv_dtype"])
+            k = (j["length"], _cell(j["kv"]), j["kv_dtype"])
             if k in have:
                 continue
             have.add(k)
@@ -147,10 +147,11 @@ def summarize(folder: Path) -> dict:
             "tasks": TASKS, "rows": rows}
 
 
-def _opt(kv: str) -> str:
-    """The ratio (or duo's heads) of a spec, the part that names a grid cell."""
-    o = dict(x.split("=", 1) for x in kv.partition(":")[2].split(",") if "=" in x)
-    return o.get("ratio", o.get("heads", ""))
+def _cell(kv: str) -> str:
+    """A spec as a grid cell: the policy and its ratio (duo: its heads), whatever defaults the spec spells out."""
+    name, _, opts = kv.partition(":")
+    o = dict(x.split("=", 1) for x in opts.split(",") if "=" in x)
+    return f"{name}:{o.get('ratio', o.get('heads', ''))}"
 
 
 def plot(summary: dict, path: Path):
@@ -167,18 +168,18 @@ def plot(summary: dict, path: Path):
             if r["kv"] == "full":
                 ax.axhline(r["mean_pct"], color="black", lw=1, ls="--", label="full")
                 continue
-            name, _, opts = r["kv"].partition(":")
-            o = dict(kv.split("=", 1) for kv in opts.split(",") if "=" in kv)
-            by[name].append((float(o.get("ratio", o.get("heads", "nan"))), r["mean_pct"]))
-        for name, pts in sorted(by.items()):
+            name, ratio = _cell(r["kv"]).split(":")
+            by[name].append((float(ratio), r["mean_pct"]))
+        colours = plt.cm.viridis([i / max(1, len(by) - 1) for i in range(len(by))])  # colour-blind safe
+        for (name, pts), c, m, ls in zip(sorted(by.items()), colours, "osD^v<>pP*Xh", ["-", "--", ":", "-."] * 3):
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, label=name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=m, ms=4, lw=1, ls=ls, color=c, label=name)
         ax.set_title(f"{length // 1024}k" + ("" if pos == "none" else " + " + pos.split(":")[0]))
         ax.set_xlabel("ratio removed (duo: streaming heads)")
         ax.set_ylabel("mean accuracy over 5 tasks (%)")
     axes[0][0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=150)
 
 
 def table(summary: dict) -> str:
