@@ -171,6 +171,10 @@ def test_bad_input_gets_one_line(models, table, tmp_path):
     broken.write_text("{")
     with pytest.raises(LengthwiseError, match="cannot read the calibration file"):
         lw.load(folder, device="cpu", kv=f"duo:calibration={broken}")
+    for text in ("[1, 2]", '{"table": 1}'):  # JSON, but not a table
+        broken.write_text(text)
+        with pytest.raises(LengthwiseError, match="is JSON but not a calibration table"):
+            lw.load(folder, device="cpu", kv=f"duo:calibration={broken}")
 
 
 def test_cli_calibrates_and_refuses_bad_input_in_one_line(tmp_path):

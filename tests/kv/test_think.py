@@ -225,3 +225,8 @@ def test_a_head_too_narrow_for_the_ratio_is_refused(models):
         generate_ids(lm.module, [[1, 2, 3]], 2, set(), backend=lm.backend, policy=kv.ThinK(ratio=0.01))
     with pytest.raises(LengthwiseError, match="removes int"):
         lw.load(folder, device="cpu", dtype="float32", kv="think:ratio=0.01")
+    with pytest.raises(LengthwiseError, match="use ratio >= ") as e:  # the bound it names passes: 1/32 = 0.03125
+        lw.load(folder, device="cpu", dtype="float32", kv="think:ratio=0.03")
+    bound = str(e.value).rsplit(">= ", 1)[1]
+    assert bound == "0.03125"
+    lw.load(folder, device="cpu", dtype="float32", kv=f"think:ratio={bound}")

@@ -36,7 +36,10 @@ def _read(path: str, mtime: float) -> dict:
     try:
         data = json.loads(Path(path).read_text())
         scores = torch.tensor(data["scores"], dtype=torch.float64)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (KeyError, TypeError):
+        raise LengthwiseError(f"duo: {path} is JSON but not a calibration table (no \"scores\": [layers][kv heads]): "
+                              "write one with `lengthwise kv-calibrate --model MODEL -o FILE`") from None
+    except (OSError, ValueError) as e:
         raise LengthwiseError(f"duo: cannot read the calibration file {path} ({e}): write one with "
                               "`lengthwise kv-calibrate --model MODEL -o FILE`") from None
     if scores.dim() != 2 or not bool(torch.isfinite(scores).all()):

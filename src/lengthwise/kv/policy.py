@@ -129,12 +129,13 @@ class Budget(Policy):
     tokens: int = 0
 
     def check(self) -> None:
-        if not (self.ratio == -1 or 0 <= self.ratio < 1) or self.tokens < 0:
-            raise LengthwiseError(f"{self.name}: ratio must be in [0, 1) and tokens >= 0, got ratio={self.ratio:g}, "
-                                  f"tokens={self.tokens}")
+        if not (self.ratio == -1 or 0 <= self.ratio < 1):
+            raise LengthwiseError(f"{self.name}: ratio must be in [0, 1) (the fraction removed), got {self.ratio:g}")
+        if self.tokens < 0:
+            raise LengthwiseError(f"{self.name}: tokens (the count kept) must be >= 1, got {self.tokens}")
         if (self.ratio != -1) == (self.tokens > 0):
             raise LengthwiseError(f"{self.name}: give exactly one budget, ratio=R (the fraction removed, 0 <= R < 1) "
-                                  "or tokens=N (the count kept)")
+                                  "or tokens=N (the count kept, N >= 1; ratio=0 is the full cache)")
 
     @property
     def evicts(self) -> bool:

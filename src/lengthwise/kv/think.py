@@ -60,7 +60,7 @@ class ThinK(Policy):
         """A head too narrow for this ratio to remove a whole channel is a one-line error, not a silent no-op."""
         if self.evicts and self.pruned(head_dim) == 0:
             raise LengthwiseError(f"think: ratio={self.ratio:g} removes int({head_dim} x 2 x {self.ratio:g}) = 0 of "
-                                  f"this model's {head_dim} key channels: use ratio >= {1 / (2 * head_dim):.4g}")
+                                  f"this model's {head_dim} key channels: use ratio >= {_up(1 / (2 * head_dim))}")
 
     def channels(self, queries: torch.Tensor, ok: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """queries [B, w, H, D] (ok [B, w]: rows that exist), keys [B, S, Hkv, D] (valid [B, S]) -> the kept
@@ -78,3 +78,10 @@ class ThinK(Policy):
 
     def _unused(self) -> set:
         return set()
+
+
+def _up(x: float) -> str:
+    """x written with 4 significant digits, rounded up, so that the printed bound itself passes the check."""
+    import math
+    e = math.floor(math.log10(abs(x))) - 3
+    return f"{math.ceil(x / 10 ** e - 1e-9) * 10 ** e:.4g}"
