@@ -1,7 +1,7 @@
 """Issue 18's accuracy grid through the harness, spread over worker processes on one GPU, resumable.
 
     LENGTHWISE_MODEL_DIR=/tmp/lw-models PYTHONPATH=src python benchmarks/kv_grid.py --dir $OUT/kv_grid \\
-        --workers 6 --deadline 540 [--plan main|fp8|32k|all] [--smoke]
+        --workers 8 --deadline 330 [--plan targets|main|fp8|32k|all] [--skip-done JOBS.jsonl]
     python benchmarks/kv_grid.py --dir benchmarks/results/kv_grid --summary   # tables, JSON and plot only
 
 Every job is one (length, kv spec, kv dtype, positions) on the five tasks, SmolLM2-135M chat, the question kept out
@@ -110,7 +110,7 @@ def summarize(folder: Path) -> dict:
             cells[key][r["task"]].append(r)
             meta[key] = cfg
     rows = []
-    for key, by in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][3], kv[0][2], kv[0][1] != "full", kv[0][1])):
+    for key, by in cells.items():  # sorted with the log's rows below
         length, kv, dtype, positions = key
         acc = {t: 100 * sum(r["score"] for r in v) / len(v) for t, v in sorted(by.items())}
         every = [r for v in by.values() for r in v]
@@ -209,7 +209,6 @@ def main():
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--skip-done", default=None, help="a jobs log (jobs.jsonl) of an earlier run: its finished jobs "
                     "are not run again (for runs whose stores did not come back)")
-    ap.add_argument("--plan-extra", default="", help="with --plan targets: also fp8")
     ap.add_argument("--summary", action="store_true", help="only summarize the stores in --dir")
     a = ap.parse_args()
     start = time.perf_counter()

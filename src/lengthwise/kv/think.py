@@ -13,6 +13,7 @@ half of the key channels removed (ratio=0.25 prunes half the key channels), so 0
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -82,6 +83,5 @@ class ThinK(Policy):
 
 def _up(x: float) -> str:
     """x written with 4 significant digits, rounded up, so that the printed bound itself passes the check."""
-    import math
     e = math.floor(math.log10(abs(x))) - 3
     return f"{math.ceil(x / 10 ** e - 1e-9) * 10 ** e:.4g}"
