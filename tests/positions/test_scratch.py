@@ -86,6 +86,23 @@ def test_randomized_positions_are_sorted_and_reach_far():
     assert torch.equal(a, b[20:])  # evaluation: a sequence's positions depend on its length alone
 
 
+def test_randomized_training_draw_is_a_uniform_sorted_subset():
+    """The batched draw picks each n-subset of [0, M) with equal odds: the law of its smallest member is
+    C(M-1-j, n-1) / C(M, n), computed by hand here, and each position is in it with probability n / M."""
+    from math import comb
+    r = scratch.build("randomized:max_positions=8", SHAPE).train()
+    rows = 30000
+    p = r._draw([3] * rows, torch.device("cpu"), torch.Generator().manual_seed(0)).view(rows, 3)
+    assert torch.all(p[:, 1:] > p[:, :-1]) and int(p.min()) >= 0 and int(p.max()) < 8
+    smallest = torch.bincount(p[:, 0], minlength=8).double() / rows
+    exact = torch.tensor([comb(7 - j, 2) / comb(8, 3) for j in range(8)], dtype=torch.float64)
+    assert torch.allclose(smallest, exact, atol=0.01)
+    member = torch.bincount(p.flatten(), minlength=8).double() / rows
+    assert torch.allclose(member, torch.full((8,), 3 / 8, dtype=torch.float64), atol=0.01)
+    mixed = r._draw([1, 5, 2], torch.device("cpu"), torch.Generator().manual_seed(1))
+    assert mixed.shape == (8,) and torch.all(mixed[1:6][1:] > mixed[1:6][:-1])
+
+
 def test_specs_and_errors():
     assert scratch.canonical("randomized") == "randomized:base=rope"
     assert scratch.canonical("t5:max_distance=64") == "t5:max_distance=64"

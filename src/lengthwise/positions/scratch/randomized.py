@@ -21,16 +21,35 @@ class Randomized(Scheme):
         self.cached = False  # positions (places) depend on the whole sequence: packed forwards only
 
     def remap(self, positions, cu_seqlens):
-        out = torch.empty_like(positions)
         cu = cu_seqlens.tolist()
-        for a, b in zip(cu[:-1], cu[1:]):
-            n = b - a
-            if n > self.max_positions:
-                raise LengthwiseError(f"randomized positions: a sequence of {n} tokens needs max_positions >= {n}, "
-                                      f"it is {self.max_positions}")
-            gen = None if self.training else torch.Generator().manual_seed(n)
-            out[a:b] = torch.randperm(self.max_positions, generator=gen)[:n].sort().values.to(positions.device)
+        lens = [b - a for a, b in zip(cu[:-1], cu[1:])]
+        longest = max(lens, default=0)
+        if longest > self.max_positions:
+            raise LengthwiseError(f"randomized positions: a sequence of {longest} tokens needs max_positions >= "
+                                  f"{longest}, it is {self.max_positions}")
+        if not lens:
+            return positions
+        if self.training:
+            return self._draw(lens, positions.device, None)
+        # evaluation: one draw per distinct length from a generator seeded by that length (the same alone or packed)
+        out = torch.empty_like(positions)
+        for n in set(lens):
+            draw = torch.randperm(self.max_positions, generator=torch.Generator().manual_seed(n))[:n].sort().values
+            draw = draw.to(positions.device)
+            for a, m in zip(cu[:-1], lens):
+                if m == n:
+                    out[a:a + n] = draw
         return out
+
+    def _draw(self, lens: list[int], device, gen) -> torch.Tensor:
+        """For each length n, n sorted positions drawn without replacement from [0, max_positions), all sequences
+        at once on `device`: the first n columns of a random permutation per row (argsort of uniform noise), sorted."""
+        k, m = len(lens), max(lens)
+        perm = torch.rand(k, self.max_positions, device=device, generator=gen).argsort(dim=1)[:, :m]
+        n = torch.tensor(lens, device=device)
+        keep = torch.arange(m, device=device) < n[:, None]
+        picked = torch.where(keep, perm, self.max_positions).sort(dim=1).values  # unused columns sort last
+        return picked[keep]
 
     def embed(self, tokens, positions, cu_seqlens):
         return self.base.embed(tokens, positions, cu_seqlens)
