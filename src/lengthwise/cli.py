@@ -719,7 +719,7 @@ def train_(
     budget: Annotated[Optional[float], typer.Option("--budget", metavar="SECONDS", help="At most this much wall-clock training time.")] = None,
     tokens_per_step: Annotated[int, typer.Option("--tokens-per-step")] = 1024,
     lr: Annotated[float, typer.Option("--lr")] = 3e-3,
-    fill: Annotated[str, typer.Option("--fill", help="docs (whole samples), buckets (Dataset Decomposition, Grow-P2), chunk or chunk_masked (concat-and-chunk without or with document masks).")] = "docs",
+    fill: Annotated[str, typer.Option("--fill", help="docs (whole samples), buckets (Dataset Decomposition, Grow-P2), buckets_whole (the same buckets of whole samples), chunk or chunk_masked (concat-and-chunk without or with document masks).")] = "docs",
     chunk: Annotated[int, typer.Option("--chunk", help="Chunk length of concat-and-chunk; the largest bucket.")] = 256,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Steps between accuracy checks at the training lengths, in metrics.jsonl (0: none).")] = 0,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE")] = "cpu",

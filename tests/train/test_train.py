@@ -77,6 +77,20 @@ def test_dataset_decomposition_buckets():
         assert tb.batch.num_tokens == 256  # equal tokens per step
 
 
+def test_length_buckets_of_whole_samples():
+    """buckets_whole: every step is whole samples (each one document, its answer intact) of one length bucket
+    (2^(k-1), 2^k], at least the step's tokens; over a run every bucket is drawn."""
+    f = _filler("buckets_whole")
+    seen = set()
+    for step in range(40):
+        tb = f.step("cpu", step / 40)
+        ks = {(n - 1).bit_length() for n in tb.batch.lens}
+        assert len(ks) == 1 and 256 <= tb.batch.num_tokens < 256 + 2 ** max(ks)
+        assert tb.n_targets == sum((n - 3) // 2 + 1 for n in tb.batch.lens)  # copy: n letters + </s> scored
+        seen |= ks
+    assert len(seen) >= 4
+
+
 def test_concat_and_chunk_with_and_without_masks():
     plain, masked = _filler("chunk"), _filler("chunk_masked")
     a, b = plain.step("cpu", 0), masked.step("cpu", 0)
@@ -156,6 +170,41 @@ def test_eval_every_logs_accuracy_and_a_budget_stops(tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "r" / METRICS).read_text().splitlines()]
     assert len(recs) == r["steps"] and "accuracy" in recs[2] and "accuracy" in recs[-1]
     assert all(0 <= x["accuracy"] <= 1 for x in recs if "accuracy" in x)
+    assert all(x["eval_loss"] > 0 for x in recs if "accuracy" in x)
+
+
+def test_held_out_loss_and_accuracy_against_a_hand_computation():
+    """held_out's exact match equals exact_match's, and its loss is the float64 log-softmax of the answer
+    positions, averaged over answer tokens, computed here sample by sample."""
+    from lengthwise.train.loop import exact_match, held_out
+    task = get_task("copy")
+    g = torch.Generator().manual_seed(3)
+
+    def logits(seqs):
+        out = []
+        for ids in seqs:
+            lg = torch.randn(len(ids), 40, generator=g)
+            lg[torch.arange(len(ids) - 1), torch.tensor(ids[1:])] += 6.0 if len(ids) % 2 else 0.0  # some right
+            out.append(lg)
+        return out
+
+    g.manual_seed(3)
+    acc, loss = held_out(logits, task, range(1, 6), 4, seed=2, max_tokens=20)
+    g.manual_seed(3)
+    assert acc == exact_match(logits, task, range(1, 6), 4, seed=2, max_tokens=20)
+    g.manual_seed(3)
+    nll, count = 0.0, 0
+    for n in range(1, 6):
+        encs = [task.sample(n, 2 * 1_000_003 + i, stream="eval").encode() for i in range(4)]
+        per = max(1, 20 // len(encs[0].ids))
+        for i in range(0, 4, per):
+            group = encs[i:i + per]
+            for e, lg in zip(group, logits([e.ids for e in group])):
+                lp = torch.log_softmax(lg.double(), -1)
+                for t in range(e.answer_start, len(e.ids)):
+                    nll -= float(lp[t - 1, e.ids[t]])
+                    count += 1
+    assert loss == pytest.approx(nll / count, rel=1e-6)
 
 
 @pytest.mark.parametrize("pe", list(scratch.SCHEMES) + ["randomized:base=alibi", "abacus:base=fire"])

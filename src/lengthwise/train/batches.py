@@ -5,6 +5,9 @@ loss sees (the answer tokens). Four ways to fill a step of `tokens` tokens:
 - `buckets`: Dataset Decomposition (Pouransari et al. 2024): every sample cut into pieces of 2^k tokens (the
   binary digits of its length), each piece a document in bucket k; a step takes tokens / 2^k pieces of one
   bucket, picked by the Grow-P2 curriculum (`grow_odds`);
+- `buckets_whole`: the same buckets and curriculum, but a sample is never cut: it goes whole into bucket
+  ceil(log2(length)) (lengths 2^(k-1)+1 .. 2^k), and a step takes whole samples of one bucket up to `tokens`. For
+  tasks whose later pieces are unlearnable without their prompt (every algorithmic task);
 - `chunk`: concat-and-chunk, no mask: the sample stream cut into chunks of `chunk` tokens, each one document, so
   attention crosses sample boundaries;
 - `chunk_masked`: the same chunks with document masks: each sample's piece of a chunk is its own document.
@@ -20,7 +23,7 @@ import torch
 from ..errors import LengthwiseError
 from ..ragged import RaggedBatch
 
-FILLS = ("docs", "buckets", "chunk", "chunk_masked")
+FILLS = ("docs", "buckets", "buckets_whole", "chunk", "chunk_masked")
 IGNORE = -100
 
 
@@ -143,4 +146,21 @@ class Filler:
         while len(self.buckets[k]) < want:
             self._decompose(self.draw())
         pieces, self.buckets[k] = self.buckets[k][:want], self.buckets[k][want:]
+        return pack(pieces, device)
+
+    def _buckets_whole(self, device, progress):
+        while not self.buckets or sum(len(p.ids) for v in self.buckets.values() for p in v) < 4 * self.tokens:
+            p = self.draw()
+            self.buckets.setdefault((len(p.ids) - 1).bit_length(), []).append(p)
+        ks = sorted(k for k in self.buckets if self.buckets[k])
+        odds = grow_odds(len(ks), progress)
+        k = self.rng.choices(ks, weights=[o * sum(len(p.ids) for p in self.buckets[kk]) for o, kk in zip(odds, ks)])[0]
+        pieces, n = [], 0
+        while n < self.tokens:
+            while not self.buckets[k]:
+                p = self.draw()
+                self.buckets.setdefault((len(p.ids) - 1).bit_length(), []).append(p)
+            p = self.buckets[k].pop(0)
+            pieces.append(p)
+            n += len(p.ids)
         return pack(pieces, device)
