@@ -328,3 +328,13 @@ def test_plots_percent_threshold_cividis_and_linked(tmp_path):
     im = hm.axes[0].images[0]
     assert im.get_clim() == (0.0, 100.0) and "%" in hm.axes[1].get_ylabel()
     assert sorted(t.get_text() for t in hm.axes[0].texts) == ["25.0", "50.0"]
+
+
+def test_a_compressed_cache_is_named_even_when_every_record_agrees(tmp_path):
+    """A store run with one KV policy throughout: its tables say kv=..., never a bare heading that reads as the
+    full cache; the full cache and the default cache dtype stay unnamed."""
+    for cfg, want in [({"kv": "snapkv:ratio=0.5"}, "kv=snapkv:ratio=0.5"),
+                      ({"kv": "full", "kv_dtype": "fp8"}, "kv_dtype=fp8"), ({"kv": "full"}, "")]:
+        recs = [dict(r, config=cfg) for r in make_records()]
+        got, _ = R.read_results(write(tmp_path / "res.jsonl", recs))
+        assert {row["variant"] for row in R.accuracy_table(got)} == {want}

@@ -13,7 +13,8 @@ has accuracy NaN, shown as "nan".
 
 Records of different configs are never averaged together: within one (model, method, backend), every
 setting of the record's config that differs between records (dtype, device, chat, seed, the model's hash,
-...) is named in the row's `variant`, e.g. "chat=true, dtype=bfloat16".
+...) is named in the row's `variant`, e.g. "chat=true, dtype=bfloat16"; a KV policy or cache dtype other than the default
+is named even where every record agrees (`kv=snapkv:ratio=0.5`).
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ REQUIRED = ("task", "length", "depth", "method", "backend", "model", "score")
 GROUP = ("model", "method", "backend", "variant")  # one model variant: a table, a heatmap set, a curve
 # what a record's config says beyond model, method and backend (stores before issue 20 carry some of these)
 VARIANT_FIELDS = ("model_sha256", "dtype", "device", "chat", "hf_rope", "kv", "kv_dtype", "seed")
+# shown in a heading even when every record agrees, unless at their defaults: a compressed cache is never silent
+ALWAYS_SHOWN = {"kv": (None, "full"), "kv_dtype": (None, "auto")}
 _META = ("lengthwise_store", "lengthwise_config")  # a store's header and config lines: not records
 MAX_WARNINGS_SHOWN = 20
 # RULER's bar for an effective length: Llama-2-7B's mean RULER score at 4k (Hsieh et al. 2024, "RULER")
@@ -109,7 +112,8 @@ def _variants(records: list[dict]) -> list[str]:
     out = [""] * len(records)
     for idx in groups.values():
         keys = [k for k in VARIANT_FIELDS
-                if len({json.dumps(cfgs[i].get(k), sort_keys=True, default=str) for i in idx}) > 1]
+                if len({json.dumps(cfgs[i].get(k), sort_keys=True, default=str) for i in idx}) > 1
+                or (k in ALWAYS_SHOWN and any(cfgs[i].get(k) not in ALWAYS_SHOWN[k] for i in idx))]
         for i in idx:
             out[i] = ", ".join(f"{k}={_show(k, cfgs[i].get(k))}" for k in keys)
     return out

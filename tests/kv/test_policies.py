@@ -265,7 +265,8 @@ def test_cache_bytes_fall_with_the_ratio(models):
     ("snapkv:ratio=0.5,windw=3", "no option 'windw'"), ("snapkv2:ratio=0.5", "unknown KV policy"),
     ("snapkv:tokens=10", "below its observation window"), ("pyramidkv:tokens=8,window=16", "below its observation"),
     ("adakv:tokens=10", "below its observation window"), ("tova:tokens=0", r"N >= 1; ratio=0 is the full cache"),
-    ("tova:tokens=-1", r"tokens \(the count kept\) must be >= 1, got -1")])
+    ("tova:tokens=-1", r"tokens \(the count kept\) must be >= 1, got -1"),
+    ("full:ratio=0.5", "'full' keeps every token and takes no options"), ("full:every=4", "takes no options")])
 def test_bad_specs_get_one_line(bad, needle):
     with pytest.raises(lw.LengthwiseError, match=needle):
         kv.parse(bad)

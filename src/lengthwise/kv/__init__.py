@@ -16,6 +16,7 @@ may store keys and values in.
 from __future__ import annotations
 
 from .. import options
+from ..errors import LengthwiseError
 from .cache import KV_DTYPES, RaggedKVCache, check_kv_dtype
 from .composed import Composed
 from .headwise import HeadwiseKVCache
@@ -43,6 +44,9 @@ def parse(spec: "str | Policy | None") -> Policy:
         return Full()
     if isinstance(spec, Policy):
         return spec
+    if isinstance(spec, str) and spec.strip().split(":")[0].strip() == "full" and ":" in spec and spec.split(":", 1)[1].strip():
+        raise LengthwiseError(f"KV policy 'full' keeps every token and takes no options, got {spec!r}: write 'full', "
+                              "or name a policy with a budget, e.g. 'snapkv:ratio=0.5'")
     if isinstance(spec, str) and "+" in spec:  # a token policy with think (kv/composed.py)
         return Composed.of([options.parse(part, POLICIES, "KV policy") for part in spec.split("+")])
     return options.parse(spec, POLICIES, "KV policy")
