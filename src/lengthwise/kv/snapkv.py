@@ -3,7 +3,8 @@
 The last `window` queries of the prompt (the observation window) say which earlier tokens matter: their
 attention weights, averaged over the window and over each kv head's query group, then smoothed along the keys
 by an average pool of `kernel` tokens so that neighbours of an important token stay too. The window's own
-tokens are always kept. kvpress's `snapkv` press scores the same way.
+tokens are always kept, so a ratio's budget never falls below the window (a prompt shorter than the window
+stays whole; kvpress refuses one). kvpress's `snapkv` press scores the same way.
 """
 from __future__ import annotations
 
@@ -45,6 +46,12 @@ class SnapKV(Budget):
         if self.tokens and self.tokens < self.window:
             raise LengthwiseError(f"{self.name}: a budget of tokens={self.tokens} is below its observation window "
                                   f"(window={self.window}, always kept): raise tokens or lower window")
+
+    def keep(self, n: torch.Tensor) -> torch.Tensor:
+        """The ratio's budget, but never below the observation window, which SnapKV always keeps: a prompt of at
+        most `window` tokens stays whole (kvpress refuses one), and a short one keeps its window, not part of it."""
+        k = super().keep(n)
+        return k if self.ratio == -1 else torch.maximum(k, n.clamp(max=self.window))
 
     def score(self, c):
         return snap_scores(c, self.window, self.kernel)
