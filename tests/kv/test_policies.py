@@ -459,3 +459,16 @@ def test_a_rope_scaling_composes_with_eviction(tmp_path):
         ref = hf_kept_logits(hf, p + feed[i], c, kept[i])
         for t, got in enumerate(steps):
             assert rel_err(got[i], ref[len(p) - 1 + t]) <= 1e-6, (i, t)
+
+
+@pytest.mark.parametrize("spec", ["snapkv:ratio=0.5", "pyramidkv:ratio=0.75", "adakv:ratio=0.5"])
+def test_a_prompt_within_the_observation_window_stays_whole(models, spec):
+    """SnapKV always keeps its window, so a ratio never budgets below it: a prompt of 40 tokens (window 64)
+    decodes exactly as with the full cache, and one of 100 at ratio 0.5 keeps 64, not 50 (the window whole)."""
+    _, folder = models
+    full = lw.load(folder, device="cpu", dtype="float64")
+    lm = lw.load(folder, device="cpu", dtype="float64", kv=spec)
+    short = [list(range(5, 45)), list(range(50, 70))]
+    assert lm.generate_ids(short, max_new_tokens=4) == full.generate_ids(short, max_new_tokens=4)
+    n = torch.tensor([100, 40, 200])
+    assert lm.kv.keep(n).tolist() == [max(int(100 * (1 - lm.kv.ratio)), 64), 40, max(int(200 * (1 - lm.kv.ratio)), 64)]
