@@ -1,13 +1,14 @@
 """Packed training batches: samples back to back with their document mask (cu_seqlens), and the targets that
-loss sees (the answer tokens). Four ways to fill a step of `tokens` tokens:
+loss sees (the answer tokens). Five ways to fill a step of `tokens` tokens:
 
 - `docs`: whole samples, each its own document (the lab's default);
 - `buckets`: Dataset Decomposition (Pouransari et al. 2024): every sample cut into pieces of 2^k tokens (the
   binary digits of its length), each piece a document in bucket k; a step takes tokens / 2^k pieces of one
   bucket, picked by the Grow-P2 curriculum (`grow_odds`);
 - `buckets_whole`: the same buckets and curriculum, but a sample is never cut: it goes whole into bucket
-  ceil(log2(length)) (lengths 2^(k-1)+1 .. 2^k), and a step takes whole samples of one bucket up to `tokens`. For
-  tasks whose later pieces are unlearnable without their prompt (every algorithmic task);
+  ceil(log2(length)) (lengths 2^(k-1)+1 .. 2^k), and a step takes whole samples of one bucket up to `tokens`
+  (a bucket is drawn from once it holds a whole step). For tasks whose later pieces are unlearnable without their
+  prompt (every algorithmic task);
 - `chunk`: concat-and-chunk, no mask: the sample stream cut into chunks of `chunk` tokens, each one document, so
   attention crosses sample boundaries;
 - `chunk_masked`: the same chunks with document masks: each sample's piece of a chunk is its own document.
@@ -149,17 +150,25 @@ class Filler:
         return pack(pieces, device)
 
     def _buckets_whole(self, device, progress):
-        while not self.buckets or sum(len(p.ids) for v in self.buckets.values() for p in v) < 4 * self.tokens:
+        mass = {}  # bucket -> tokens it holds
+
+        def add():
             p = self.draw()
-            self.buckets.setdefault((len(p.ids) - 1).bit_length(), []).append(p)
-        ks = sorted(k for k in self.buckets if self.buckets[k])
+            k = (len(p.ids) - 1).bit_length()
+            self.buckets.setdefault(k, []).append(p)
+            mass[k] = mass.get(k, 0) + len(p.ids)
+
+        for k, v in self.buckets.items():
+            mass[k] = sum(len(p.ids) for p in v)
+        while sum(mass.values()) < 4 * self.tokens or max(mass.values()) < self.tokens:
+            add()
+        # a bucket is drawn once it holds a whole step, so a rare one (the shortest lengths) waits and fills up
+        # rather than drawing thousands of samples for one step
+        ks = sorted(k for k, m in mass.items() if m >= self.tokens)
         odds = grow_odds(len(ks), progress)
-        k = self.rng.choices(ks, weights=[o * sum(len(p.ids) for p in self.buckets[kk]) for o, kk in zip(odds, ks)])[0]
+        k = self.rng.choices(ks, weights=[o * mass[kk] for o, kk in zip(odds, ks)])[0]
         pieces, n = [], 0
         while n < self.tokens:
-            while not self.buckets[k]:
-                p = self.draw()
-                self.buckets.setdefault((len(p.ids) - 1).bit_length(), []).append(p)
             p = self.buckets[k].pop(0)
             pieces.append(p)
             n += len(p.ids)
