@@ -334,7 +334,22 @@ def test_a_compressed_cache_is_named_even_when_every_record_agrees(tmp_path):
     """A store run with one KV policy throughout: its tables say kv=..., never a bare heading that reads as the
     full cache; the full cache and the default cache dtype stay unnamed."""
     for cfg, want in [({"kv": "snapkv:ratio=0.5"}, "kv=snapkv:ratio=0.5"),
-                      ({"kv": "full", "kv_dtype": "fp8"}, "kv_dtype=fp8"), ({"kv": "full"}, "")]:
+                      ({"kv": "full", "kv_dtype": "fp8"}, "kv_dtype=fp8"), ({"kv": "full"}, ""),
+                      ({"kv": "snapkv:ratio=0.5", "kv_question": "compressed"},
+                       "kv=snapkv:ratio=0.5, kv_question=compressed")]:
         recs = [dict(r, config=cfg) for r in make_records()]
         got, _ = R.read_results(write(tmp_path / "res.jsonl", recs))
         assert {row["variant"] for row in R.accuracy_table(got)} == {want}
+
+
+def test_question_kept_and_compressed_stay_apart(tmp_path):
+    """Two stores of one policy, the question kept out of compression in one and compressed in the other: two
+    rows, never their average."""
+    kept = [dict(r, config={"kv": "snapkv:ratio=0.5", "kv_question": "kept"}) for r in make_records()]
+    comp = [dict(r, id=f"{r['id']}-c", score=1.0, config={"kv": "snapkv:ratio=0.5", "kv_question": "compressed"})
+            for r in make_records()]
+    got, _ = R.read_results(write(tmp_path / "res.jsonl", kept + comp))
+    table = R.accuracy_table(got)
+    both = {"kv=snapkv:ratio=0.5, kv_question=kept", "kv=snapkv:ratio=0.5, kv_question=compressed"}
+    assert {row["variant"] for row in table} == both
+    assert all(row["accuracy"] == 1.0 for row in table if row["variant"].endswith("compressed"))

@@ -614,6 +614,9 @@ def eval_(
         if not isinstance(rope, dict):
             raise LengthwiseError(f"--hf-rope must be a JSON object like '{{\"rope_type\": \"yarn\", \"factor\": 4.0}}', "
                                   f"got a {type(rope).__name__}")
+    if kv_question != "kept" and (kv or "full") == "full":
+        raise LengthwiseError(f"--kv-question {kv_question} says how a compressed cache treats the question, and the "
+                              "cache here is full: add --kv POLICY (e.g. --kv snapkv:ratio=0.5) or drop --kv-question")
     cfg = EvalConfig(model=model, tasks=_split_tasks(tasks), lengths=parse_lengths(lengths), depths=parse_depths(depths),
                      samples=samples, seed=seed, method=positions or "none", backend=engine, kernel=backend, chat=chat, hf_rope=rope,
                      device=device, dtype=dtype, kv=kv or "full", kv_question=kv_question, kv_dtype=kv_dtype,

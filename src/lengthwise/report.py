@@ -34,9 +34,9 @@ from .outputs import atomic_write, check_folder
 REQUIRED = ("task", "length", "depth", "method", "backend", "model", "score")
 GROUP = ("model", "method", "backend", "variant")  # one model variant: a table, a heatmap set, a curve
 # what a record's config says beyond model, method and backend (stores before issue 20 carry some of these)
-VARIANT_FIELDS = ("model_sha256", "dtype", "device", "chat", "hf_rope", "kv", "kv_dtype", "seed")
+VARIANT_FIELDS = ("model_sha256", "dtype", "device", "chat", "hf_rope", "kv", "kv_question", "kv_dtype", "seed")
 # shown in a heading even when every record agrees, unless at their defaults: a compressed cache is never silent
-ALWAYS_SHOWN = {"kv": (None, "full"), "kv_dtype": (None, "auto")}
+ALWAYS_SHOWN = {"kv": (None, "full"), "kv_dtype": (None, "auto"), "kv_question": (None, "kept")}
 _META = ("lengthwise_store", "lengthwise_config")  # a store's header and config lines: not records
 MAX_WARNINGS_SHOWN = 20
 # RULER's bar for an effective length: Llama-2-7B's mean RULER score at 4k (Hsieh et al. 2024, "RULER")

@@ -308,10 +308,13 @@ def test_cli_refuses_a_bad_kv_spec_in_one_line(tmp_path):
     src = tmp_path / "p.txt"
     src.write_text("hello\n")
     for args in (["generate", str(src), "--model", "smollm2-135m", "--kv", "snapkv:ratio=2"],
-                 ["eval", "--model", "smollm2-135m", "--output", str(tmp_path / "o.jsonl"), "--kv", "nope"]):
+                 ["eval", "--model", "smollm2-135m", "--output", str(tmp_path / "o.jsonl"), "--kv", "nope"],
+                 ["eval", "--model", "smollm2-135m", "--output", str(tmp_path / "o.jsonl"), "--kv-question",
+                  "compressed"]):
         r = CliRunner().invoke(cli.app, args)
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
         assert "Traceback" not in r.output
+    assert "add --kv POLICY" in r.output and not (tmp_path / "o.jsonl").exists()
 
 
 def hf_kept_logits(hf, ids, context, kept):
