@@ -75,6 +75,7 @@ def test_dataset_decomposition_buckets():
         lens = tb.batch.lens
         assert len(set(lens)) == 1 and lens[0] & (lens[0] - 1) == 0 and lens[0] <= 32  # one bucket of 2^k
         assert tb.batch.num_tokens == 256  # equal tokens per step
+        assert tb.n_targets > 0 and lens[0] > 1  # no piece without anything to predict
 
 
 def test_length_buckets_of_whole_samples():

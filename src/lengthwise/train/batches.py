@@ -124,17 +124,24 @@ class Filler:
 
     def _decompose(self, p: Piece):
         """A sample cut into pieces of 2^k tokens, the largest first (the binary digits of its length), none longer
-        than the chunk."""
+        than the chunk. A piece with nothing to predict (no answer token after its first) is dropped: a step of
+        them would train nothing (one-token pieces, or pieces of prompt alone)."""
         top = self.chunk.bit_length() - 1
         at, n = 0, len(p.ids)
+
+        def put(k):
+            nonlocal at
+            piece = Piece(p.ids[at:at + (1 << k)], p.scored[at:at + (1 << k)])
+            if any(piece.scored[1:]):
+                self.buckets.setdefault(k, []).append(piece)
+            at += 1 << k
+
         while n - at >= 2 << top:
-            self.buckets.setdefault(top, []).append(Piece(p.ids[at:at + (1 << top)], p.scored[at:at + (1 << top)]))
-            at += 1 << top
+            put(top)
         rest = n - at
         for k in range(rest.bit_length() - 1, -1, -1):
             if rest & (1 << k):
-                self.buckets.setdefault(k, []).append(Piece(p.ids[at:at + (1 << k)], p.scored[at:at + (1 << k)]))
-                at += 1 << k
+                put(k)
 
     def _buckets(self, device, progress):
         top = self.chunk.bit_length() - 1
