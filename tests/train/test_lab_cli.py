@@ -126,3 +126,5 @@ def test_cache_free_schemes_generate_as_they_score(tmp_path, pe):
     for _ in range(len(got)):
         ids.append(int(lm.logits([ids])[0][-1].argmax()))
     assert got == ids[len(prompt):]
+    from lengthwise.tasks.algorithmic.vocab import EOS, ID
+    assert lm.eos_ids == {ID[EOS]} and ID[EOS] not in got[:-1]  # the checkpoint says </s> ends an answer

@@ -33,7 +33,7 @@ from ..models.llama import Llama, LlamaConfig, to_hf
 from ..outputs import atomic_write, check_folder
 from ..positions import scratch
 from ..tasks.algorithmic import get_task
-from ..tasks.algorithmic.vocab import SIZE
+from ..tasks.algorithmic.vocab import BOS, EOS, ID, SIZE
 from .batches import FILLS, IGNORE, Filler, Piece, TrainBatch
 
 ARCH = "LengthwiseLabForCausalLM"
@@ -178,7 +178,8 @@ def loss_of(module: Llama, tb: TrainBatch, backend, precision: str = "fp32") -> 
 
 
 def save_model(module: Llama, cfg: TrainConfig, folder: Path) -> None:
-    """An HF-style folder: config.json (architecture LengthwiseLabForCausalLM) and model.safetensors."""
+    """An HF-style folder: config.json (architecture LengthwiseLabForCausalLM), model.safetensors and
+    generation_config.json (</s> ends a generation)."""
     from safetensors.torch import save_file
     mc = module.cfg
     folder.mkdir(parents=True, exist_ok=True)
@@ -192,6 +193,8 @@ def save_model(module: Llama, cfg: TrainConfig, folder: Path) -> None:
     tmp = folder / ".model.safetensors.tmp"
     save_file(sd, str(tmp), metadata={"format": "pt"})
     tmp.replace(folder / "model.safetensors")
+    with atomic_write(folder / "generation_config.json", "w") as f:  # generation stops at the answer's end
+        json.dump({"bos_token_id": ID[BOS], "eos_token_id": ID[EOS]}, f, indent=1)
     with atomic_write(folder / "config.json", "w") as f:
         json.dump(config, f, indent=1)
 
