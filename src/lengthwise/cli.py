@@ -41,6 +41,13 @@ def _error(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
 
 
+def _json_or_none(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _warn(msg: str) -> None:
     typer.echo(f"warning: {msg}", err=True)
 
@@ -733,6 +740,12 @@ def train_(
     cfg = TrainConfig(task=task, pe=pe, seed=seed, n_layers=layers, dim=dim, n_heads=heads, train_max_len=train_max_len,
                       steps=steps, budget_s=budget, tokens_per_step=tokens_per_step, lr=lr, fill=fill, chunk=chunk,
                       eval_every=eval_every, device=device, precision=precision, attention=attention)
+    from .train.loop import METRICS, MODEL, RUN_CONFIG
+    prior = Path(out) / RUN_CONFIG
+    if ((Path(out) / METRICS).exists() and not (Path(out) / MODEL / "model.safetensors").exists()
+            and prior.is_file() and _json_or_none(prior) == cfg.key()):
+        _warn(f"{out} holds a run that stopped before its model was saved: training starts again from step 1 "
+              "(a run resumes only once finished)")
     with _train_progress(f"{cfg.task} · {cfg.pe}") as show:
         r = train(cfg, out, progress=lambda step, loss, tps, frac: show(f"{cfg.task} · {cfg.pe}", step, loss, tps, frac))
     if r["skipped"]:

@@ -128,3 +128,19 @@ def test_cache_free_schemes_generate_as_they_score(tmp_path, pe):
     assert got == ids[len(prompt):]
     from lengthwise.tasks.algorithmic.vocab import EOS, ID
     assert lm.eos_ids == {ID[EOS]} and ID[EOS] not in got[:-1]  # the checkpoint says </s> ends an answer
+
+
+def test_train_and_lab_keep_out_of_each_others_folders_and_a_restart_is_said(tmp_path):
+    t = tmp_path / "t"
+    r = run("train", "--task", "copy", "--pe", "nope", "--steps", "2", "--dim", "32", "-o", t)
+    assert r.exit_code == 0, r.output
+    lab = run("lab", "--preset", "smoke", "--steps", "2", "-o", t)
+    assert lab.exit_code == 2 and "is a `lengthwise train` run" in lab.output and not (t / "results.jsonl").exists()
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "results.jsonl").write_text("")
+    tr = run("train", "--task", "copy", "--pe", "nope", "--steps", "2", "--dim", "32", "-o", tmp_path / "lab")
+    assert tr.exit_code == 2 and "is a lab's folder" in tr.output and not (tmp_path / "lab" / "model").exists()
+    import shutil
+    shutil.rmtree(t / "model")  # as if killed before the model was saved
+    again = run("train", "--task", "copy", "--pe", "nope", "--steps", "2", "--dim", "32", "-o", t)
+    assert again.exit_code == 0 and "starts again from step 1" in again.stderr

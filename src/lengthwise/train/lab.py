@@ -85,6 +85,9 @@ def run_lab(lab: LabConfig, out: Path, events: Events | None = None) -> int:
     """Train and test every cell the store lacks; returns how many records were written."""
     import lengthwise as lw
     out = Path(out)
+    from .loop import RUN_CONFIG
+    if (out / RUN_CONFIG).exists():
+        raise LengthwiseError(f"{out} is a `lengthwise train` run ({RUN_CONFIG}): give the lab a folder of its own")
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / RESULTS)
     config = lab.store_config()

@@ -202,6 +202,8 @@ def save_model(module: Llama, cfg: TrainConfig, folder: Path) -> None:
 def claim(out: Path, cfg: TrainConfig) -> bool:
     """Check the output folder and write the run's config into it. True: this config's model is already there."""
     check_folder(out)
+    if (out / "results.jsonl").exists() or (out / "runs").is_dir():
+        raise LengthwiseError(f"{out} is a lab's folder (results.jsonl, runs/): train into a folder of its own")
     want = cfg.key()
     path = out / RUN_CONFIG
     if path.exists():
@@ -231,6 +233,7 @@ Progress = Callable[[int, float, float, float], None]  # (step, loss, tokens/s, 
 def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> dict:
     """Fit one model; writes out/model/, out/train_config.json and out/metrics.jsonl. Returns a summary."""
     out = Path(out)
+    restarted = (out / METRICS).exists()  # a run that stopped before its model: it starts again from step 1
     if claim(out, cfg):
         return {"skipped": True, "model": str(out / MODEL)}
     device = torch.device(cfg.device)
@@ -285,7 +288,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> dict
                 progress(step, loss_avg, rec["tokens_per_s"], min(done, 1.0))
     module.eval()
     save_model(module, cfg, out / MODEL)
-    return {"skipped": False, "model": str(out / MODEL), "steps": step, "loss": loss_avg,
+    return {"skipped": False, "restarted": restarted, "model": str(out / MODEL), "steps": step, "loss": loss_avg,
             "seconds": time.perf_counter() - t0 - paused, "tokens": tokens}
 
 
