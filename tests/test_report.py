@@ -353,3 +353,21 @@ def test_question_kept_and_compressed_stay_apart(tmp_path):
     both = {"kv=snapkv:ratio=0.5, kv_question=kept", "kv=snapkv:ratio=0.5, kv_question=compressed"}
     assert {row["variant"] for row in table} == both
     assert all(row["accuracy"] == 1.0 for row in table if row["variant"].endswith("compressed"))
+
+
+def test_lab_mrr_by_hand_and_a_tie_ranks_nothing():
+    """Two tasks, two schemes: reverse ranks nope first (50% against 20% past the training length), copy has both
+    at 0% and ranks neither, so MRR is nope 1/1, rope 1/2 over reverse alone, and the tie is said."""
+    recs = []
+    for t, accs in [("copy", {"nope": 0.0, "rope": 0.0}), ("reverse", {"nope": 0.5, "rope": 0.2})]:
+        for p, a in accs.items():
+            for n in (4, 12, 16):
+                recs.append(dict(task=t, pe=p, seed=0, train_max_len=8, length=n, accuracy=a if n > 8 else 1.0, n=10))
+    tasks, pes, cell, mrr = R.mrr_table(recs)
+    assert cell[("copy", "nope")] == (0.0, None) and cell[("reverse", "rope")] == (pytest.approx(0.2), 2)
+    assert mrr == {"nope": 1.0, "rope": 0.5} and pes == ["nope", "rope"]
+    text = R.format_mrr(tasks, pes, cell, mrr)
+    assert "0.0 (tie)" in text and "every scheme scores the same on copy" in text
+    only_ties = [r for r in recs if r["task"] == "copy"]
+    _, _, _, m = R.mrr_table(only_ties)
+    assert all(math.isnan(v) for v in m.values())

@@ -607,7 +607,9 @@ def _median(xs: list[float]) -> float:
 def mrr_table(records: list[dict]) -> tuple[list[str], list[str], dict[tuple[str, str], tuple[float, int]], dict[str, float]]:
     """The PE study's ranking: per task, each PE's mean accuracy (median over seeds) at the lengths past its
     training length, ranked (ties share the better rank); the mean reciprocal rank of each PE over the tasks.
-    Returns (tasks, pes, {(task, pe): (accuracy, rank)}, {pe: mrr})."""
+    A task where every scheme scores the same (all 0%, say) ranks none of them (rank None) and is left out of
+    the MRR: a tie there says nothing about the schemes. Returns (tasks, pes, {(task, pe): (accuracy, rank)},
+    {pe: mrr}) (mrr NaN where no task ranks)."""
     curves = lab_curves(records)
     train = {(r["task"], r["pe"]): int(r["train_max_len"]) for r in records}
     tasks = sorted({t for t, _ in curves}, key=_natural)
@@ -620,24 +622,34 @@ def mrr_table(records: list[dict]) -> tuple[list[str], list[str], dict[tuple[str
             if c:
                 far = [m for n, (m, _) in c.items() if n > train[(t, p)]] or [m for m, _ in c.values()]
                 acc[p] = sum(far) / len(far)
+        tie = len(acc) > 1 and max(acc.values()) - min(acc.values()) <= 1e-12  # every scheme alike: no ranking
         for p, a in acc.items():
-            cell[(t, p)] = (a, 1 + sum(b > a + 1e-12 for b in acc.values()))
-    mrr = {p: _mean(1 / cell[(t, p)][1] for t in tasks if (t, p) in cell) for p in pes}
+            cell[(t, p)] = (a, None if tie else 1 + sum(b > a + 1e-12 for b in acc.values()))
+    mrr = {p: _mean(1 / cell[(t, p)][1] for t in tasks if (t, p) in cell and cell[(t, p)][1] is not None)
+           for p in pes}
     pes.sort(key=lambda p: -mrr[p] if not math.isnan(mrr[p]) else 1)
     return tasks, pes, cell, mrr
 
 
 def format_mrr(tasks, pes, cell, mrr) -> str:
     head = ["task"] + pes
-    rows = [head] + [[t] + [f"{_pct(cell[(t, p)][0])} (#{cell[(t, p)][1]})" if (t, p) in cell else "-" for p in pes]
-                     for t in tasks]
-    rows.append(["MRR"] + [f"{mrr[p]:.2f}" for p in pes])
+    def show(t, p):
+        if (t, p) not in cell:
+            return "-"
+        a, rank = cell[(t, p)]
+        return f"{_pct(a)} ({'tie' if rank is None else f'#{rank}'})"
+    rows = [head] + [[t] + [show(t, p) for p in pes] for t in tasks]
+    rows.append(["MRR"] + ["-" if math.isnan(mrr[p]) else f"{mrr[p]:.2f}" for p in pes])
     widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
     lines = ["  ".join([r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])]) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    tied = [t for t in tasks if any((t, p) in cell for p in pes)
+            and all(cell[(t, p)][1] is None for p in pes if (t, p) in cell)]
+    note = (f"\nevery scheme scores the same on {', '.join(tied)}: left out of the MRR (a tie ranks nothing)"
+            if tied else "")
     return ("accuracy past the training length, % (median over seeds; #rank per task); MRR over tasks\n"
-            + "\n".join(lines))
+            + "\n".join(lines) + note)
 
 
 def _lab_curve(task: str, curves: dict, pes: list[str], train_len: int):
