@@ -41,6 +41,11 @@ def _error(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
 
 
+def _wrote_plots(plots: list, markdown) -> str:
+    where = f" to {Path(plots[0]).parent}" if plots else ""
+    return f"wrote {len(plots)} plot{'' if len(plots) == 1 else 's'}{where}" + (f" and {markdown}" if markdown else "")
+
+
 def _json_or_none(path: Path):
     try:
         return json.loads(path.read_text())
@@ -257,7 +262,8 @@ def _read_file(path: Path) -> tuple[bytes, bool]:
     except OSError as e:  # a name past the system's limit
         raise LengthwiseError(f"input file {str(path)[:60]}...: {e.strerror}") from None
     if not exists:
-        raise LengthwiseError(f"input file {path} does not exist")
+        raise LengthwiseError(f"input file {path} does not exist: give a .txt or .jsonl file, or - to read "
+                              "its lines from standard input")
     if path.is_dir():
         raise LengthwiseError(f"input {path} is a directory: give a .txt or .jsonl file")
     suffix = path.suffix.lower()
@@ -589,7 +595,7 @@ def eval_(
     model: Annotated[str, ModelOpt] = "smollm2-135m",
     tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated task names, with options after a colon.")] = "passkey",
     lengths: Annotated[str, typer.Option("--lengths", help="Prompt lengths in the model's tokens, ±2%; k = 1024 (e.g. 1k,2k,4k). A length within the trained context keeps prompt plus answer inside it.")] = "1k,2k,4k",
-    depths: Annotated[str, typer.Option("--depths", help="A count of depths spread over 0-100 (e.g. 5), or percentages (e.g. 10,50,90).")] = "5",
+    depths: Annotated[str, typer.Option("--depths", help="A count of depths spread over 0-100 (e.g. 5), or percentages (e.g. 10,50,90); one depth is a percent sign: 50%.")] = "5",
     samples: Annotated[int, typer.Option("--samples", min=1, help="Samples per task x length x depth cell.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generated prompts: same seed, same prompts.")] = 0,
     engine: Annotated[str, typer.Option("--engine", help="lengthwise (the packed engine) or hf (HF transformers, the peer).")] = "lengthwise",
@@ -844,13 +850,13 @@ def report(
         typer.echo(r["text"])
         for w in r["warnings"]:
             _warn(w)
-        typer.echo(f"wrote {len(r['plots'])} plots" + (f" and {markdown}" if markdown else ""), err=True)
+        typer.echo(_wrote_plots(r["plots"], markdown), err=True)
         return
     if not 0 <= threshold <= 100:  # NaN fails too
         raise LengthwiseError(f"--threshold {threshold:.10g} is outside 0-100: it is an accuracy in percent, e.g. --threshold 95")
     r = make_report(results, out_dir, markdown, threshold / 100)
     typer.echo(format_table(r["table"], threshold / 100))
-    typer.echo(f"wrote {len(r['plots'])} plots" + (f" and {markdown}" if markdown else ""), err=True)
+    typer.echo(_wrote_plots(r["plots"], markdown), err=True)
     bad = [w for w in r["warnings"] if w.startswith("line ") or ": line " in w]
     for w in r["warnings"]:
         if w not in bad:
