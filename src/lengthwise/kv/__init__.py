@@ -44,7 +44,8 @@ def parse(spec: "str | Policy | None") -> Policy:
         return Full()
     if isinstance(spec, Policy):
         return spec
-    if isinstance(spec, str) and spec.strip().split(":")[0].strip() == "full" and ":" in spec and spec.split(":", 1)[1].strip():
+    name, _, opts = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if name.strip() == "full" and opts.strip():
         raise LengthwiseError(f"KV policy 'full' keeps every token and takes no options, got {spec!r}: write 'full', "
                               "or name a policy with a budget, e.g. 'snapkv:ratio=0.5'")
     if isinstance(spec, str) and "+" in spec:  # a token policy with think (kv/composed.py)

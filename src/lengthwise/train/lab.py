@@ -19,7 +19,7 @@ from ..errors import LengthwiseError
 from ..evaluation.store import ResultStore
 from ..positions import scratch
 from ..tasks.algorithmic import get_task
-from .loop import MODEL, TrainConfig, backend_for, forward_logits, score_length, train
+from .loop import MODEL, RUN_CONFIG, TrainConfig, backend_for, forward_logits, score_length, train
 
 RESULTS = "results.jsonl"
 
@@ -85,7 +85,6 @@ def run_lab(lab: LabConfig, out: Path, events: Events | None = None) -> int:
     """Train and test every cell the store lacks; returns how many records were written."""
     import lengthwise as lw
     out = Path(out)
-    from .loop import RUN_CONFIG
     if (out / RUN_CONFIG).exists():
         raise LengthwiseError(f"{out} is a `lengthwise train` run ({RUN_CONFIG}): give the lab a folder of its own")
     out.mkdir(parents=True, exist_ok=True)

@@ -233,7 +233,6 @@ Progress = Callable[[int, float, float, float], None]  # (step, loss, tokens/s, 
 def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> dict:
     """Fit one model; writes out/model/, out/train_config.json and out/metrics.jsonl. Returns a summary."""
     out = Path(out)
-    restarted = (out / METRICS).exists()  # a run that stopped before its model: it starts again from step 1
     if claim(out, cfg):
         return {"skipped": True, "model": str(out / MODEL)}
     device = torch.device(cfg.device)
@@ -288,7 +287,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> dict
                 progress(step, loss_avg, rec["tokens_per_s"], min(done, 1.0))
     module.eval()
     save_model(module, cfg, out / MODEL)
-    return {"skipped": False, "restarted": restarted, "model": str(out / MODEL), "steps": step, "loss": loss_avg,
+    return {"skipped": False, "model": str(out / MODEL), "steps": step, "loss": loss_avg,
             "seconds": time.perf_counter() - t0 - paused, "tokens": tokens}
 
 
