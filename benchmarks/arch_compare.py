@@ -2,9 +2,10 @@
 
     python benchmarks/arch_compare.py --old .oldsrc/src     # .oldsrc: `git archive <old commit> src | tar -x -C .oldsrc`
 
-Each version runs in its own process (two lengthwise packages cannot share one), in the order old, new, new,
-old, ... so drift in the machine falls on both alike; each workload's number is the median over that version's
-processes of their medians. Only the public API both versions share is used (lw.load, next_token_logits,
+Each version runs in its own process (two lengthwise packages cannot share one); both stay alive and take turns
+in lockstep: every round times each workload on old and new back to back, the order alternating by round, so
+the host's drift falls on both halves of a pair alike. A workload's ratio is the median over rounds of the pair's
+ratio (with its quartiles); its throughputs are each version's median. Only the public API both versions share is used (lw.load, next_token_logits,
 embed_ids, generate.generate_ids), so the very same workload code times both. Before timing, each process
 records what it computed (greedy tokens, prefill argmaxes, embeddings) and the driver checks that old and new
 agree. Workloads are the committed ones (docs/benchmarks.md): generation (SmolLM2, 64 lognormal prompts x 128
@@ -27,66 +28,69 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 
-def worker(workdir: Path, repeats: int, smoke: bool = False, only: str = "") -> dict:
-    import numpy as np
+def build(workdir: Path, smoke: bool = False, only: str = "") -> tuple[dict, dict]:
+    """This version's workloads, {name: (fn, units per call)}, and what each computes (for the agreement check)."""
     import torch
 
     import lengthwise as lw
     from lengthwise.generate import generate_ids
-    from common import mix, random_ids, timed
+    from common import mix, random_ids
 
     dev, dt = ("cpu", "float32") if smoke else ("cuda", "bfloat16")
+    B, new, n_short, n_long, n_enc = (4, 8, 8, 2, 16) if smoke else (64, 128, 256, 48, 4096)
+    work, seen = {}, {}
+    smol = lw.load("smollm2-135m", device=dev, dtype=dt)
+    seqs = random_ids(mix("lognormal", B, seed=5), smol.config.vocab_size, seed=6, low=10)
+
+    def gen():
+        return generate_ids(smol.module, seqs, new, set(), backend=smol.backend, cuda_graph=not smoke)
+    seen["generation"] = [x[:16] for x in gen()[:16]]
+    work["generation smollm2 64x128 (output tokens/s)"] = (gen, B * new)
+    models = [("smollm2", None)] + ([] if only == "host" else [("llama-1b", workdir / "llama-1b")])
+    for name, folder in models:
+        lm = smol if folder is None else lw.load(folder, device=dev, dtype=dt)
+        for mix_name, n in ([("bimodal", n_short)] if folder is None else [("bimodal", n_short), ("long", n_long)]):
+            s = random_ids(mix(mix_name, n, seed=3), lm.config.vocab_size, seed=4, low=10)
+            seen[f"prefill {name} {mix_name}"] = lm.next_token_logits(s[:24]).float().argmax(-1).tolist()
+            work[f"prefill {name} {mix_name} (tokens/s)"] = (
+                lambda lm=lm, s=s: lm.next_token_logits(s, max_tokens_per_forward=65536), sum(map(len, s)))
+    if only != "host":
+        ids = random_ids(mix("lognormal", n_enc, seed=1), 30522, seed=2, low=2000)
+        for residual in (None, "model"):
+            enc = lw.load(workdir / "bert-base", device=dev, dtype=dt, residual=residual)
+            seen[f"encoder {residual}"] = enc.embed_ids(ids[:32]).round(3).tolist()
+            work[f"encoder bert-base mix a, residual={residual or 'float32'} (tokens/s)"] = (
+                lambda enc=enc: enc.embed_ids(ids, max_tokens_per_forward=16384), sum(map(len, ids)))
+    return work, seen
+
+
+def serve(workdir: Path, smoke: bool, only: str) -> None:
+    """One version's process, alive for the whole comparison: builds its workloads once, then times the one the
+    driver names on each line of stdin ("<index> <repeats>") and answers with the median seconds of one call."""
+    import numpy as np
+    import torch
+
+    import lengthwise as lw  # before common, which puts this checkout's src first on sys.path
+    from common import timed
     if not smoke:  # the GPU's clocks up before the first number: 3 s of matmuls
         import time
-        a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+        a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
         t = time.perf_counter()
         while time.perf_counter() - t < 3:
             a @ a
         torch.cuda.synchronize()
         del a
-    B, new, n_short, n_long, n_enc = (4, 8, 8, 2, 16) if smoke else (64, 128, 256, 48, 4096)
-    out, seen = {}, {}
-    smol = lw.load("smollm2-135m", device=dev, dtype=dt)
-    lens = mix("lognormal", B, seed=5)
-    seqs = random_ids(lens, smol.config.vocab_size, seed=6, low=10)
-
-    def gen():
-        return generate_ids(smol.module, seqs, new, set(), backend=smol.backend, cuda_graph=not smoke)
-    seen["generation"] = [x[:16] for x in gen()[:16]]
-    if only == "host":  # the host-bound workloads alone: generation and SmolLM2's short prefill
-        s = random_ids(mix("bimodal", n_short, seed=3), smol.config.vocab_size, seed=4, low=10)
-        seen["prefill smollm2 bimodal"] = smol.next_token_logits(s[:24]).float().argmax(-1).tolist()
-        for _ in range(2):
-            sec, _ = timed(gen, repeats=repeats)
-            out["generation smollm2 64x128 (output tokens/s)"] = max(out.get("generation smollm2 64x128 (output tokens/s)", 0), B * new / sec)
-            sec, _ = timed(lambda: smol.next_token_logits(s, max_tokens_per_forward=65536), repeats=repeats)
-            out["prefill smollm2 bimodal (tokens/s)"] = max(out.get("prefill smollm2 bimodal (tokens/s)", 0), sum(map(len, s)) / sec)
-        return {"throughput": out, "seen": seen, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                "numpy": np.__version__}
-    sec, _ = timed(gen, repeats=repeats)
-    out["generation smollm2 64x128 (output tokens/s)"] = B * new / sec
-
-    for name, folder in [("smollm2", None), ("llama-1b", workdir / "llama-1b")]:
-        lm = smol if folder is None else lw.load(folder, device=dev, dtype=dt)
-        for mix_name, n in ([("bimodal", n_short)] if folder is None else [("bimodal", n_short), ("long", n_long)]):
-            s = random_ids(mix(mix_name, n, seed=3), lm.config.vocab_size, seed=4, low=10)
-            seen[f"prefill {name} {mix_name}"] = lm.next_token_logits(s[:24]).float().argmax(-1).tolist()
-            sec, _ = timed(lambda: lm.next_token_logits(s, max_tokens_per_forward=65536), repeats=repeats)
-            out[f"prefill {name} {mix_name} (tokens/s)"] = sum(len(x) for x in s) / sec
-        if folder is not None:
-            del lm
-            if not smoke:
-                torch.cuda.empty_cache()
-
-    ids = random_ids(mix("lognormal", n_enc, seed=1), 30522, seed=2, low=2000)
-    for residual in (None, "model"):
-        enc = lw.load(workdir / "bert-base", device=dev, dtype=dt, residual=residual)
-        seen[f"encoder {residual}"] = enc.embed_ids(ids[:32]).round(3).tolist()
-        sec, _ = timed(lambda: enc.embed_ids(ids, max_tokens_per_forward=16384), repeats=repeats)
-        out[f"encoder bert-base mix a, residual={residual or 'float32'} (tokens/s)"] = sum(map(len, ids)) / sec
-    return {"throughput": out, "seen": seen, "device": "cpu" if smoke else torch.cuda.get_device_name(),
-            "torch": torch.__version__,
-            "numpy": np.__version__}
+    work, seen = build(workdir, smoke, only)
+    names = list(work)
+    for fn, _ in work.values():  # warm: CUDA graphs captured, kernels compiled, allocator grown
+        fn()
+    print("READY " + json.dumps({"engine": str(Path(lw.__file__).resolve().parents[1]), "names": names, "units": [work[k][1] for k in names], "seen": seen,
+                                 "device": "cpu" if smoke else torch.cuda.get_device_name(),
+                                 "torch": torch.__version__, "numpy": np.__version__}), flush=True)
+    for line in sys.stdin:
+        i, repeats = map(int, line.split())
+        sec, _ = timed(work[names[i]][0], repeats=repeats, warmup=0)
+        print(f"TIME {sec!r}", flush=True)
 
 
 def make_models(workdir: Path, smoke: bool = False) -> None:
@@ -131,72 +135,102 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--old", required=True, help="the old commit's src folder")
     ap.add_argument("--old-commit", default="1b08f97")
-    ap.add_argument("--rounds", type=int, default=2, help="processes per version")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=15, help="lockstep rounds: each times every workload once per version")
+    ap.add_argument("--repeats", type=int, default=3, help="calls per turn (the turn's number is their median)")
     ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "benchmarks/results")))
-    ap.add_argument("--worker", action="store_true")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--only", default="", help="host: generation and SmolLM2 prefill only")
-    ap.add_argument("--taskset", default="", help="pin every worker to these CPUs (taskset -c), e.g. 2-5")
+    ap.add_argument("--taskset", default="", help="pin both versions' processes to these CPUs (taskset -c), e.g. 2-5")
     ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script, times nothing real")
     args = ap.parse_args()
-    if args.worker:
-        print("RESULT " + json.dumps(worker(Path(args.workdir), args.repeats, args.smoke, args.only)), flush=True)
+    if args.serve:
+        serve(Path(args.workdir), args.smoke, args.only)
         return
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="arch_"))
     if args.only != "host":
         make_models(workdir, args.smoke)
     extra = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     srcs = {"old": str(Path(args.old).resolve()), "new": str(ROOT / "src")}
-    order = [v for r in range(args.rounds) for v in (("old", "new") if r % 2 == 0 else ("new", "old"))]
-    runs: dict[str, list] = {"old": [], "new": []}
-    for v in order:
+    procs, info = {}, {}
+    for v in ("old", "new"):  # both alive at once; only one runs at a time, the other waits on its stdin
         path = os.pathsep.join([srcs[v]] + [p for p in extra if p and Path(p).resolve() != ROOT / "src"])
-        env = {**os.environ, "PYTHONPATH": path}
         pin = ["taskset", "-c", args.taskset] if args.taskset else []
-        p = subprocess.run(pin + [sys.executable, __file__, "--worker", "--workdir", str(workdir), "--old", args.old,
-                                  "--repeats", str(args.repeats), "--only", args.only]
-                           + (["--smoke"] if args.smoke else []), env=env, capture_output=True, text=True)
-        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-        if p.returncode or not line:
-            sys.exit(f"{v} worker failed:\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
-        runs[v].append(json.loads(line[0][7:]))
-        print(f"{v}: " + ", ".join(f"{k.split(' (')[0]} {x:,.0f}" for k, x in runs[v][-1]["throughput"].items()), flush=True)
-    agreement = {k: agree(runs["old"][0]["seen"][k], runs["new"][0]["seen"][k]) for k in runs["new"][0]["seen"]}
+        procs[v] = subprocess.Popen(pin + [sys.executable, __file__, "--serve", "--workdir", str(workdir), "--old", args.old,
+                                           "--only", args.only] + (["--smoke"] if args.smoke else []),
+                                    env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def answer(v: str, tag: str) -> str:
+        for line in procs[v].stdout:
+            if line.startswith(tag + " "):
+                return line[len(tag) + 1:]
+        sys.exit(f"{v} failed:\n{procs[v].stderr.read()[-5000:]}")
+    for v in procs:
+        info[v] = json.loads(answer(v, "READY"))
+    for v in procs:  # each process must run its own version's code
+        if info[v]["engine"] != str(Path(srcs[v]).resolve()):
+            sys.exit(f"the {v} process imported lengthwise from {info[v]['engine']}, not {srcs[v]}")
+    names, units = info["new"]["names"], info["new"]["units"]
+    if info["old"]["names"] != names:
+        sys.exit(f"the versions build different workloads: {info['old']['names']} vs {names}")
+    agreement = {k: agree(info["old"]["seen"][k], info["new"]["seen"][k]) for k in info["new"]["seen"]}
+    # Lockstep: in every round each workload runs on old and new back to back (order alternating by round), so
+    # the host's drift, which moved single processes by up to 2.3x, falls on both halves of a pair alike.
+    secs = {v: {k: [] for k in names} for v in procs}
+    order = []
+    for r in range(args.rounds):
+        turn = ("old", "new") if r % 2 == 0 else ("new", "old")
+        order.append("".join(v[0] for v in turn))
+        for i, k in enumerate(names):
+            for v in turn:
+                procs[v].stdin.write(f"{i} {args.repeats}\n")
+                procs[v].stdin.flush()
+                secs[v][k].append(float(answer(v, "TIME")))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{k.split(' (')[0]} {secs['old'][k][-1] / secs['new'][k][-1]:.3f}" for k in names), flush=True)
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
     rows = []
-    for k in runs["new"][0]["throughput"]:
-        o = statistics.median(r["throughput"][k] for r in runs["old"])
-        n = statistics.median(r["throughput"][k] for r in runs["new"])
-        rows.append({"workload": k, "old": o, "new": n, "new_over_old": n / o, "within_3pct": n / o >= 0.97,
-                     "old_runs": [r["throughput"][k] for r in runs["old"]],
-                     "new_runs": [r["throughput"][k] for r in runs["new"]]})
+    for k, n in zip(names, units):
+        ratios = sorted(o / w for o, w in zip(secs["old"][k], secs["new"][k]))  # new / old throughput per round
+        q = lambda f: ratios[min(len(ratios) - 1, int(f * len(ratios)))]
+        o, w = statistics.median(secs["old"][k]), statistics.median(secs["new"][k])
+        rows.append({"workload": k, "old": n / o, "new": n / w, "new_over_old": statistics.median(ratios),
+                     "pair_ratio_q25": q(0.25), "pair_ratio_q75": q(0.75),
+                     "within_3pct": statistics.median(ratios) >= 0.97,
+                     "old_runs": [n / x for x in secs["old"][k]], "new_runs": [n / x for x in secs["new"][k]]})
     import datetime
-    res = {"benchmark": "arch_compare", "device": runs["new"][0]["device"], "torch": runs["new"][0]["torch"],
-           "date": datetime.date.today().isoformat(), "old_commit": args.old_commit, "order": order,
-           "repeats": args.repeats, "only": args.only, "taskset": args.taskset, "agreement_old_vs_new": agreement, "rows": rows}
+    res = {"benchmark": "arch_compare", "method": "lockstep", "device": info["new"]["device"],
+           "torch": info["new"]["torch"], "date": datetime.date.today().isoformat(), "old_commit": args.old_commit,
+           "rounds": args.rounds, "order": order, "repeats": args.repeats, "only": args.only, "taskset": args.taskset,
+           "agreement_old_vs_new": agreement, "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "arch_compare" + (f"_{args.only}" if args.only else "")
     (out / f"{name}.json").write_text(json.dumps(res, indent=1))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(9, 4))
-        ax.barh([r["workload"].split(" (")[0] for r in rows], [r["new_over_old"] for r in rows])
-        ax.axvline(0.97, color="r", ls="--", label="0.97 (the 3% bound)")
-        ax.axvline(1.0, color="k", lw=0.5)
-        ax.set_xlabel(f"new / old throughput ({res['device']}, {res['date']})")
-        ax.set_xlim(0.8, max(1.1, max(r["new_over_old"] for r in rows) + 0.02))
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=120)
-    except ImportError:
-        pass
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 4))
+    labels = [r["workload"].split(" (")[0] for r in rows]
+    ax.barh(labels, [r["new_over_old"] for r in rows], color="#3b528b")
+    ax.errorbar([r["new_over_old"] for r in rows], labels, fmt="none", ecolor="k", capsize=3,
+                xerr=[[r["new_over_old"] - r["pair_ratio_q25"] for r in rows],
+                      [r["pair_ratio_q75"] - r["new_over_old"] for r in rows]])
+    ax.axvline(0.97, color="#fde725", ls="--", lw=2, label="0.97 (the 3% bound)")
+    ax.axvline(1.0, color="k", lw=0.5)
+    ax.set_xlabel(f"new / old throughput, median of {args.rounds} lockstep pairs, bars q25-q75 ({res['device']}, {res['date']})")
+    ax.set_xlim(min(0.8, min(r["pair_ratio_q25"] for r in rows) - 0.02), max(1.1, max(r["pair_ratio_q75"] for r in rows) + 0.02))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=150)
     print("agreement old vs new:", json.dumps(agreement))
-    print("| workload | old | new | new/old |\n|---|---|---|---|")
+    print("| workload | old | new | new/old (median of pairs) | q25-q75 |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['workload']} | {r['old']:,.0f} | {r['new']:,.0f} | {r['new_over_old']:.3f} |")
+        print(f"| {r['workload']} | {r['old']:,.0f} | {r['new']:,.0f} | {r['new_over_old']:.3f} | "
+              f"{r['pair_ratio_q25']:.3f}-{r['pair_ratio_q75']:.3f} |")
 
 
 if __name__ == "__main__":
