@@ -73,6 +73,9 @@ def test_bad_input_is_one_line(tmp_path):
     one_error(run("train", "--steps", "2", "--dim", "32", "-o", tmp_path / "c"), "holds another run's config",
               "steps is 1 there, 2 here")
     one_error(run("lab", "--preset", "fast", "-o", tmp_path / "d"), "unknown preset 'fast'")
+    # a step smaller than one sample of the longest training length: copy at 8 is 2 x 8 letters + 3 marks = 19 tokens
+    one_error(run("train", "--tokens-per-step", "5", "-o", tmp_path / "a"),
+              "tokens_per_step 5 is below one copy sample of length 8 (19 tokens)", "--tokens-per-step >= 19")
     lab = ("lab", "--tasks", "copy", "--pes", "nope", "--train-max-len", "2", "--samples", "2", "--dim", "32")
     assert run(*lab, "--steps", "1", "-o", tmp_path / "e").exit_code == 0
     one_error(run(*lab, "--steps", "2", "-o", tmp_path / "e"), "holds another lab's results")
