@@ -899,6 +899,34 @@ def kv_calibrate(
     typer.echo(f"wrote {out}: {len(t['scores'])} layers x {len(t['scores'][0])} kv heads", err=True)
 
 
+def _reflow(text: str) -> str:
+    """Join a help paragraph's hard-wrapped lines (a line that goes on in lower case, or after a comma), so rich
+    wraps the text at the terminal's width instead of breaking lines wrapped for a wide one. Examples stay one
+    command a line, and column-aligned lines (two spaces inside) stay as they are."""
+    out: list[str] = []
+    examples = False
+    for line in text.split("\n"):
+        body = line.strip()
+        if line.startswith("[bold]"):
+            examples = "Example" in line
+        prev = out[-1] if out else ""
+        aligned = lambda x: "  " in x.strip()  # noqa: E731
+        goes_on = (not examples and body and prev.strip() and not prev.startswith("[bold]")
+                   and not aligned(line) and not aligned(prev)
+                   and (body[0].islower() or body[0] == "(" or prev.endswith(",")))
+        if goes_on:
+            out[-1] = prev + " " + body
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+app.info.help = _reflow(app.info.help)
+for _command in app.registered_commands:
+    if _command.help:
+        _command.help = _reflow(_command.help)
+
+
 def main() -> None:
     """The console script: `lengthwise ...`."""
     app(prog_name="lengthwise")
