@@ -450,3 +450,13 @@ def test_help_is_there():
     for cmd in ("embed", "generate"):
         r = run(cmd, "--help")
         assert r.exit_code == 0 and "--skip-empty" in r.stdout and "Input rules" in r.stdout
+
+
+def test_help_paragraphs_reflow_but_examples_and_columns_stay():
+    from lengthwise.cli import _reflow
+    text = ("Intro that wraps\nhere (and here),\nAnd a new sentence.\n\n[bold]Output[/bold]\n  one line that\n"
+            "  goes on\n  -o A.npy  an array\n  no -o     stdout\n\n[bold]Examples[/bold]\n  lengthwise a --x\n"
+            "  lengthwise b\n")
+    assert _reflow(text) == ("Intro that wraps here (and here), And a new sentence.\n\n[bold]Output[/bold]\n"
+                             "  one line that goes on\n  -o A.npy  an array\n  no -o     stdout\n\n"
+                             "[bold]Examples[/bold]\n  lengthwise a --x\n  lengthwise b\n")
