@@ -138,6 +138,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=15, help="lockstep rounds: each times every workload once per version")
     ap.add_argument("--repeats", type=int, default=3, help="calls per turn (the turn's number is their median)")
     ap.add_argument("--out", default=os.environ.get("OUT", str(ROOT / "benchmarks/results")))
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=SRC",
+                    help="another version in the same lockstep (a src folder), reported against old and new")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--only", default="", help="host: generation and SmolLM2 prefill only")
@@ -152,8 +154,9 @@ def main():
         make_models(workdir, args.smoke)
     extra = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     srcs = {"old": str(Path(args.old).resolve()), "new": str(ROOT / "src")}
+    srcs.update((v.split("=", 1)[0], str(Path(v.split("=", 1)[1]).resolve())) for v in args.variant)
     procs, info = {}, {}
-    for v in ("old", "new"):  # both alive at once; only one runs at a time, the other waits on its stdin
+    for v in srcs:  # all alive at once; only one runs at a time, the other waits on its stdin
         path = os.pathsep.join([srcs[v]] + [p for p in extra if p and Path(p).resolve() != ROOT / "src"])
         pin = ["taskset", "-c", args.taskset] if args.taskset else []
         procs[v] = subprocess.Popen(pin + [sys.executable, __file__, "--serve", "--workdir", str(workdir), "--old", args.old,
@@ -172,15 +175,20 @@ def main():
         if info[v]["engine"] != str(Path(srcs[v]).resolve()):
             sys.exit(f"the {v} process imported lengthwise from {info[v]['engine']}, not {srcs[v]}")
     names, units = info["new"]["names"], info["new"]["units"]
-    if info["old"]["names"] != names:
-        sys.exit(f"the versions build different workloads: {info['old']['names']} vs {names}")
+    for v in procs:
+        if info[v]["names"] != names:
+            sys.exit(f"the versions build different workloads: {v} {info[v]['names']} vs new {names}")
     agreement = {k: agree(info["old"]["seen"][k], info["new"]["seen"][k]) for k in info["new"]["seen"]}
+    for v in procs:
+        if v not in ("old", "new"):
+            agreement[f"{v} vs old"] = agree(info["old"]["seen"], info[v]["seen"])
     # Lockstep: in every round each workload runs on old and new back to back (order alternating by round), so
     # the host's drift, which moved single processes by up to 2.3x, falls on both halves of a pair alike.
     secs = {v: {k: [] for k in names} for v in procs}
     order = []
     for r in range(args.rounds):
-        turn = ("old", "new") if r % 2 == 0 else ("new", "old")
+        turn = list(procs)[r % len(procs):] + list(procs)[:r % len(procs)]
+        turn = turn if r % 2 == 0 else turn[::-1]
         order.append("".join(v[0] for v in turn))
         for i, k in enumerate(names):
             for v in turn:
@@ -201,11 +209,16 @@ def main():
                      "pair_ratio_q25": q(0.25), "pair_ratio_q75": q(0.75),
                      "within_3pct": statistics.median(ratios) >= 0.97,
                      "old_runs": [n / x for x in secs["old"][k]], "new_runs": [n / x for x in secs["new"][k]]})
+    variants = {v: {k: {"over_old": statistics.median(o / w for o, w in zip(secs["old"][k], secs[v][k])),
+                        "over_new": statistics.median(n_ / w for n_, w in zip(secs["new"][k], secs[v][k])),
+                        "runs": [n / x for x in secs[v][k]]} for k, n in zip(names, units)}
+                for v in procs if v not in ("old", "new")}
     import datetime
     res = {"benchmark": "arch_compare", "method": "lockstep", "device": info["new"]["device"],
            "torch": info["new"]["torch"], "date": datetime.date.today().isoformat(), "old_commit": args.old_commit,
            "rounds": args.rounds, "order": order, "repeats": args.repeats, "only": args.only, "taskset": args.taskset,
-           "agreement_old_vs_new": agreement, "rows": rows}
+           "agreement_old_vs_new": agreement, "rows": rows, "variants": variants,
+           "variant_srcs": {v: srcs[v] for v in variants}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "arch_compare" + (f"_{args.only}" if args.only else "")
@@ -231,6 +244,9 @@ def main():
     for r in rows:
         print(f"| {r['workload']} | {r['old']:,.0f} | {r['new']:,.0f} | {r['new_over_old']:.3f} | "
               f"{r['pair_ratio_q25']:.3f}-{r['pair_ratio_q75']:.3f} |")
+    for v, rs in variants.items():
+        print(f"variant {v}: " + ", ".join(f"{k.split(' (')[0]} {x['over_old']:.3f} of old, {x['over_new']:.3f} of new"
+                                           for k, x in rs.items()))
 
 
 if __name__ == "__main__":

@@ -125,8 +125,9 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv_heads: int, step: Step,
         from .triton_decode import rope_prefill
         kv = () if cache is None else (cache.k[layer], cache.v[layer], slots)
         qk = rope_prefill(qkv, rots.near, Hkv, *kv)
+        q = qk[:, :H]
         k, v = (qk[:, H:], qkv[:, H + Hkv:]) if cache is None else (cache.k[layer], cache.v[layer])
-        return _evict(step, layer, qk[:, :H], attend(qk[:, :H], k, v, meta, mask, backend, scale), scale)
+        return _evict(step, layer, q, attend(q, k, v, meta, mask, backend, scale), scale)
     qk = rots.near.apply(qkv[:, :H + Hkv])  # queries and keys rotated in one pass
     q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]  # [T, H, D], [T, Hkv, D], [T, Hkv, D]
     if far is None:
