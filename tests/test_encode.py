@@ -121,3 +121,6 @@ def test_from_hf_minilm_encodes_as_sentence_transformers(pair, minilm_path):
     emb = enc.embed(TEXTS[:3])
     assert isinstance(emb, np.ndarray)
     assert torch.nn.functional.cosine_similarity(torch.from_numpy(emb), want).min() >= 0.99999
+    # the folder's own head (mean pooling + Normalize, 256 tokens): the same vectors, not only the same directions
+    assert (enc.normalize, enc.max_seq_length) == (True, st.max_seq_length)
+    assert torch.allclose(torch.from_numpy(emb), want, atol=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -537,8 +538,10 @@ def from_hf(model, tokenizer=None, backend: "str | Backend" = "auto", compile: b
     lengthwise CausalLM or Encoder that shares its parameters: no weight is copied, and the lengthwise
     module's parameters are the HF model's own objects (models/hf.py says how q/k/v stay apart). It runs on the
     model's device and dtype; backend, positions, residual, kv, kv_dtype and compile are as in load(). tokenizer: the
-    model's HF tokenizer, for text in and out (None: token ids only). An Encoder pools by mean, unnormalized
-    (sentence-transformers' default for a plain transformers model).
+    model's HF tokenizer, for text in and out (None: token ids only). An Encoder pools, normalizes and truncates
+    as the sentence-transformers folder it came from says (model.config.name_or_path, where that is a local
+    folder with a modules.json), as lw.load of that folder and sentence-transformers do; without one, by mean,
+    unnormalized (sentence-transformers' default for a plain transformers model).
 
     HF's model is never changed: its parameters keep their requires_grad and its modules their mode; the
     lengthwise inference methods run under torch.inference_mode, so they record no gradient either way.
@@ -554,7 +557,10 @@ def from_hf(model, tokenizer=None, backend: "str | Backend" = "auto", compile: b
     module = hf.share(model, **kw)
     ck = L.Checkpoint(family, arch, module.cfg, {}, None, "memory")
     name = getattr(model.config, "name_or_path", "") or arch
-    return _assemble(name, ck, module, tokenizer, dev, dtype, chosen, policy, compile, kv_dtype)
+    settings = None
+    if family == "bert" and name != arch and (Path(name) / "modules.json").is_file():
+        settings = L.sentence_transformers_settings(Path(name), module.cfg.dim)  # its head, not a weight copied
+    return _assemble(name, ck, module, tokenizer, dev, dtype, chosen, policy, compile, kv_dtype, settings)
 
 
 def _parse_options(positions, kv, trainable) -> tuple:
@@ -582,12 +588,12 @@ def _family_options(family: str, arch: str, scheme, residual, policy, kv_dtype: 
 
 
 def _assemble(name: str, ck: L.Checkpoint, module, tok, dev, dtype, chosen: Backend, policy,
-              compile: bool, kv_dtype: str = "auto") -> CausalLM | Encoder:
+              compile: bool, kv_dtype: str = "auto", settings: dict | None = None) -> CausalLM | Encoder:
     if ck.family == "llama":
         check_policy(module, policy)
     if compile:
         module.forward = torch.compile(module.forward, dynamic=True)
     args = (name, ck, module, tok, dev, dtype, chosen)
     if ck.family == "bert":
-        return Encoder(*args, settings=L.sentence_transformers_settings(ck.path, ck.config.dim))  # path None: in memory
+        return Encoder(*args, settings=settings or L.sentence_transformers_settings(ck.path, ck.config.dim))
     return CausalLM(*args, kv=policy, kv_dtype=kv_dtype)
