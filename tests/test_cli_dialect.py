@@ -142,3 +142,30 @@ def test_eval_backend_is_the_kernel(model, tmp_path):
             "--lengths", "256", "--depths", "50", "--samples", "1", "--device", "cpu")
     assert r.exit_code == 0 and "warning" not in r.stderr, r.stderr
     assert json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])  # a store with its cells
+
+
+def test_debug_after_the_command_is_the_roots_option():
+    assert cli._modernize(["embed", "t.txt", "--debug", "-o", "x.npy"]) == ["--debug", "embed", "t.txt", "-o", "x.npy"]
+    assert cli._modernize(["--debug", "embed", "t.txt"]) == ["--debug", "embed", "t.txt"]
+    r = run("embed", "no-such-file.txt", "--debug")  # the traceback's exception, not "No such option: --debug"
+    assert isinstance(r.exception, lw.LengthwiseError) and "does not exist" in str(r.exception)
+
+
+def test_report_reads_a_store_from_stdin_and_eval_never_writes_to_stdout(tmp_path):
+    from pathlib import Path
+    store = Path(__file__).parents[1] / "benchmarks/results/eval/native_chat_hf.jsonl"
+    r = run("report", "-", "-o", tmp_path / "rep", input=store.read_text())
+    assert r.exit_code == 0, r.output
+    assert r.stdout == run("report", store, "-o", tmp_path / "rep2").stdout  # the same table as from the file
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == sorted(p.name for p in (tmp_path / "rep2").iterdir())
+    r = run("report", "-", input=store.read_text())
+    assert r.exit_code == 2 and "needs -o DIR" in r.stderr
+    r = run("eval", "--tasks", "passkey", "--lengths", "1k", "-o", "-")
+    assert r.exit_code == 2 and "not standard output: give -o FILE.jsonl" in r.stderr
+
+
+def test_a_missing_output_folder_is_made(model, prompts, tmp_path):
+    out = tmp_path / "new" / "deeper" / "out.jsonl"
+    r = run("generate", prompts, "--model", model, "--max-new-tokens", "2", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert len(out.read_text().splitlines()) == 2

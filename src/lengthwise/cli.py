@@ -80,6 +80,9 @@ def _modernize(args: list[str]) -> list[str]:
                                                                 if new == "--engine" else ""))
             a = new + eq + value
         out.append(a)
+    at = out.index(cmd) if cmd is not None else len(out)
+    if "--debug" in out[at + 1:]:  # --debug after the command: the root's option, moved before it
+        out = ["--debug"] + [a for k, a in enumerate(out) if k <= at or a != "--debug"]
     return out
 
 
@@ -627,6 +630,8 @@ def eval_(
         if not isinstance(rope, dict):
             raise LengthwiseError(f"--hf-rope must be a JSON object like '{{\"rope_type\": \"yarn\", \"factor\": 4.0}}', "
                                   f"got a {type(rope).__name__}")
+    if kv_question not in ("kept", "compressed"):
+        raise LengthwiseError(f"--kv-question must be kept or compressed, got {kv_question!r}")
     if kv_question != "kept" and (kv or "full") == "full":
         raise LengthwiseError(f"--kv-question {kv_question} says how a compressed cache treats the question, and the "
                               "cache here is full: add --kv POLICY (e.g. --kv snapkv:ratio=0.5) or drop --kv-question")
@@ -634,6 +639,9 @@ def eval_(
                      samples=samples, seed=seed, method=positions or "none", backend=engine, kernel=backend, chat=chat, hf_rope=rope,
                      device=device, dtype=dtype, kv=kv or "full", kv_question=kv_question, kv_dtype=kv_dtype,
                      max_batch_tokens=max_batch_tokens)
+    if str(out) == "-":
+        raise LengthwiseError("eval writes a results store, a file it appends to and resumes from, not standard "
+                              "output: give -o FILE.jsonl")
     check_output(out, (".jsonl",), "the results store is JSON lines: name it .jsonl")
     store = ResultStore(out)
     config = store_config(cfg)
@@ -687,6 +695,8 @@ def _ints(text: str, what: str) -> list[int]:
             out += list(range(int(a), int(b) + 1)) if dash and a else [int(part)]
         except ValueError:
             raise LengthwiseError(f"cannot read {what} {part!r}: give whole numbers like 1,2,3 or a range 1-40") from None
+        if dash and a and int(b) < int(a):
+            raise LengthwiseError(f"{what} range {part!r} runs backwards: write {b}-{a}")
     if not out:
         raise LengthwiseError(f"no {what} given")
     return out
@@ -845,7 +855,21 @@ def report(
     threshold: Annotated[float, typer.Option("--threshold", metavar="PERCENT", help="The bar for each row's effective length: the longest tested length up to which every tested length scores at least this (RULER's bar, Llama-2-7B at 4k, by default).")] = 85.6,
 ):
     from .report import format_table, is_lab, lab_report, report as make_report
-    if results and results[0].is_file() and is_lab(results[0]):  # a lab store: curves per PE and the MRR table
+    if any(str(p) == "-" for p in results):  # standard input: one store, kept in a temporary file
+        if len(results) > 1 or out_dir is None:
+            raise LengthwiseError("report - reads one store from standard input and needs -o DIR for its plots "
+                                  "(there is no file to put them beside): e.g. cat x.jsonl | lengthwise report - -o runs/rep")
+        import tempfile
+        results = [Path(tempfile.mkdtemp(prefix="lengthwise_report_")) / "stdin.jsonl"]
+        results[0].write_bytes(sys.stdin.buffer.read())
+    for p in results:
+        if not p.exists():
+            raise LengthwiseError(f"results file {p} does not exist")
+    labs = [p.is_file() and is_lab(p) for p in results]
+    if any(labs) and not all(labs):
+        lab, ev = results[labs.index(True)], results[labs.index(False)]
+        raise LengthwiseError(f"{lab} is a lab store (lengthwise lab) and {ev} is not: report them apart")
+    if results and labs[0]:  # a lab store: curves per PE and the MRR table
         r = lab_report(results, out_dir, markdown)
         typer.echo(r["text"])
         for w in r["warnings"]:

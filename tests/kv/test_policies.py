@@ -315,6 +315,8 @@ def test_cli_refuses_a_bad_kv_spec_in_one_line(tmp_path):
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
         assert "Traceback" not in r.output
     assert "add --kv POLICY" in r.output and not (tmp_path / "o.jsonl").exists()
+    r = CliRunner().invoke(cli.app, ["eval", "--output", str(tmp_path / "o.jsonl"), "--kv-question", "maybe"])
+    assert r.exit_code == 2 and "--kv-question must be kept or compressed, got 'maybe'" in r.output
 
 
 def hf_kept_logits(hf, ids, context, kept):

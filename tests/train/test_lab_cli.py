@@ -73,6 +73,7 @@ def test_bad_input_is_one_line(tmp_path):
     one_error(run("train", "--steps", "2", "--dim", "32", "-o", tmp_path / "c"), "holds another run's config",
               "steps is 1 there, 2 here")
     one_error(run("lab", "--preset", "fast", "-o", tmp_path / "d"), "unknown preset 'fast'")
+    one_error(run("lab", "--preset", "smoke", "--seeds", "2-0", "-o", tmp_path / "d"), "seeds range '2-0' runs backwards: write 0-2")
     # a step smaller than one sample of the longest training length: copy at 8 is 2 x 8 letters + 3 marks = 19 tokens
     one_error(run("train", "--tokens-per-step", "5", "-o", tmp_path / "a"),
               "tokens_per_step 5 is below one copy sample of length 8 (19 tokens)", "--tokens-per-step >= 19")
@@ -116,6 +117,9 @@ def test_smoke_preset_resumes_and_reports(tmp_path):
     assert "MRR" in rep.stdout and "nope" in rep.stdout
     assert (tmp_path / "rep" / "lab_copy.png").stat().st_size > 10_000
     assert "lab_copy" in (tmp_path / "lab.md").read_text()
+    from pathlib import Path
+    ev = Path(__file__).parents[2] / "benchmarks/results/eval/native_chat_hf.jsonl"
+    one_error(run("report", ev, out / "results.jsonl"), "is a lab store (lengthwise lab)", "report them apart")
 
 
 @pytest.mark.parametrize("pe", ["nope", "learned", "rope"])
