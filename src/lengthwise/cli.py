@@ -762,6 +762,10 @@ def train_(
             and prior.is_file() and _json_or_none(prior) == cfg.key()):
         _warn(f"{out} holds a run that stopped before its model was saved: training starts again from step 1 "
               "(a run resumes only once finished)")
+    from .train.loop import claim
+    if claim(out, cfg):  # this run's model is there already: no bar to draw
+        typer.echo(f"{out} already holds this run's model: {Path(out) / MODEL}", err=True)
+        return
     with _train_progress(f"{cfg.task} · {cfg.pe}") as show:
         r = train(cfg, out, progress=lambda step, loss, tps, frac: show(f"{cfg.task} · {cfg.pe}", step, loss, tps, frac))
     if r["skipped"]:
