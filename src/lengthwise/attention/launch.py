@@ -20,22 +20,26 @@ from __future__ import annotations
 import torch
 
 _TABLE: dict = {}
-_KNOBS = None  # triton.knobs.runtime, once imported
 _I32 = 2 ** 31
 
 
+def _spec(a):
+    if isinstance(a, torch.Tensor):
+        return a.dtype, a.data_ptr() % 16 == 0
+    if type(a) is int:
+        return int, a % 16 == 0, a == 1, -_I32 <= a < _I32
+    return type(a), a  # floats are fp32 to Triton whatever their value; bools and None by value
+
+
 def launch(kernel, grid: tuple, *args, **meta) -> None:
-    """kernel[grid](*args, **meta): args are the kernel's leading parameters (the first a tensor), meta its
-    constexprs (by name) and launch options (num_warps, enable_fp_fusion, ...)."""
-    global _KNOBS
-    if not args[0].is_cuda:  # CPU tensors: Triton's interpreter (TRITON_INTERPRET=1) runs the kernel
+    """kernel[grid](*args, **meta): args are the kernel's leading parameters, meta its constexprs (by
+    name) and launch options (num_warps, enable_fp_fusion, ...)."""
+    from .backend import triton_interpreting
+    if triton_interpreting():
         kernel[grid](*args, **meta)
         return
     device = torch.cuda.current_device()
-    # what Triton specializes on, inline (a call per argument cost more than the lookup it keys)
-    key = (kernel, device, *[(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor) else
-                             (int, a & 15 == 0, a == 1, -_I32 <= a < _I32) if type(a) is int else (type(a), a)
-                             for a in args], *meta.items())
+    key = (kernel, device, *map(_spec, args), *meta.items())
     hit = _TABLE.get(key)
     if hit is None:
         compiled = kernel[grid](*args, **meta)
@@ -43,10 +47,8 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
         if tail is not None and hasattr(compiled, "packed_metadata"):
             _TABLE[key] = (compiled, tail)
         return
-    if _KNOBS is None:
-        from triton import knobs
-        _KNOBS = knobs.runtime
-    if _KNOBS.launch_enter_hook is not None or _KNOBS.launch_exit_hook is not None:
+    from triton import knobs
+    if knobs.runtime.launch_enter_hook is not None or knobs.runtime.launch_exit_hook is not None:
         kernel[grid](*args, **meta)
         return
     compiled, tail = hit
