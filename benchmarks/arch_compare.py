@@ -131,6 +131,29 @@ def agree(a, b) -> float:
     return float(a == b) if not isinstance(a, float) else float(abs(a - b) <= 2e-3)
 
 
+def plot(res: dict, path: Path) -> None:
+    """new / old per workload, the median of the lockstep pairs with their quartiles, and the 3% bound."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = res["rows"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    labels = [r["workload"].split(" (")[0] for r in rows]
+    ax.barh(labels, [r["new_over_old"] for r in rows], color="#3b528b")
+    ax.errorbar([r["new_over_old"] for r in rows], labels, fmt="none", ecolor="k", capsize=3,
+                xerr=[[r["new_over_old"] - r["pair_ratio_q25"] for r in rows],
+                      [r["pair_ratio_q75"] - r["new_over_old"] for r in rows]])
+    ax.axvline(0.97, color="#fde725", ls="--", lw=2, label="0.97 (the 3% bound)")
+    ax.axvline(1.0, color="k", lw=0.5)
+    ax.set_xlabel(f"new / old throughput: median of {res['rounds']} lockstep pairs, bars q25-q75")
+    ax.set_title(f"{res['device']}, {res['date']}, old = {res['old_commit']}", fontsize=10)
+    ax.set_xlim(min(0.8, min(r["pair_ratio_q25"] for r in rows) - 0.02),
+                max(1.1, max(r["pair_ratio_q75"] for r in rows) + 0.02))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--old", required=True, help="the old commit's src folder")
@@ -189,7 +212,7 @@ def main():
     for r in range(args.rounds):
         turn = list(procs)[r % len(procs):] + list(procs)[:r % len(procs)]
         turn = turn if r % 2 == 0 else turn[::-1]
-        order.append("".join(v[0] for v in turn))
+        order.append(">".join(turn))
         for i, k in enumerate(names):
             for v in turn:
                 procs[v].stdin.write(f"{i} {args.repeats}\n")
@@ -223,22 +246,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     name = "arch_compare" + (f"_{args.only}" if args.only else "")
     (out / f"{name}.json").write_text(json.dumps(res, indent=1))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(9, 4))
-    labels = [r["workload"].split(" (")[0] for r in rows]
-    ax.barh(labels, [r["new_over_old"] for r in rows], color="#3b528b")
-    ax.errorbar([r["new_over_old"] for r in rows], labels, fmt="none", ecolor="k", capsize=3,
-                xerr=[[r["new_over_old"] - r["pair_ratio_q25"] for r in rows],
-                      [r["pair_ratio_q75"] - r["new_over_old"] for r in rows]])
-    ax.axvline(0.97, color="#fde725", ls="--", lw=2, label="0.97 (the 3% bound)")
-    ax.axvline(1.0, color="k", lw=0.5)
-    ax.set_xlabel(f"new / old throughput, median of {args.rounds} lockstep pairs, bars q25-q75 ({res['device']}, {res['date']})")
-    ax.set_xlim(min(0.8, min(r["pair_ratio_q25"] for r in rows) - 0.02), max(1.1, max(r["pair_ratio_q75"] for r in rows) + 0.02))
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / f"{name}.png", dpi=150)
+    plot(res, out / f"{name}.png")
     print("agreement old vs new:", json.dumps(agreement))
     print("| workload | old | new | new/old (median of pairs) | q25-q75 |\n|---|---|---|---|---|")
     for r in rows:
