@@ -371,3 +371,16 @@ def test_lab_mrr_by_hand_and_a_tie_ranks_nothing():
     only_ties = [r for r in recs if r["task"] == "copy"]
     _, _, _, m = R.mrr_table(only_ties)
     assert all(math.isnan(v) for v in m.values())
+
+
+def test_a_reused_plot_folder_shows_only_this_report(tmp_path):
+    """Plots an earlier report wrote and this one does not (a task gone from the store) are removed; a file the
+    reports never wrote stays."""
+    recs = make_records()
+    out = tmp_path / "plots"
+    first = {p.name for p in R.report(write(tmp_path / "a.jsonl", recs), out_dir=out)["plots"]}
+    (out / "mine.png").write_bytes(b"not a report's")
+    kept = [r for r in recs if r["task"] == "passkey"]
+    second = {p.name for p in R.report(write(tmp_path / "b.jsonl", kept), out_dir=out)["plots"]}
+    assert second < first and any("copy" in n for n in first - second)
+    assert {p.name for p in out.glob("*.png")} == second | {"mine.png"}

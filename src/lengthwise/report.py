@@ -358,6 +358,25 @@ def _figure(w: float, h: float):
     return fig
 
 
+MANIFEST = ".lengthwise-report.json"  # in a plot folder: the PNGs the last report wrote there
+
+
+def retire(out_dir: Path, written: list[Path]) -> None:
+    """Remove the PNGs an earlier report wrote into out_dir that this one did not write again (a store's task or
+    series gone), so a reused folder shows this report only; files the reports never wrote are left alone."""
+    manifest = out_dir / MANIFEST
+    try:
+        before = json.loads(manifest.read_text())["plots"]
+    except (OSError, ValueError, KeyError, TypeError):
+        before = []
+    names = {p.name for p in written}
+    for name in before:
+        if isinstance(name, str) and name not in names and name.endswith(".png") and "/" not in name:
+            (out_dir / name).unlink(missing_ok=True)
+    with atomic_write(manifest, "w") as f:
+        json.dump({"plots": sorted(names)}, f)
+
+
 def plots(records: list[dict], out_dir: str | Path, threshold: float | None = RULER_THRESHOLD) -> list[Path]:
     """Write heatmaps (one per model/method/backend/task) and curves (one per task, plus all tasks) as PNG,
     scores in percent; the curves draw `threshold` (0..1, None: no line), the effective-length bar.
@@ -406,6 +425,7 @@ def plots(records: list[dict], out_dir: str | Path, threshold: float | None = RU
                 per_len[n].append(a)
         mean_curves[g] = {n: _mean(v) for n, v in per_len.items()}
     save(_curves(f"all tasks (mean of {len(tasks)})", mean_curves, groups, threshold), "curve_all-tasks")
+    retire(out_dir, written)
     return written
 
 
@@ -697,6 +717,7 @@ def lab_report(paths: list[Path], out_dir: Path | None = None, markdown_path: Pa
         with atomic_write(p, "wb") as f:
             _lab_curve(t, curves, pes, train_len).savefig(f, format="png")
         written.append(p)
+    retire(out_dir, written)
     text = format_mrr(tasks, pes, cell, mrr)
     md = "# Length lab\n\n```\n" + text + "\n```\n"
     if markdown_path is not None:
