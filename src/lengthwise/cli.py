@@ -864,7 +864,8 @@ def report(
             raise LengthwiseError("report - reads one store from standard input and needs -o DIR for its plots "
                                   "(there is no file to put them beside): e.g. cat x.jsonl | lengthwise report - -o runs/rep")
         import tempfile
-        results = [Path(tempfile.mkdtemp(prefix="lengthwise_report_")) / "stdin.jsonl"]
+        held = tempfile.TemporaryDirectory(prefix="lengthwise_report_")  # removed when report returns
+        results = [Path(held.name) / "stdin.jsonl"]
         results[0].write_bytes(sys.stdin.buffer.read())
     for p in results:
         if not p.exists():

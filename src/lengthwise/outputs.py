@@ -38,9 +38,9 @@ def check_output(out: Path, suffixes: tuple[str, ...], hint: str, source: Path |
     if out.suffix.lower() not in suffixes:
         raise LengthwiseError(f"cannot write {out}: unknown output type {out.suffix or '(no extension)'}; {hint}")
     parent = out.parent
-    if not parent.exists():  # made, as report's and lab's folders are
-        check_folder(parent)
-        parent.mkdir(parents=True, exist_ok=True)
+    if not parent.exists():
+        raise LengthwiseError(f"cannot write {out}: directory {parent} does not exist: create it "
+                              f"(mkdir -p {parent}) or choose another path")
     if not parent.is_dir():
         raise LengthwiseError(f"cannot write {out}: {parent} is not a directory")
     if out.exists() and not out.stat().st_mode & 0o222:

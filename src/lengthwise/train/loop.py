@@ -92,9 +92,10 @@ class TrainConfig:
             raise LengthwiseError(f"train_min_len {self.train_min_len} is above train_max_len {self.train_max_len}")
         task.check_length(self.train_min_len)
         task.check_length(self.train_max_len)
-        # a step must hold a whole sample of the longest training length, or it degenerates to one sample a step
+        # a step of whole samples must hold one of the longest training length, or it degenerates to one sample a
+        # step (the chunk and bucket fills cut samples to fit)
         longest = max(len(task.sample(self.train_max_len, seed, stream="train").encode().ids) for seed in range(8))
-        if self.tokens_per_step < longest:
+        if self.fill in ("docs", "buckets_whole") and self.tokens_per_step < longest:
             raise LengthwiseError(f"tokens_per_step {self.tokens_per_step} is below one {self.task} sample of length "
                                   f"{self.train_max_len} ({longest} tokens): give --tokens-per-step >= {longest}, "
                                   f"and many times that for a useful step")
