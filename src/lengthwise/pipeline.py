@@ -248,7 +248,12 @@ class CausalLM(_Loaded):
         controls: top_k, min_p, repetition_penalty (HF generate's meanings), stop (a string or a list),
         stop_token_ids, n (samples per prompt), logprobs (None, or how many top alternatives per token),
         system (a system turn), max_batch_tokens (the KV-cache tokens of one group of prompts; default: from
-        free memory). details=True: a Completion per sample (text, token_ids, finish_reason, logprobs)."""
+        free memory). details=True: a Completion per sample (text, token_ids, finish_reason, logprobs).
+
+        seed: one generator for the whole call, drawn across each group's rows as HF generate draws after
+        torch.manual_seed. Samples repeat for the same prompts, n and groups; the groups follow max_batch_tokens,
+        whose default comes from free memory, so give max_batch_tokens where sampled runs must repeat on another
+        machine (vLLM seeds each request apart; this does not). Greedy output never depends on the groups."""
         if not details:
             self._need_tokenizer()
         out = self._complete(prompts, max_new_tokens, temperature, top_p, seed, chat, truncate, progress, **controls)
