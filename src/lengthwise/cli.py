@@ -939,9 +939,8 @@ def _reflow(text: str) -> str:
         if line.startswith("[bold]"):
             examples = "Example" in line
         prev = out[-1] if out else ""
-        aligned = lambda x: "  " in x.strip()  # noqa: E731
         goes_on = (not examples and body and prev.strip() and not prev.startswith("[bold]")
-                   and not aligned(line) and not aligned(prev)
+                   and "  " not in body and "  " not in prev.strip()
                    and (body[0].islower() or body[0] == "(" or prev.endswith(",")))
         if goes_on:
             out[-1] = prev + " " + body
