@@ -173,25 +173,27 @@ def main():
         serve(Path(args.workdir), args.smoke, args.only)
         return
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="arch_"))
+    workdir.mkdir(parents=True, exist_ok=True)
     if args.only != "host":
         make_models(workdir, args.smoke)
     extra = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     srcs = {"old": str(Path(args.old).resolve()), "new": str(ROOT / "src")}
     srcs.update((v.split("=", 1)[0], str(Path(v.split("=", 1)[1]).resolve())) for v in args.variant)
-    procs, info = {}, {}
-    for v in srcs:  # all alive at once; only one runs at a time, the other waits on its stdin
+    procs, info, logs = {}, {}, {}
+    for v in srcs:  # all alive at once; one runs at a time while the others wait on their stdin
         path = os.pathsep.join([srcs[v]] + [p for p in extra if p and Path(p).resolve() != ROOT / "src"])
         pin = ["taskset", "-c", args.taskset] if args.taskset else []
+        logs[v] = workdir / f"{v}.stderr"  # a file, not a pipe nobody reads until the end (a full pipe stalls it)
         procs[v] = subprocess.Popen(pin + [sys.executable, __file__, "--serve", "--workdir", str(workdir), "--old", args.old,
                                            "--only", args.only] + (["--smoke"] if args.smoke else []),
                                     env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                    stdout=subprocess.PIPE, stderr=open(logs[v], "w"), text=True)
 
     def answer(v: str, tag: str) -> str:
         for line in procs[v].stdout:
             if line.startswith(tag + " "):
                 return line[len(tag) + 1:]
-        sys.exit(f"{v} failed:\n{procs[v].stderr.read()[-5000:]}")
+        sys.exit(f"{v} failed:\n{logs[v].read_text()[-5000:]}")
     for v in procs:
         info[v] = json.loads(answer(v, "READY"))
     for v in procs:  # each process must run its own version's code
@@ -205,7 +207,7 @@ def main():
     for v in procs:
         if v not in ("old", "new"):
             agreement[f"{v} vs old"] = agree(info["old"]["seen"], info[v]["seen"])
-    # Lockstep: in every round each workload runs on old and new back to back (order alternating by round), so
+    # Lockstep: in every round each workload runs on every version back to back (order rotating by round), so
     # the host's drift, which moved single processes by up to 2.3x, falls on both halves of a pair alike.
     secs = {v: {k: [] for k in names} for v in procs}
     order = []
@@ -223,17 +225,21 @@ def main():
     for p in procs.values():
         p.stdin.close()
         p.wait()
+    def ratios(a: str, b: str, k: str) -> list[float]:
+        """b's throughput over a's, one per round, sorted."""
+        return sorted(x / y for x, y in zip(secs[a][k], secs[b][k]))
+
     rows = []
     for k, n in zip(names, units):
-        ratios = sorted(o / w for o, w in zip(secs["old"][k], secs["new"][k]))  # new / old throughput per round
-        q = lambda f: ratios[min(len(ratios) - 1, int(f * len(ratios)))]
+        ratios_k = ratios("old", "new", k)
+        q = lambda f: ratios_k[min(len(ratios_k) - 1, int(f * len(ratios_k)))]  # noqa: E731
         o, w = statistics.median(secs["old"][k]), statistics.median(secs["new"][k])
-        rows.append({"workload": k, "old": n / o, "new": n / w, "new_over_old": statistics.median(ratios),
+        rows.append({"workload": k, "old": n / o, "new": n / w, "new_over_old": statistics.median(ratios_k),
                      "pair_ratio_q25": q(0.25), "pair_ratio_q75": q(0.75),
-                     "within_3pct": statistics.median(ratios) >= 0.97,
+                     "within_3pct": statistics.median(ratios_k) >= 0.97,
                      "old_runs": [n / x for x in secs["old"][k]], "new_runs": [n / x for x in secs["new"][k]]})
-    variants = {v: {k: {"over_old": statistics.median(o / w for o, w in zip(secs["old"][k], secs[v][k])),
-                        "over_new": statistics.median(n_ / w for n_, w in zip(secs["new"][k], secs[v][k])),
+    variants = {v: {k: {"over_old": statistics.median(ratios("old", v, k)),
+                        "over_new": statistics.median(ratios("new", v, k)),
                         "runs": [n / x for x in secs[v][k]]} for k, n in zip(names, units)}
                 for v in procs if v not in ("old", "new")}
     import datetime
