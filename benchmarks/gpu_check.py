@@ -303,7 +303,7 @@ def fast_launch(g):
     import time
     from lengthwise.attention import launch as L
     from lengthwise.attention.triton_decode import decode_attention, rope_prefill
-    from lengthwise.models.fused import add_rms_norm, silu_mul
+    from lengthwise.attention.triton_fused import add_rms_norm, silu_mul
     from lengthwise.positions import Tables
     T, H, Hkv, D, dim = 777, 9, 3, 64, 576
     qkv = torch.randn(T, H + 2 * Hkv, D, device="cuda", generator=g).to(torch.bfloat16)
@@ -392,7 +392,7 @@ def triton_decode_generation(fast):
 
 
 def fused_layers_generation(fast):
-    """The fused residual add + RMSNorm and SiLU * up kernels (models/fused.py) on and off."""
+    """The fused residual add + RMSNorm and SiLU * up kernels (attention/triton_fused.py) on and off."""
     g = torch.Generator().manual_seed(3)
     ids = [torch.randint(10, fast.config.vocab_size, (n,), generator=g).tolist() for n in (5, 200, 3000, 17)]
     decode_pair("fused layers (add+RMSNorm, SiLU*up; prefill RoPE + cache write)", fast, ids, "fused",

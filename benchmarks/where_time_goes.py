@@ -138,7 +138,7 @@ def decode_rows(variants: list[str]) -> list[dict]:
 
 def prefill_rows() -> list[dict]:
     """The 1.1B Llama on the long mix (256-8192 tokens, 48 prompts, 64k-token forwards), the fused layers
-    (models/fused.py) on and off: where the MFU target's time goes."""
+    (attention/triton_fused.py) on and off: where the MFU target's time goes."""
     from causal import make_1b
     rows = []
     with tempfile.TemporaryDirectory() as d:

@@ -56,14 +56,14 @@ def test_random_model_generation_matches_hf(tmp_path, window):
 def test_fused_kernels_match_hf(tmp_path, monkeypatch, kind, over):
     """The GPU path's Triton kernels, run by Triton's interpreter here, in place of the plain-torch layers:
     the decode step's fused RoPE + cache write + attention (triton_decode.rope_cache_decode), and the fused
-    residual add + RMSNorm and SiLU * up (models/fused.py) in prefill and decode. Against HF generate and
+    residual add + RMSNorm and SiLU * up (attention/triton_fused.py) in prefill and decode. Against HF generate and
     against the unfused model's logits: qkv bias, a sliding window, YaRN's attention factor in the tables."""
     import os
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the kernel runs on CPU tensors under TRITON_INTERPRET=1 only")
     from lengthwise.attention import layer
-    from lengthwise.models import llama
+    from lengthwise.attention import triton_fused
     hf, folder = tiny_hf_causal(kind, tmp_path, **over)
     lm = lw.load(folder, device="cpu")
     fused = []
@@ -74,11 +74,11 @@ def test_fused_kernels_match_hf(tmp_path, monkeypatch, kind, over):
         return ok
     layers = []
 
-    def layers_fused(x, backend):
+    def layers_fused(x, backend, dtypes):
         layers.append(x.shape[0])
         return True
     monkeypatch.setattr(layer, "decode_kernel_applies", applies)
-    monkeypatch.setattr(llama, "fused_applies", layers_fused)
+    monkeypatch.setattr(triton_fused, "fused_applies", layers_fused)  # Backend.fuses asks it
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 211, (n,), generator=g).tolist() for n in (20, 3, 11)]
     ours = lm.generate_ids(prompts, max_new_tokens=12)
@@ -89,7 +89,7 @@ def test_fused_kernels_match_hf(tmp_path, monkeypatch, kind, over):
     runs = []
     for on in (True, False):
         monkeypatch.setattr(layer, "decode_kernel_applies", applies if on else lambda *a: False)
-        monkeypatch.setattr(llama, "fused_applies", lambda x, backend: on)
+        monkeypatch.setattr(triton_fused, "fused_applies", lambda x, backend, dtypes: on)
         runs.append(_decode_logits(lm, prompts, [ours[i][:3] for i in range(3)]))
     assert (runs[0] - runs[1]).norm() / runs[1].norm() < 1e-5
 

@@ -107,13 +107,13 @@ def test_bf16_residual_is_hf_bf16(tmp_path):
 
 
 def test_fused_add_layer_norm_path(tmp_path, monkeypatch):
-    """The GPU path's fused add + LayerNorm (models/fused.py, run by Triton's interpreter here) in the
+    """The GPU path's fused add + LayerNorm (attention/triton_fused.py, run by Triton's interpreter here) in the
     BERT blocks: the same embeddings as the plain ops, for both residual dtypes."""
     pytest.importorskip("triton")
     import os
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the kernels run on CPU tensors under TRITON_INTERPRET=1 only")
-    from lengthwise.models import bert
+    from lengthwise.attention import triton_fused as bert  # Backend.fuses asks triton_fused.fused_applies
     _, folder = _tiny_bert(tmp_path)
     g = torch.Generator().manual_seed(2)
     seqs = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (5, 64, 1, 30)]

@@ -7,7 +7,7 @@ import lengthwise as lw
 from lengthwise.attention import AttnMeta, Backend
 from lengthwise.attention.layer import Step
 from lengthwise.models import init_weights
-from lengthwise.models.fused import fused_applies
+from lengthwise.attention.triton_fused import fused_applies
 from lengthwise.models.llama import Llama, LlamaConfig
 from lengthwise.ragged import RaggedBatch
 

@@ -40,8 +40,8 @@ class Backend:
     triton_prefill: bool = True
     triton_prefill_min: int = 1024
     split_kv: bool = True  # long, narrow decode steps split their keys in chunks (split_kv.py)
-    fused: bool = True  # residual add + norm, SiLU * up and prefill RoPE + cache write in Triton (models/fused.py)
-    gelu_epilogue: bool = True  # BERT's FFN bias + GELU in cuBLASLt's epilogue (models/bert.py)
+    fused: bool = True  # residual add + norm, SiLU * up and prefill RoPE + cache write in Triton (triton_fused.py)
+    gelu_epilogue: bool = True  # BERT's FFN bias + GELU in cuBLASLt's epilogue (linear_act)
     # a remap's decode step (SelfExtend, distance_cap, STRING) reads each cached key once, near and far region in
     # one Triton kernel (triton_two_region.py); off: a near and a far pass merged by log-sum-exp (two_region.py)
     one_pass_remap: bool = True
@@ -106,6 +106,39 @@ class Backend:
         return (self.kernel == "varlen" and have_triton() and not torch.compiler.is_compiling()
                 and not (t.requires_grad and torch.is_grad_enabled()))
 
+    # The fused layers (triton_fused.py, imported on first use, so that importing a model loads no kernel file).
+    # A model asks `fuses` once per forward and, where it holds, takes the kernels from these properties once
+    # and runs its residual adds + norms and SiLU * up through them: no model imports a kernel file.
+    def fuses(self, x: torch.Tensor, dtypes: tuple = (torch.float32,)) -> bool:
+        """The fused layers apply to residual stream x (triton_fused.fused_applies)."""
+        return _fused().fused_applies(x, self, dtypes)
+
+    @property
+    def add_rms_norm(self):
+        """(x, y, weight, eps, out_dtype) -> (x + y, RMSNorm(x + y) * weight) in one kernel."""
+        return _fused().add_rms_norm
+
+    @property
+    def add_layer_norm(self):
+        """(x, y, weight, bias, eps) -> LayerNorm(x + y) in one kernel."""
+        return _fused().add_layer_norm
+
+    @property
+    def silu_mul(self):
+        """gu = [gate | up] -> SiLU(gate) * up in one kernel."""
+        return _fused().silu_mul
+
+    def linear_act(self, x: torch.Tensor, linear, act, gelu: bool) -> torch.Tensor:
+        """act(linear(x)) [T, out], the bias and GELU in the GEMM's epilogue where that applies (gelu: act is a
+        GELU): cuBLASLt (CUDA, 16-bit weights; torch.compile keeps the call), one pass over the [T, 3072]
+        activation instead of two. Its GELU is the tanh form: exact for tanh-GELU models and, for erf-GELU ones
+        (BERT's "gelu"), within 5e-4 absolute of erf, under bf16 rounding (2^-8 relative). The varlen family
+        only (gelu_epilogue); the reference keeps torch's exact GELU."""
+        if (self.gelu_epilogue and gelu and self.kernel == "varlen" and x.is_cuda and linear.bias is not None
+                and x.dtype in (torch.float16, torch.bfloat16)):
+            return torch._addmm_activation(linear.bias, x, linear.weight.t(), use_gelu=True)
+        return act(linear(x))
+
     def __str__(self) -> str:
         return self.kernel
 
@@ -130,3 +163,15 @@ def on_device(t: torch.Tensor):
     if t.is_cuda and t.device.index is not None and t.device.index != torch.cuda.current_device():
         return torch.cuda.device(t.device)
     return contextlib.nullcontext()
+
+
+_FUSED = None
+
+
+def _fused():
+    """The triton_fused module, imported on first use (it imports triton only when a kernel first runs)."""
+    global _FUSED
+    if _FUSED is None:
+        from . import triton_fused
+        _FUSED = triton_fused
+    return _FUSED

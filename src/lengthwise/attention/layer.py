@@ -90,7 +90,7 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv_heads: int, step: Step,
     """qkv [T, H + 2 Hkv, D] (one GEMM's queries, keys and values) -> [T, H, D].
 
     window: this layer's own sliding window (None: the step's mask). fused: the model's fused layers are on
-    (models/fused.py): RoPE and the cache write in one Triton kernel. A GPU decode step takes the fused decode
+    (attention/triton_fused.py): RoPE and the cache write in one Triton kernel. A GPU decode step takes the fused decode
     kernel whenever attention.decode_kernel_applies, whatever `fused` says (Backend.triton_decode)."""
     H, Hkv, D = n_heads, n_kv_heads, qkv.shape[-1]
     mask = step.mask if window is None else MaskPattern(step.mask.causal, window=window)

@@ -12,9 +12,9 @@ from ..attention import MaskPattern
 from ..attention.layer import Step, attention_step
 from ..errors import LengthwiseError
 from . import fuse, residual_dtype
-from .fused import FLOATS, add_layer_norm, fused_applies
 
 RESIDUALS = ("float32", "model")
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)  # residual streams the fused add + LayerNorm takes
 
 _ACTS = {
     "gelu": lambda x: F.gelu(x),
@@ -48,11 +48,12 @@ class BertConfig:
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm(x + y) in the residual stream's dtype r (float32 math inside, whatever r is); on the GPU
-    path one fused kernel (models/fused.py) does the add and the norm."""
+    path one fused kernel (Backend.add_layer_norm) does the add and the norm."""
 
-    def forward(self, x, r: torch.dtype, y=None, fused: bool = False):
-        if fused:
-            return add_layer_norm(x, y, self.weight, self.bias, self.eps)
+    def forward(self, x, r: torch.dtype, y=None, fused=None):
+        """fused: the fused layers' kernel (Backend.add_layer_norm), or None for torch's ops."""
+        if fused is not None:
+            return fused(x, y, self.weight, self.bias, self.eps)
         if y is not None:
             x = x + y
         if x.dtype != r:
@@ -86,23 +87,12 @@ class Block(nn.Module):
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim)
         self.ffn_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps)
 
-    def up(self, x, backend):
-        """[T, dim] -> act(w1 x + b) [T, hidden_dim], the bias and GELU in the GEMM's epilogue where that applies:
-        cuBLASLt (CUDA, 16-bit weights; torch.compile keeps the call), one pass over the [T, 3072] activation
-        instead of two. Its GELU is the tanh form: exact for tanh-GELU models and, for erf-GELU ones (BERT's
-        "gelu"), within 5e-4 absolute of erf, under bf16 rounding (2^-8 relative). The varlen family only
-        (Backend.gelu_epilogue); the reference backend keeps torch's exact GELU."""
-        if (backend.gelu_epilogue and self.gelu and backend.kernel == "varlen" and x.is_cuda
-                and x.dtype in (torch.float16, torch.bfloat16)):
-            return torch._addmm_activation(self.w1.bias, x, self.w1.weight.t(), use_gelu=True)
-        return self.act(self.w1(x))
-
     def forward(self, x, step: Step, layer: int = 0):
         """x [T, dim] in the residual dtype r; GEMMs run in the weights' dtype."""
         w, r = self.w1.weight.dtype, x.dtype
-        fused = fused_applies(x, step.backend, FLOATS)
+        fused = step.backend.add_layer_norm if step.backend.fuses(x, _FLOATS) else None
         x = self.attention_norm(x, r, self.attention(x.to(w), step, layer), fused)  # post-LN
-        return self.ffn_norm(x, r, self.w2(self.up(x.to(w), step.backend)), fused)
+        return self.ffn_norm(x, r, self.w2(step.backend.linear_act(x.to(w), self.w1, self.act, self.gelu)), fused)
 
 
 class Bert(nn.Module):

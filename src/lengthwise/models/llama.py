@@ -13,7 +13,6 @@ from ..attention.layer import Rotations, Step, attention_step
 from ..errors import LengthwiseError
 from ..positions import Linear, RoPE, Rotary, YaRN, from_hf
 from . import fuse, residual_dtype
-from .fused import add_rms_norm, fused_applies, silu_mul
 
 
 @dataclass
@@ -125,7 +124,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.o_bias)
 
     def forward(self, x, step: Step, layer: int, fused: bool = False):
-        """fused: the fused layers are on (Llama.forward decides, models/fused.py)."""
+        """fused: the fused layers are on (Llama.forward decides: Backend.fuses)."""
         T = x.shape[0]
         qkv = self.wqkv(x).view(T, self.n_heads + 2 * self.n_kv_heads, self.head_dim)  # one GEMM for q, k and v
         y = attention_step(qkv, self.n_heads, self.n_kv_heads, step, layer, self.window, fused)
@@ -138,8 +137,9 @@ class FeedForward(nn.Module):
         self.w13 = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)  # gate and up in one GEMM
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
 
-    def forward(self, x, fused: bool = False):
-        if fused:  # SiLU(gate) * up in one Triton kernel (models/fused.py)
+    def forward(self, x, silu_mul=None):
+        """silu_mul: the fused layers' kernel (Backend.silu_mul), or None for torch's ops."""
+        if silu_mul is not None:  # SiLU(gate) * up in one kernel
             return self.w2(silu_mul(self.w13(x)))
         gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
@@ -199,7 +199,7 @@ class Llama(nn.Module):
             step.rots = Rotations.of(self.rotary(positions, step.meta, step.lengths), rot_dtype)
         else:
             x, positions = self._scratch_positions(tokens, positions, step, x, rot_dtype)
-        if fused_applies(x, step.backend):
+        if step.backend.fuses(x):
             x = self._fused_layers(x, step, out_rows, dtype)
         else:
             for i, layer in enumerate(self.layers):
@@ -225,13 +225,15 @@ class Llama(nn.Module):
 
     def _fused_layers(self, x, step, out_rows, dtype):
         """The layers with each residual add fused into the norm after it, and SiLU(gate) * up fused
-        (models/fused.py): the same math as Block.forward, in fewer passes over the activations."""
+        (Backend.add_rms_norm, Backend.silu_mul): the same math as Block.forward, in fewer passes over the
+        activations."""
+        add_rms_norm, silu_mul = step.backend.add_rms_norm, step.backend.silu_mul
         y = None  # the last block output, not yet added to the residual x
         for i, layer in enumerate(self.layers):
             x, h = add_rms_norm(x, y, layer.attention_norm.weight, layer.attention_norm.eps, dtype)
             y = layer.attention(h, step, i, fused=True)
             x, h = add_rms_norm(x, y, layer.ffn_norm.weight, layer.ffn_norm.eps, dtype)
-            y = layer.feed_forward(h, fused=True)
+            y = layer.feed_forward(h, silu_mul)
         if out_rows is not None:
             x, y = x[out_rows], y[out_rows]
         return add_rms_norm(x, y, self.norm.weight, self.norm.eps, dtype)[1]

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ..attention.backend import on_device, triton_interpreting
-from ..attention.launch import launch
+from .backend import on_device, triton_interpreting
+from .launch import launch
 from ..errors import LengthwiseError
 
 _KERNELS = None
@@ -52,7 +52,7 @@ def _build():
     import triton
     import triton.language as tl
     if triton_interpreting():
-        from ..attention.triton_decode import _interpreter_index_fix
+        from .triton_decode import _interpreter_index_fix
         _interpreter_index_fix()
         _interpreter_bf16_fix()
 

@@ -12,8 +12,8 @@ if os.environ.get("TRITON_INTERPRET") != "1":  # tests/conftest.py sets it on a 
 from conftest import rel_err
 
 from lengthwise import LengthwiseError
-from lengthwise.models import fused
-from lengthwise.models.fused import add_layer_norm, add_rms_norm, silu_mul
+from lengthwise.attention import triton_fused as fused
+from lengthwise.attention.triton_fused import add_layer_norm, add_rms_norm, silu_mul
 
 U = {torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}  # unit roundoff
 
