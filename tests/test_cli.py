@@ -172,6 +172,15 @@ def test_missing_and_empty_input(tmp_path):
     one_error(run("embed", empty), "empty")
 
 
+def test_a_table_is_not_read_as_lines_of_text(tmp_path):
+    """A .csv read line by line would embed its header and its commas as texts: refused, with the fix."""
+    for name, kind in (("rows.csv", "CSV table"), ("rows.TSV", "TSV table"), ("t.parquet", "Parquet table")):
+        f = tmp_path / name
+        f.write_text("text,label\nhello,1\n")
+        for cmd in ("embed", "generate"):
+            one_error(run(cmd, f), kind, "export its text column as .txt", ".jsonl")
+
+
 def test_empty_line_is_named(tmp_path):
     f = tmp_path / "gap.txt"
     f.write_text("first\nsecond\n   \nfourth\n")

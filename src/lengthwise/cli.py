@@ -258,6 +258,11 @@ def _read_inputs(path: Path, field: str, skip_empty: bool, messages: bool = Fals
     return linenos, texts
 
 
+_TABLES = {".csv": "CSV table", ".tsv": "TSV table", ".parquet": "Parquet table", ".xlsx": "spreadsheet",
+           ".xls": "spreadsheet", ".arrow": "Arrow table", ".npy": "NumPy array", ".npz": "NumPy archive",
+           ".pdf": "PDF document", ".gz": "compressed file", ".zip": "zip archive"}
+
+
 def _read_file(path: Path) -> tuple[bytes, bool]:
     """The input file's bytes, and whether it is JSON lines."""
     try:
@@ -272,6 +277,9 @@ def _read_file(path: Path) -> tuple[bytes, bool]:
     suffix = path.suffix.lower()
     if suffix == ".json":
         raise LengthwiseError(f"input {path} is .json: give .jsonl (one JSON object per line) or .txt (one text per line)")
+    if suffix in _TABLES:  # read as lines, a header, delimiters and quoting would pass for texts
+        raise LengthwiseError(f"input {path} is a {_TABLES[suffix]}, not one text per line: export its text column "
+                              "as .txt (one text per line) or .jsonl (one JSON object per line)")
     try:
         return path.read_bytes(), suffix in (".jsonl", ".ndjson")
     except OSError as e:
