@@ -87,7 +87,7 @@ class Backend:
             b = name
         elif name in (None, "auto"):
             if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
-                return cls.from_env("varlen")
+                return _varlen_ready(cls.from_env("varlen"))
             return cls.from_env("cpu_flash" if device.type == "cpu" and dtype in CPU_FLASH_DTYPES else "reference")
         elif isinstance(name, str):
             b = cls.from_env(name)
@@ -98,7 +98,7 @@ class Backend:
         if b.kernel == "cpu_flash" and (device.type != "cpu" or dtype not in CPU_FLASH_DTYPES):
             raise LengthwiseError("the cpu_flash backend needs the CPU and float32/bfloat16/float16: "
                                   "use --backend reference")
-        return b
+        return _varlen_ready(b)
 
     def triton(self, t: torch.Tensor) -> bool:
         """Our Triton kernels may run on t: the varlen family, triton installed, and neither inside
@@ -141,6 +141,15 @@ class Backend:
 
     def __str__(self) -> str:
         return self.kernel
+
+
+def _varlen_ready(b: Backend) -> Backend:
+    """Import FlashAttention's varlen entry at load (its module imports torch._dynamo), not in the first forward."""
+    if b.kernel == "varlen":
+        from . import varlen
+        if varlen._PARAMS is None:
+            varlen._load()
+    return b
 
 
 @functools.cache

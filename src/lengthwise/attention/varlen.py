@@ -12,17 +12,25 @@ import inspect
 import torch
 
 
-try:
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # torch < 2.10
-    varlen_attn = None
+# torch.nn.attention.varlen imports torch._dynamo (about 2 s): imported on the first varlen call, not with
+# lengthwise, so the CPU paths and the command line start without it
+varlen_attn = None
+_PARAMS = None  # varlen_attn's parameter names, read once: a plain constant keeps torch.compile from breaking the graph
 
-# read once: a plain constant keeps torch.compile from breaking the graph here
-_PARAMS = frozenset(inspect.signature(varlen_attn).parameters) if varlen_attn else frozenset()
+
+def _load() -> frozenset:
+    global varlen_attn, _PARAMS
+    try:
+        from torch.nn.attention.varlen import varlen_attn as fn
+    except ImportError:  # torch < 2.10
+        fn = None
+    varlen_attn = fn
+    _PARAMS = frozenset(inspect.signature(fn).parameters) if fn else frozenset()
+    return _PARAMS
 
 
 def attend_varlen(q, k, v, meta, mask, scale, return_lse: bool = False):
-    params = _PARAMS
+    params = _PARAMS if _PARAMS is not None else _load()
     left, right = mask.flash_window
     kw = {"window_size": (left, right)}
     if "is_causal" in params:

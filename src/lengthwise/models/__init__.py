@@ -28,6 +28,15 @@ class SplitLinear(torch.nn.Module):
         return torch.cat([p(x) for p in self.parts], dim=-1)
 
 
+def embedding(rows: int, dim: int) -> torch.nn.Module:
+    """nn.Embedding(rows, dim). Built on the meta device (a checkpoint's skeleton in lw.load, whose weights are
+    assigned next) it skips the N(0, 1) init: on meta tensors that init goes through torch._refs, whose first
+    use imports torch._dynamo, about 2 s of every load for nothing."""
+    if torch.get_default_device().type == "meta":
+        return torch.nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
+    return torch.nn.Embedding(rows, dim)
+
+
 def residual_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     """The residual stream stays at least float32: with 16-bit weights only GEMM inputs are rounded,
     not the running sum of 30 layers (in float32 and float64 nothing changes)."""

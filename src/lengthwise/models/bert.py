@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..attention import MaskPattern
 from ..attention.layer import Step, attention_step
 from ..errors import LengthwiseError
-from . import fuse, residual_dtype
+from . import embedding, fuse, residual_dtype
 
 RESIDUALS = ("float32", "model")
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)  # residual streams the fused add + LayerNorm takes
@@ -104,9 +104,9 @@ class Bert(nn.Module):
         if residual not in RESIDUALS:
             raise LengthwiseError(f"unknown residual {residual!r}: choose one of {', '.join(RESIDUALS)}")
         self.cfg, self.residual = cfg, residual
-        self.word = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.position = nn.Embedding(cfg.context_length, cfg.dim)
-        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.dim)
+        self.word = embedding(cfg.vocab_size, cfg.dim)
+        self.position = embedding(cfg.context_length, cfg.dim)
+        self.token_type = embedding(cfg.type_vocab_size, cfg.dim)
         self.embed_norm = LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
 

@@ -12,7 +12,7 @@ from ..attention import MaskPattern
 from ..attention.layer import Rotations, Step, attention_step
 from ..errors import LengthwiseError
 from ..positions import Linear, RoPE, Rotary, YaRN, from_hf
-from . import fuse, residual_dtype
+from . import embedding, fuse, residual_dtype
 
 
 @dataclass
@@ -179,7 +179,7 @@ class Llama(nn.Module):
             if not own and not self.pe.rotary:
                 raise LengthwiseError(f"{self.rotary.scheme.spec()} re-scales RoPE, and this model was trained with "
                                       f"{cfg.pe}: drop --positions")
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_embeddings = embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)

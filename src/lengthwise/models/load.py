@@ -276,17 +276,84 @@ def open_gguf(path: Path) -> GGUFFile:
 
 @functools.lru_cache(maxsize=2)
 def _open_gguf(path: Path, ino: int, size: int, mtime_ns: int, ctime_ns: int) -> GGUFFile:
-    from gguf import GGUFReader
     try:
-        reader = GGUFReader(str(path))
-        # the reader maps tensors lazily: touch the last one so a truncated file fails here
-        if reader.tensors:
-            last = reader.tensors[-1]
-            np.asarray(last.data).reshape(-1)[-1:].copy()
-        return GGUFFile(_gguf_fields(reader), tuple(reader.tensors))
+        return _parse_gguf(path)
     except Exception as e:
         raise LengthwiseError(f"corrupted or truncated GGUF file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
                               "restore or re-download it") from None
+
+
+def _parse_gguf(path: Path) -> GGUFFile:
+    """transformers' GGUF reader where it has one (5.25 and later: it walks the vocabulary's strings without
+    building them, well under a second for SmolLM2's 49k), else gguf's GGUFReader (seconds: a numpy view per
+    string). Both give the same fields and the same tensor maps (tests/models/test_load_cache.py)."""
+    fast = _parse_gguf_fast(path)
+    if fast is not None:
+        return fast
+    from gguf import GGUFReader
+    reader = GGUFReader(str(path))
+    # the reader maps tensors lazily: touch the last one so a truncated file fails here
+    if reader.tensors:
+        last = reader.tensors[-1]
+        np.asarray(last.data).reshape(-1)[-1:].copy()
+    return GGUFFile(_gguf_fields(reader), tuple(reader.tensors))
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor of a GGUF file as gguf's ReaderTensor gives it: ggml order shape (fastest dimension first), and
+    data mapped from the file, typed for plain floats and ints, else bytes [rows..., bytes per row]."""
+    name: str
+    tensor_type: object  # gguf.GGMLQuantizationType
+    shape: tuple
+    data: np.ndarray
+
+
+class _AllButTokenizer:
+    """The string arrays to read in full: all but the tokenizer's (the tokenizer reads those itself)."""
+
+    def __contains__(self, key) -> bool:
+        return not key.startswith("tokenizer.ggml.")
+
+
+def _parse_gguf_fast(path: Path) -> GGUFFile | None:
+    """None where this transformers has no GGUF reader of its own, or it cannot read this file (gguf's
+    reader then reads it, or says why not)."""
+    try:
+        from transformers.integrations.gguf.reader import GgufHeader, read_gguf_metadata
+        from gguf import GGMLQuantizationType
+        from gguf.constants import GGML_QUANT_SIZES
+        from gguf.quants import quant_shape_to_byte_shape
+    except ImportError:
+        return None
+    plain = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16,
+             GGMLQuantizationType.F64: np.float64, GGMLQuantizationType.I8: np.int8,
+             GGMLQuantizationType.I16: np.int16, GGMLQuantizationType.I32: np.int32,
+             GGMLQuantizationType.I64: np.int64}
+    try:
+        metadata, _ = read_gguf_metadata(str(path), _AllButTokenizer())
+        header = GgufHeader.from_file(str(path))
+        blob = np.memmap(path, mode="r", dtype=np.uint8)
+        tensors = []
+        for info in header.tensors:
+            qtype = GGMLQuantizationType(info.ggml_type)
+            start = header.data_start + info.offset
+            if qtype in plain:
+                item = np.dtype(plain[qtype])
+                count, shape = int(np.prod(info.shape)), info.shape
+            else:
+                block, type_size = GGML_QUANT_SIZES[qtype]
+                item, shape = np.dtype(np.uint8), quant_shape_to_byte_shape(info.shape, qtype)
+                count = int(np.prod(shape))
+            raw = blob[start:start + count * item.itemsize]
+            if raw.size != count * item.itemsize:
+                raise ValueError(f"tensor {info.name} runs past the end of the file")
+            tensors.append(GGUFTensor(info.name, qtype, tuple(reversed(info.shape)), raw.view(item).reshape(shape)))
+    except Exception:
+        return None
+    fields = {k: v for k, v in metadata.items()
+              if not k.startswith("tokenizer.ggml.") or k in ("tokenizer.ggml.bos_token_id", *GGUF_EOS)}
+    return GGUFFile(fields, tuple(tensors))
 
 
 def _read_gguf(path: Path) -> Checkpoint:
@@ -375,12 +442,32 @@ def _tokenizer(path: Path, *identity):
     from transformers import AutoTokenizer
     try:
         if path.suffix == ".gguf":
+            direct = _gguf_tokenizer_class(path)
+            if direct is not None:
+                return direct.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
         if any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
             return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as e:
         raise LengthwiseError(f"cannot load the tokenizer of {path}: {str(e).splitlines()[0]}") from None
     return None
+
+
+def _gguf_tokenizer_class(path: Path):
+    """The class AutoTokenizer ends at for a llama GGUF, named without its detour: to choose it, AutoTokenizer
+    first builds the model's config through transformers' legacy GGUF parse (seconds for a 49k vocabulary),
+    and for a model type with no tokenizer class of its own (llama, in transformers 5) it then takes the plain
+    TokenizersBackend, which reads the vocabulary through the fast reader. None (AutoTokenizer decides) for
+    every other case. tests/models/test_load_cache.py checks the two give the same tokenizer."""
+    fields = open_gguf(path).fields
+    if fields.get("general.architecture") != "llama" or "mistral" in str(fields.get("general.name", "")).lower():
+        return None  # transformers reads a llama GGUF named mistral as mistral
+    try:
+        from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    return None if "llama" in TOKENIZER_MAPPING_NAMES else TokenizersBackend
 
 
 def sentence_transformers_settings(folder: Path | None, dim: int) -> dict:

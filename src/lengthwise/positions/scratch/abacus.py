@@ -6,9 +6,9 @@ the next, ...); other tokens get none. In training every sequence's places shift
 scheme (NoPE by default, as in the paper).
 """
 import torch
-import torch.nn as nn
 
 from ...errors import LengthwiseError
+from ...models import embedding
 from .base import Scheme
 
 
@@ -20,7 +20,7 @@ class Abacus(Scheme):
         self.base, self.max_offset = base, max_offset
         self.rotary, self.has_bias = base.rotary, base.has_bias
         self.cached = False  # positions (places) depend on the whole sequence: packed forwards only
-        self.table = nn.Embedding(max_places + 1, shape.dim)  # row 0: not a digit
+        self.table = embedding(max_places + 1, shape.dim)  # row 0: not a digit
         self.digit_ids = tuple(digit_ids)
 
     def places(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

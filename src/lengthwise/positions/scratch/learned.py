@@ -3,9 +3,9 @@
 A table of one vector per position, added to the token embeddings; rows past the training length stay at their
 random init, which is why APE fails to extrapolate.
 """
-import torch.nn as nn
 
 from ...errors import LengthwiseError
+from ...models import embedding
 from .base import Scheme, Shape
 
 
@@ -14,7 +14,7 @@ class Learned(Scheme):
 
     def __init__(self, shape: Shape, max_positions: int = 1024):
         super().__init__(shape)
-        self.table = nn.Embedding(max_positions, shape.dim)
+        self.table = embedding(max_positions, shape.dim)
 
     def embed(self, tokens, positions, cu_seqlens):
         if int(positions.max()) >= self.table.num_embeddings:

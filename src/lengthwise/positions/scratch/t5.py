@@ -5,8 +5,8 @@ up to max_distance, one bucket beyond. Causal: only keys at or before the query 
 import math
 
 import torch
-import torch.nn as nn
 
+from ...models import embedding
 from .base import Scheme
 
 
@@ -36,7 +36,7 @@ class T5Bias(Scheme):
     def __init__(self, shape, num_buckets: int = 32, max_distance: int = 128):
         super().__init__(shape)
         self.num_buckets, self.max_distance = num_buckets, max_distance
-        self.table = nn.Embedding(num_buckets, shape.n_heads)
+        self.table = embedding(num_buckets, shape.n_heads)
 
     def bias(self, pos_q, pos_k):
         b = bucket(pos_k[..., None, :] - pos_q[..., :, None], False, self.num_buckets, self.max_distance)  # [..., Lq, Lk]
