@@ -679,25 +679,33 @@ def _train_progress(description: str) -> Iterator:
                         TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), console=Console(stderr=True))
     task = progress.add_task(description, total=1.0, step=0, loss="-", tps="-")
     live = progress.console.is_terminal
-    if live:
-        progress.start()
+    used = False  # the bar shows from the first step on: a rerun with nothing to train prints none
+
+    def show(desc, step, loss, tps, frac):
+        nonlocal used
+        if not used and live:
+            progress.start()
+        used = True
+        progress.update(task, description=desc, completed=frac, step=step, loss=f"{loss:.4f}", tps=f"{tps:,.0f}")
     ok = False
     try:
-        yield lambda desc, step, loss, tps, frac: progress.update(task, description=desc, completed=frac, step=step,
-                                                                  loss=f"{loss:.4f}", tps=f"{tps:,.0f}")
+        yield show
         ok = True
     finally:
-        if live:
+        if live and used:
             progress.live.transient = not ok
             progress.stop()
-        elif ok:
+        elif ok and used:
             progress.start()
             progress.stop()
 
 
 def _ints(text: str, what: str) -> list[int]:
     out = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) > 1 and "" in parts:
+        raise LengthwiseError(f"--{what} {text!r} has an empty item: separate the numbers with single commas")
+    for part in (p for p in parts if p):
         a, dash, b = part.partition("-")
         try:
             out += list(range(int(a), int(b) + 1)) if dash and a else [int(part)]
@@ -806,7 +814,7 @@ def lab(
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated tasks (options after a colon).")] = None,
     pes: Annotated[Optional[str], typer.Option("--pes", help="Comma-separated position encodings.")] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="e.g. 0,1,2 or 0-2.")] = None,
-    lengths: Annotated[Optional[str], typer.Option("--lengths", help="Test lengths, e.g. 1-40 or 10,20,40. [default: 1 to 5x the training length]")] = None,
+    lengths: Annotated[Optional[str], typer.Option("--lengths", help="Test lengths, e.g. 1-40 or 10,20,40. \\[default: 1 to 5x the training length]")] = None,
     samples: Annotated[Optional[int], typer.Option("--samples", help="Test samples per length.")] = None,
     train_max_len: Annotated[Optional[int], typer.Option("--train-max-len")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps")] = None,
@@ -849,19 +857,21 @@ def lab(
                 show(f"lab {e['cell'] + 1}/{e['cells']}: {e['task']} · {e['pe']} · seed {e['seed']}", e["step"],
                      e["loss"], e["tokens_per_s"], e["done"])
         n = run_lab(cfg, out, events)
-    typer.echo(f"wrote {n} records to {out / 'results.jsonl'} ({n_cells} models, lengths "
+    typer.echo(f"wrote {n} record{'' if n == 1 else 's'} to {out / 'results.jsonl'} ({n_cells} models, lengths "
                f"{min(cfg.lengths)}-{max(cfg.lengths)}); lengthwise report {out / 'results.jsonl'}", err=True)
 
 
 @app.command(help="""\
-Summarize an eval results file: accuracy by task x length with each row's effective length
-(RULER's: the longest tested length up to which every tested length meets --threshold), depth x
-length heatmaps and accuracy-against-length curves (PNG), and optionally a markdown summary.
+Summarize results stores. An eval store (lengthwise eval): accuracy by task x length with each row's
+effective length (RULER's: the longest tested length up to which every tested length meets --threshold),
+depth x length heatmaps and accuracy-against-length curves (PNG). A lab store (lengthwise lab,
+OUT/results.jsonl): exact match against length per position encoding (training length marked) and the
+task x encoding table of mean reciprocal rank; --threshold does not apply there. Optionally a markdown summary.
 
-Unreadable lines are reported by number and skipped; the rest is kept.
+Unreadable lines are reported by number and skipped; the rest is reported, and the exit code is 2.
 """)
 def report(
-    results: Annotated[list[Path], typer.Argument(metavar="RESULTS.jsonl...", help="Results stores written by lengthwise eval (several are reported together).", show_default=False)],
+    results: Annotated[list[Path], typer.Argument(metavar="RESULTS.jsonl...", help="Results stores written by lengthwise eval, or by lengthwise lab (several of one kind are reported together).", show_default=False)],
     out_dir: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="DIR", help="Where the PNGs go. \\[default: RESULTS_report/ beside the first file]")] = None,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", metavar="FILE.md", help="Also write a markdown summary.")] = None,
     threshold: Annotated[float, typer.Option("--threshold", metavar="PERCENT", help="The bar for each row's effective length: the longest tested length up to which every tested length scores at least this (RULER's bar, Llama-2-7B at 4k, by default).")] = 85.6,
@@ -882,24 +892,28 @@ def report(
     if any(labs) and not all(labs):
         lab, ev = results[labs.index(True)], results[labs.index(False)]
         raise LengthwiseError(f"{lab} is a lab store (lengthwise lab) and {ev} is not: report them apart")
+    if not 0 <= threshold <= 100:  # NaN fails too
+        raise LengthwiseError(f"--threshold {threshold:.10g} is outside 0-100: it is an accuracy in percent, e.g. --threshold 95")
     if results and labs[0]:  # a lab store: curves per PE and the MRR table
         r = lab_report(results, out_dir, markdown)
         typer.echo(r["text"])
-        for w in r["warnings"]:
-            _warn(w)
         typer.echo(_wrote_plots(r["plots"], markdown), err=True)
+        _damaged(r["warnings"], results, len(r["records"]))
         return
-    if not 0 <= threshold <= 100:  # NaN fails too
-        raise LengthwiseError(f"--threshold {threshold:.10g} is outside 0-100: it is an accuracy in percent, e.g. --threshold 95")
     r = make_report(results, out_dir, markdown, threshold / 100)
     typer.echo(format_table(r["table"], threshold / 100))
     typer.echo(_wrote_plots(r["plots"], markdown), err=True)
-    bad = [w for w in r["warnings"] if w.startswith("line ") or ": line " in w]
-    for w in r["warnings"]:
+    _damaged(r["warnings"], results, sum(row.get("n", 0) for row in r["table"]))
+
+
+def _damaged(warnings: list[str], results: list[Path], n: int) -> None:
+    """Print a report's warnings; unreadable lines end it with exit code 2 (the report covers the readable
+    records, and the exit code still says the file is damaged)."""
+    bad = [w for w in warnings if w.startswith("line ") or ": line " in w]
+    for w in warnings:
         if w not in bad:
             _warn(w)
-    if bad:  # the report covers the readable records; the exit code still says the file is damaged
-        n = sum(row.get("n", 0) for row in r["table"])
+    if bad:
         raise LengthwiseError(f"{len(bad)} unreadable line{'s' if len(bad) > 1 else ''} in {', '.join(map(str, results))} "
                               f"({'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''}); the report covers the other {n} records")
 

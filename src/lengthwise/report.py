@@ -54,6 +54,9 @@ def read_results(path: str | Path) -> tuple[list[dict], list[str]]:
     if not path.exists():
         raise LengthwiseError(f"results file {path} does not exist")
     if path.is_dir():
+        inside = path / "results.jsonl"
+        if inside.is_file():  # a lab's folder
+            raise LengthwiseError(f"results {path} is a directory: give its store, {inside}")
         raise LengthwiseError(f"results {path} is a directory: give the .jsonl file the evaluation wrote")
     try:
         raw = path.read_bytes()
@@ -589,11 +592,21 @@ def is_lab(path: str | Path) -> bool:
 
 
 def read_lab(paths: list[Path]) -> tuple[list[dict], list[str]]:
-    from .evaluation.store import ResultStore
+    from .evaluation.store import ResultStore, config_diff
     records, warnings = [], []
+    first = None  # (path, config) of the first store with a header: every other must match it
     for p in paths:
         if not Path(p).exists():
             raise LengthwiseError(f"results file {p} does not exist")
+        head = ResultStore(p).header()
+        if head is not None:
+            if first is None:
+                first = (p, head["config"])
+            elif head["config"] != first[1]:
+                shown = "; ".join(f"{k} is {json.dumps(first[1].get(k))} in {first[0]}, {json.dumps(head['config'].get(k))} "
+                                  f"in {p}" for k in config_diff(first[1], head["config"])[:2])
+                raise LengthwiseError(f"{first[0]} and {p} are labs with other settings ({shown}): their records "
+                                      "do not compare; report them apart")
         recs, w = ResultStore(p).records()
         warnings += w
         for r in recs:
@@ -639,8 +652,8 @@ def mrr_table(records: list[dict]) -> tuple[list[str], list[str], dict[tuple[str
         acc = {}
         for p in pes:
             c = curves.get((t, p))
-            if c:
-                far = [m for n, (m, _) in c.items() if n > train[(t, p)]] or [m for m, _ in c.values()]
+            far = [m for n, (m, _) in (c or {}).items() if n > train[(t, p)]]
+            if far:  # no tested length past training: nothing to rank on (the table shows -)
                 acc[p] = sum(far) / len(far)
         tie = len(acc) > 1 and max(acc.values()) - min(acc.values()) <= 1e-12  # every scheme alike: no ranking
         for p, a in acc.items():
@@ -668,6 +681,10 @@ def format_mrr(tasks, pes, cell, mrr) -> str:
             and all(cell[(t, p)][1] is None for p in pes if (t, p) in cell)]
     note = (f"\nevery scheme scores the same on {', '.join(tied)}: left out of the MRR (a tie ranks nothing)"
             if tied else "")
+    short = [t for t in tasks if not any((t, p) in cell for p in pes)]
+    if short:
+        note += (f"\nno tested length is past the training length on {', '.join(short)}: nothing to rank (test "
+                 "longer, e.g. lab --lengths 1-5x the training length)")
     return ("accuracy past the training length, % (median over seeds; #rank per task); MRR over tasks\n"
             + "\n".join(lines) + note)
 
@@ -725,7 +742,7 @@ def lab_report(paths: list[Path], out_dir: Path | None = None, markdown_path: Pa
         md += plot_links(written, markdown_path.parent)
         with atomic_write(markdown_path, "w") as f:
             f.write(md)
-    return {"text": text, "plots": written, "warnings": warnings, "mrr": mrr, "markdown": md}
+    return {"text": text, "plots": written, "warnings": warnings, "mrr": mrr, "markdown": md, "records": records}
 
 
 class _Module(type(os)):

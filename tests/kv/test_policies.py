@@ -266,7 +266,11 @@ def test_cache_bytes_fall_with_the_ratio(models):
     ("snapkv:tokens=10", "below its observation window"), ("pyramidkv:tokens=8,window=16", "below its observation"),
     ("adakv:tokens=10", "below its observation window"), ("tova:tokens=0", r"N >= 1; ratio=0 is the full cache"),
     ("tova:tokens=-1", r"tokens \(the count kept\) must be >= 1, got -1"),
-    ("full:ratio=0.5", "'full' keeps every token and takes no options"), ("full:every=4", "takes no options")])
+    ("full:ratio=0.5", "'full' keeps every token and takes no options"), ("full:every=4", "takes no options"),
+    # -1 and 0 are the fields' "not given" defaults: written out, they are checked as written
+    ("tova:ratio=-1,tokens=10", r"ratio must be in \[0, 1\) \(the fraction removed\), got -1"),
+    ("snapkv:ratio=-1", "ratio must be in"), ("snapkv:tokens=0", "must be >= 1, got 0"),
+    ("snapkv:ratio=-1+think:ratio=0.25", "snapkv: ratio must be in")])
 def test_bad_specs_get_one_line(bad, needle):
     with pytest.raises(lw.LengthwiseError, match=needle):
         kv.parse(bad)

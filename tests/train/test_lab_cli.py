@@ -151,3 +151,42 @@ def test_train_and_lab_keep_out_of_each_others_folders_and_a_restart_is_said(tmp
     shutil.rmtree(t / "model")  # as if killed before the model was saved
     again = run("train", "--task", "copy", "--pe", "nope", "--steps", "2", "--dim", "32", "-o", t)
     assert again.exit_code == 0 and "starts again from step 1" in again.stderr
+
+
+def test_a_resumed_lab_records_its_models_training_and_report_keeps_labs_apart(tmp_path):
+    """A lab that reloads a trained model (killed before its records, or given new lengths) records the same
+    steps, training seconds and final loss as the run that trained it (from its metrics.jsonl); repeated or empty
+    test lengths are refused; report ranks only on lengths past training, refuses labs of other settings, checks
+    --threshold, and exits 2 on a damaged lab store after reporting it."""
+    lab = ("lab", "--tasks", "copy", "--pes", "nope,rope", "--train-max-len", "3", "--samples", "2", "--dim", "32",
+           "--steps", "3", "--tokens-per-step", "64")
+    out = tmp_path / "lab"
+    assert run(*lab, "--lengths", "1-4", "-o", out).exit_code == 0
+    first = {(r["pe"], r["length"]): r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines()[1:])}
+    assert all(r["steps"] == 3 and r["train_s"] > 0 and r["final_loss"] > 0 for r in first.values())
+    r = run(*lab, "--lengths", "1-6", "-o", out)  # two more lengths: the models reload, nothing trains
+    assert r.exit_code == 0 and "wrote 4 records" in r.stderr, r.output
+    recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()[1:]]
+    for rec in recs[len(first):]:
+        old = first[(rec["pe"], 1)]
+        assert (rec["steps"], rec["train_s"]) == (old["steps"], old["train_s"])
+        assert rec["final_loss"] == pytest.approx(old["final_loss"], rel=1e-12)
+    one_error(run(*lab, "--lengths", "1,2,2,3", "-o", tmp_path / "x"), "test length 2 is given twice")
+    one_error(run(*lab, "--lengths", "1,,3", "-o", tmp_path / "x"), "has an empty item")
+    # only lengths within training: nothing to rank on, said so, no MRR
+    inside = tmp_path / "inside"
+    assert run(*lab, "--lengths", "1-3", "-o", inside).exit_code == 0
+    rep = run("report", inside / "results.jsonl", "-o", tmp_path / "rep1")
+    assert rep.exit_code == 0, rep.output
+    assert "no tested length is past the training length on copy" in rep.stdout and "#1" not in rep.stdout
+    # a lab of other settings is not merged into this one
+    other = tmp_path / "other"
+    assert run(*lab[:-2], "--steps", "2", "--lengths", "1-4", "-o", other).exit_code == 0
+    one_error(run("report", out / "results.jsonl", other / "results.jsonl", "-o", tmp_path / "rep2"),
+              "are labs with other settings", "report them apart")
+    one_error(run("report", out / "results.jsonl", "--threshold", "200", "-o", tmp_path / "rep3"), "outside 0-100")
+    one_error(run("report", out, "-o", tmp_path / "rep4"), f"give its store, {out / 'results.jsonl'}")
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text((out / "results.jsonl").read_text() + '{"id": "cut')
+    rep = run("report", torn, "-o", tmp_path / "rep5")
+    assert rep.exit_code == 2 and "MRR" in rep.stdout and "unreadable line" in rep.stderr, rep.output

@@ -48,9 +48,33 @@ def parse(spec: "str | Policy | None") -> Policy:
     if name.strip() == "full" and opts.strip():
         raise LengthwiseError(f"KV policy 'full' keeps every token and takes no options, got {spec!r}: write 'full', "
                               "or name a policy with a budget, e.g. 'snapkv:ratio=0.5'")
-    if isinstance(spec, str) and "+" in spec:  # a token policy with think (kv/composed.py)
-        return Composed.of([options.parse(part, POLICIES, "KV policy") for part in spec.split("+")])
+    parts = spec.split("+") if isinstance(spec, str) else [spec]
+    for part in parts:
+        _check_budget_given(part)
+    if len(parts) > 1:  # a token policy with think (kv/composed.py)
+        return Composed.of([options.parse(part, POLICIES, "KV policy") for part in parts])
     return options.parse(spec, POLICIES, "KV policy")
+
+
+def _check_budget_given(spec) -> None:
+    """A budget a spec writes out is checked as written: ratio=-1 and tokens=0 are the fields' "not given"
+    defaults, so the policy itself cannot tell them from an omitted budget."""
+    if not isinstance(spec, str):
+        return
+    name, parts = options.split(spec)
+    if name not in POLICIES:
+        return  # the parser names the unknown policy
+    for part in parts:
+        key, _, text = (x.strip() for x in part.partition("="))
+        try:
+            value = float(text)
+        except ValueError:
+            continue  # the parser names what it cannot read
+        if key == "ratio" and value < 0:
+            raise LengthwiseError(f"{name}: ratio must be in [0, 1) (the fraction removed), got {text}")
+        if key == "tokens" and value < 1:
+            raise LengthwiseError(f"{name}: tokens (the count kept) must be >= 1, got {text} (tokens=N, N >= 1; "
+                                  "ratio=0 is the full cache)")
 
 
 __all__ = ["RaggedKVCache", "KV_DTYPES", "check_kv_dtype", "Policy", "Budget", "Full", "Window", "Streaming", "H2O", "A2SF", "TOVA", "SnapKV",

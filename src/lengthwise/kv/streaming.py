@@ -22,9 +22,11 @@ class Streaming(Budget):
 
     def check(self) -> None:
         super().check()
-        if self.sinks < 0 or (self.tokens and self.tokens <= self.sinks):
-            raise LengthwiseError(f"streaming: sinks must be >= 0 and a token budget must pass them, got "
-                                  f"sinks={self.sinks}, tokens={self.tokens}: raise tokens or lower sinks")
+        if self.sinks < 0:
+            raise LengthwiseError(f"streaming: sinks must be >= 0, got {self.sinks}")
+        if self.tokens and self.tokens <= self.sinks:
+            raise LengthwiseError(f"streaming: tokens={self.tokens} keeps no more than the {self.sinks} sinks (a token "
+                                  f"budget must pass them): give tokens > {self.sinks}, or lower sinks=")
 
     def score(self, c):
         p = c.positions.transpose(1, 2).double()  # [B, Hkv, S]

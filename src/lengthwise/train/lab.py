@@ -38,7 +38,8 @@ class LabConfig:
             raise LengthwiseError("a lab grid needs at least one task, one position encoding and one seed")
         self.tasks = [get_task(t).spec() for t in self.tasks]
         self.pes = [scratch.canonical(p) for p in self.pes]
-        for what, items in (("task", self.tasks), ("position encoding", self.pes), ("seed", self.seeds)):
+        for what, items in (("task", self.tasks), ("position encoding", self.pes), ("seed", self.seeds),
+                            ("test length", self.lengths)):
             twice = next((x for i, x in enumerate(items) if x in items[:i]), None)
             if twice is not None:
                 raise LengthwiseError(f"{what} {twice!r} is given twice: list each once")

@@ -241,7 +241,7 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> dict
     """Fit one model; writes out/model/, out/train_config.json and out/metrics.jsonl. Returns a summary."""
     out = Path(out)
     if claim(out, cfg):
-        return {"skipped": True, "model": str(out / MODEL)}
+        return {"skipped": True, "model": str(out / MODEL), **summary_of(out)}
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)  # randomized positions and Abacus offsets draw from torch's generator
     module = build_model(cfg).to(device)
@@ -295,7 +295,24 @@ def train(cfg: TrainConfig, out: Path, progress: Progress | None = None) -> dict
     module.eval()
     save_model(module, cfg, out / MODEL)
     return {"skipped": False, "model": str(out / MODEL), "steps": step, "loss": loss_avg,
-            "seconds": time.perf_counter() - t0 - paused, "tokens": tokens}
+            "seconds": rec["time_s"], "tokens": tokens}
+
+
+def summary_of(out: Path) -> dict:
+    """A finished run's summary as train returned it (steps, loss: the running mean of the step loss, seconds of
+    training, tokens), read back from its metrics.jsonl: what the lab records for a model it reloads. Empty if
+    the log is missing or unreadable (a run from elsewhere)."""
+    steps, loss_avg, seconds, tokens = 0, float("nan"), None, None
+    try:
+        with open(Path(out) / METRICS, encoding="utf-8") as f:
+            for line in f:
+                rec = json.loads(line)
+                loss = float(rec["loss"])
+                loss_avg = loss if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * loss
+                steps, seconds, tokens = int(rec["step"]), float(rec["time_s"]), int(rec["tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {"steps": steps, "loss": loss_avg, "seconds": seconds, "tokens": tokens} if steps else {}
 
 
 def forward_logits(module: Llama, backend, precision: str = "fp32") -> Callable[[list[list[int]]], list[torch.Tensor]]:

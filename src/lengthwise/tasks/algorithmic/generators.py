@@ -142,7 +142,8 @@ class Count(AlgoTask):
 
 @dataclass(frozen=True)
 class Mode(AlgoTask):
-    """RASP-L's mode: the most frequent letter of the string (a unique one: it occurs more than any other)."""
+    """RASP-L's mode: the most frequent letter of the string. The generator makes it a strict majority (it fills
+    more than half the string), so it is unique; the solver finds the most frequent letter of any string."""
     name = "mode"
     size = "letters"
     alphabet: int = 8
