@@ -110,6 +110,8 @@ def new_cache(model, prompts: list[list[int]], max_new_tokens: int, policy: Poli
 def decode_need(policy: Policy, cache: RaggedKVCache, prompts: list[int], max_new_tokens: int) -> torch.Tensor:
     """[L, B] slots each (layer, sequence) needs from the end of prefill on: what it keeps plus the new tokens, or,
     where the policy evicts during decode, at most its budget plus the steps between evictions."""
+    if hasattr(policy, "decode_need"):  # the policy sizes its own regions (duo's sliding streaming heads)
+        return policy.decode_need(cache, max_new_tokens)
     grow = cache.kept + max_new_tokens
     if not policy.every or cache.context is not None:
         return grow

@@ -86,6 +86,68 @@ def test_streaming_heads_keep_their_window_and_attention_equals_hf_masked(models
             assert rel_err(got[i], ref[len(p) - 1 + t]) <= 1e-6, (i, t)
 
 
+@pytest.mark.parametrize("every", [1, 2])
+def test_streaming_heads_slide_in_decode_with_every(models, table, every):
+    """duo:every=K: after every K-th decode step a streaming head keeps its sinks, the question and the newest
+    `recent` tokens, so its region stays within sinks + recent + question + K however long the answer; each step's
+    logits equal HF's model with every head masked as the engine runs it; packed equals alone."""
+    hf, folder = models
+    spec = f"duo:heads=0.5,sinks=2,recent=5,calibration={table},every={every}"
+    lm = lw.load(folder, device="cpu", dtype="float64", kv=spec)
+    m = lm.module
+    prompts = prompts_of(7, (38, 27))
+    context = [30, 19]
+    feed = [[5, 17, 3, 8, 21, 9, 30, 2], [11, 2, 40, 6, 12, 33, 7, 4]]
+    T = len(feed[0])
+    cache = new_cache(m, prompts, T + 1, lm.kv, chunk=8, context=context)
+    from lengthwise.generate import decode_need
+    steps = []
+    with torch.inference_mode():
+        steps.append(prefill(m, prompts, cache, lm.backend, lm.kv, chunk=8))
+        cache.shrink(decode_need(lm.kv, cache, [len(p) for p in prompts], T + 1))
+        for t in range(T):
+            steps.append(decode_step(m, cache, torch.tensor([f[t] for f in feed]), torch.arange(2), lm.backend, lm.kv,
+                                     evict=(t + 1) % every == 0))
+            if (t + 1) % every == 0:  # just evicted: the streaming heads hold their window
+                for i, (p, c) in enumerate(zip(prompts, context)):
+                    n = len(p) + t + 1
+                    for layer in range(LAYERS):
+                        for h in range(HKV):
+                            want = ({x for x in range(n) if x < 2 or c <= x < len(p) or x >= n - 5}
+                                    if streaming(layer, h) else set(range(n)))
+                            assert head_sets(cache, layer, i)[h] == want, (i, layer, h, t)
+    for i, (p, c) in enumerate(zip(prompts, context)):
+        q = len(p) - c
+        caps = cache.capacity_l.view(LAYERS, HKV, 2)[:, :, i]
+        for layer in range(LAYERS):
+            for h in range(HKV):
+                assert int(caps[layer, h]) <= (2 + 5 + q + every if streaming(layer, h) else len(p) + T + 1)
+        ref = hf_masked_logits(hf, p + feed[i], lambda layer, h: visible_decoding(
+            streaming(layer, h), len(p) + T, c, len(p), 8, every))
+        for t, got in enumerate(steps):
+            assert rel_err(got[i], ref[len(p) - 1 + t]) <= 1e-6, (i, t)
+    alone = [lw.load(folder, device="cpu", dtype="float64", kv=spec).generate_ids([x], max_new_tokens=9)[0]
+             for x in prompts]
+    assert lm.generate_ids(prompts, max_new_tokens=9) == alone
+
+
+def visible_decoding(stream: bool, n: int, c: int, P: int, chunk: int, every: int, sinks: int = 2, recent: int = 5):
+    """[n, n] bool: visible() for the prompt (P tokens, context c); a decode query P + t sees what the last eviction
+    (after step u, the latest u < t with (u + 1) % every == 0, at length e = P + u + 1) kept, the sinks, the
+    question and the newest `recent`, and every token since; before the first, what prefill kept."""
+    ok = visible(stream, n, c, chunk, sinks, recent)
+    if not stream:
+        return ok
+    j = torch.arange(n)
+    for i in range(P, n):
+        t = i - P
+        done = [u for u in range(t) if (u + 1) % every == 0]
+        if done:
+            e = P + done[-1] + 1
+            ok[i] = (j <= i) & ((j < sinks) | ((j >= c) & (j < P)) | (j >= e - recent))
+    return ok
+
+
 def visible(stream: bool, n: int, c: int, chunk: int, sinks: int = 2, recent: int = 5):
     """[n, n] bool: what query i sees of key j in one head, by DuoAttention's rule as the engine runs it: causal;
     a streaming head's queries in a prefill chunk starting at a see, of the keys before a, only the sinks and the
@@ -160,7 +222,7 @@ def test_bad_input_gets_one_line(models, table, tmp_path):
                         (f"duo:calibration={tmp_path / 'none.json'}", "no calibration file at"),
                         (f"duo:heads=1.5,calibration={table}", "heads .* must be in"),
                         (f"duo:recent=0,calibration={table}", "recent >= 1"),
-                        (f"duo:every=2,calibration={table}", "drop every")]:
+                        (f"duo:every=-1,calibration={table}", "every must be >= 0")]:
         with pytest.raises(LengthwiseError, match=needle):
             kv.parse(bad)
     other = tmp_path / "other.json"

@@ -66,8 +66,6 @@ class Duo(Policy):
             raise LengthwiseError(f"duo: heads (the share of kv heads made streaming) must be in [0, 1], got {self.heads:g}")
         if self.sinks < 0 or self.recent < 1:
             raise LengthwiseError(f"duo: sinks must be >= 0 and recent >= 1, got sinks={self.sinks}, recent={self.recent}")
-        if self.every:
-            raise LengthwiseError("duo splits its heads once, at the end of prefill: drop every=")
         p = Path(self.calibration)
         if not p.is_file():
             raise LengthwiseError(f"duo: no calibration file at {p}: write one with `lengthwise kv-calibrate "
@@ -95,19 +93,38 @@ class Duo(Policy):
     def head_capacities(self, prompts: list[int], context: list[int] | None, new: int, chunk: int, n_layers: int,
                         n_kv_heads: int) -> list[list[list[int]]]:
         """[L][Hkv][B]: a retrieval head's region holds its whole sequence; a streaming head's its window plus one
-        prefill chunk of the context (evicted after each), then the question and the new tokens."""
+        prefill chunk of the context (evicted after each), then the question and the new tokens, or, with
+        every=K, at most its window, the question and the K steps between evictions."""
         stream = self.streaming_heads(n_layers, n_kv_heads).tolist()
         C = prompts if context is None else context
         whole = [p + new for p in prompts]
-        window = [min(c, self.sinks + self.recent + chunk) + p - c + new for p, c in zip(prompts, C)]
+        window = [min(c, self.sinks + self.recent + chunk) + p - c + (0 if self.every else new)
+                  for p, c in zip(prompts, C)]
+        if self.every:
+            window = [max(w, min(p + new, self.sinks + self.recent + p - c + self.every))
+                      for w, p, c in zip(window, prompts, C)]
         return [[window if s else whole for s in layer] for layer in stream]
+
+    def decode_need(self, cache, new: int) -> torch.Tensor:
+        """[L, Hkv * B]: each head's region from the end of prefill on: what it keeps plus the new tokens, or for a
+        streaming head evicting every K steps at most its window, the question and K tokens."""
+        grow = cache.kept + new
+        if not self.every:
+            return grow
+        stream = self.streaming_heads(cache.n_layers, cache.Hkv).to(grow.device)  # [L, Hkv]
+        ctx = cache.prompt_len if cache.context is None else torch.minimum(cache.prompt_len, cache.context)
+        cap = self.sinks + self.recent + (cache.prompt_len - ctx) + self.every  # [B]
+        bound = torch.minimum(grow, torch.maximum(cache.kept, cap.repeat(cache.Hkv)[None, :]))
+        return torch.where(stream.repeat_interleave(cache.B, dim=1), bound, grow)
 
     def check_model(self, model) -> None:
         self.streaming_heads(model.cfg.n_layers, model.cfg.n_kv_heads)
 
     def compress_heads(self, cache, layer, seqs, budgets, q=None, cu_q=None, scale=None) -> None:
-        """Streaming heads keep their context's first `sinks` and last `recent` tokens, and everything after the
-        context; retrieval heads keep all."""
+        """In prefill, streaming heads keep their context's first `sinks` and last `recent` tokens, and everything
+        after the context; in decode (every=K), the sinks, the question (the prompt past the context, kept out of
+        compression) and the newest `recent` tokens: the window slides, so their memory stays bounded however
+        long the answer. Retrieval heads keep all."""
         from .headwise import gather_heads, keep_heads
         stream = self.streaming_heads(cache.n_layers, cache.Hkv)[layer].to(seqs.device)  # [Hkv]
         if not bool(stream.any()):
@@ -115,9 +132,14 @@ class Duo(Policy):
         heads, slots, valid = gather_heads(cache, layer, seqs)
         B, Hkv, S = len(seqs), cache.Hkv, slots.shape[1]
         pos = cache.pos[layer][slots][..., 0].long().view(B, Hkv, S)
-        end = cache.length[seqs] if cache.context is None else torch.minimum(cache.length[seqs], cache.context[seqs])
-        end = end[:, None, None]  # the context's end: tokens past it stay
-        window = (pos < self.sinks) | (pos >= end - self.recent) | (pos >= end)
+        n = cache.length[seqs]
+        prompt = cache.prompt_len[seqs]
+        ctx = prompt if cache.context is None else torch.minimum(prompt, cache.context[seqs])
+        end = torch.minimum(n, ctx)[:, None, None]  # the context's end: tokens past it stay in prefill
+        decoding = (n > prompt)[:, None, None]
+        question = (pos >= ctx[:, None, None]) & (pos < prompt[:, None, None])
+        slide = question | (pos >= n[:, None, None] - self.recent)
+        window = (pos < self.sinks) | torch.where(decoding, slide, (pos >= end - self.recent) | (pos >= end))
         keep = valid.view(B, Hkv, S) & (window | ~stream[None, :, None])
         keep_heads(cache, layer, heads, slots, keep)
 
