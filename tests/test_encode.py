@@ -90,6 +90,33 @@ def test_pipeline_is_todays_path_bit_for_bit(pair):
     assert all(d[k] > 0 for k in ("tokenize", "pack", "forward", "pool", "wall"))
 
 
+def test_prompt_names_and_query_document_as_sentence_transformers(pair, tmp_path, minilm_path):
+    """prompt_name looks the prompt up as sentence-transformers does (its built-in empty "query" and "document",
+    or the folder's own prompts), encode_query / encode_document pick theirs, and prompt= wins over a name."""
+    enc, st = pair
+    for kw in (dict(prompt_name="query"), dict(prompt_name="document"), dict(prompt="query: ", prompt_name="query")):
+        _close(enc.encode(TEXTS, **kw), st.encode(TEXTS, **kw), "float32")
+    _close(enc.encode_query(TEXTS), st.encode_query(TEXTS), "float32")
+    _close(enc.encode_document(TEXTS), st.encode_document(TEXTS), "float32")
+    # a folder naming its own prompts
+    import json
+    import shutil
+    from sentence_transformers import SentenceTransformer
+    src = minilm_path.parent if minilm_path.is_file() else minilm_path
+    folder = tmp_path / "m"
+    shutil.copytree(src, folder)
+    cfg = json.loads((folder / "config_sentence_transformers.json").read_text())
+    cfg["prompts"] = {"query": "query: ", "passage": "passage: "}
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(cfg))
+    ours, ref = lw.load(str(folder), device="cpu", dtype="float32"), SentenceTransformer(str(folder), device="cpu")
+    for call in (lambda m: m.encode(TEXTS, prompt_name="passage"), lambda m: m.encode_query(TEXTS),
+                 lambda m: m.encode_document(TEXTS)):
+        _close(call(ours), call(ref), "float32")
+    assert not np.allclose(ours.encode_query(TEXTS), ours.encode(TEXTS))  # the prompt does change the vectors
+    with pytest.raises(LengthwiseError, match="prompt_name 'nope' is not one of this model's prompts"):
+        enc.encode(TEXTS, prompt_name="nope")
+
+
 def test_bad_input_is_one_line(pair):
     enc, _ = pair
     for call, needle in [(lambda: enc.encode(TEXTS, batch_size=0), "batch_size must be"),
@@ -98,6 +125,7 @@ def test_bad_input_is_one_line(pair):
                          (lambda: enc.encode(TEXTS, output_value=None), "output_value None"),
                          (lambda: enc.encode(["a", 3]), "input 1 is int"),
                          (lambda: enc.encode(7), "a string or a list of strings"),
+                         (lambda: enc.encode(TEXTS, pool=None), "pool is not supported here"),
                          (lambda: enc.embed([TEXTS[3]]), "input 0 has 362 tokens, over the 256")]:
         with pytest.raises(LengthwiseError, match=needle) as e:
             call()

@@ -190,6 +190,10 @@ def test_chat_with_a_system_turn_renders_as_apply_chat_template(smolish):
 @pytest.mark.parametrize("kw,needle", [
     (dict(n=0), "n must be an integer of at least 1"),
     (dict(top_k=-1), "top_k must be an integer >= 0"),
+    (dict(do_sample=True), "generate has no option 'do_sample': use sampling is temperature > 0"),
+    (dict(max_tokens=4), "max_tokens is vLLM's name"),
+    (dict(num_return_sequences=2), "n is the samples per prompt"),
+    (dict(topk=2), "generate has no option 'topk': its options are max_new_tokens"),
     (dict(min_p=1.5), r"min_p must be a number in \[0, 1\]"),
     (dict(min_p=-0.1), r"min_p must be a number in \[0, 1\]"),
     (dict(stop=""), "stop string 0 is empty"),

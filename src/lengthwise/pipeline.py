@@ -69,6 +69,28 @@ class _Loaded:
         return f"{type(self).__name__}({self.name!r}, arch={self.arch}, device={self.device}, dtype={self.dtype}, backend={self.backend})"
 
 
+CONTROLS = ("top_k", "min_p", "repetition_penalty", "stop", "stop_token_ids", "n", "logprobs", "system",
+            "max_batch_tokens", "context")
+_PEER_NAMES = {  # what HF generate or vLLM's SamplingParams call these
+    "do_sample": "sampling is temperature > 0 (HF's do_sample switch has no counterpart)",
+    "max_tokens": "max_new_tokens is the count of new tokens (max_tokens is vLLM's name)",
+    "max_length": "max_new_tokens is the count of new tokens (HF's max_length counts the prompt too)",
+    "num_return_sequences": "n is the samples per prompt (HF's num_return_sequences)",
+    "eos_token_id": "stop_token_ids adds end ids to the checkpoint's own",
+    "stop_strings": "stop takes the strings (HF's stop_strings)",
+    "random_seed": "seed", "generator": "seed (one generator per call)"}
+
+
+def _check_controls(controls: dict) -> None:
+    """generate's keyword controls: a name it does not take is one line, with its name here where a peer's differs."""
+    for k in controls:
+        if k not in CONTROLS:
+            hint = _PEER_NAMES.get(k)
+            raise LengthwiseError(f"generate has no option {k!r}: " + (f"use {hint}" if hint else
+                                  f"its options are max_new_tokens, temperature, top_p, seed, chat, truncate, "
+                                  f"details, {', '.join(CONTROLS)}"))
+
+
 def _batch(inputs, what: str) -> list:
     """The inputs as a list; one string, or anything that is not a sequence, is a mistake worth naming."""
     not_rows = isinstance(inputs, (torch.Tensor, np.ndarray)) and inputs.ndim != 2  # an array holds rows of ids
@@ -254,6 +276,7 @@ class CausalLM(_Loaded):
         torch.manual_seed. Samples repeat for the same prompts, n and groups; the groups follow max_batch_tokens,
         whose default comes from free memory, so give max_batch_tokens where sampled runs must repeat on another
         machine (vLLM seeds each request apart; this does not). Greedy output never depends on the groups."""
+        _check_controls(controls)
         if not details:
             self._need_tokenizer()
         out = self._complete(prompts, max_new_tokens, temperature, top_p, seed, chat, truncate, progress, **controls)
@@ -270,6 +293,7 @@ class CausalLM(_Loaded):
         """New token ids per prompt (EOS included when hit), under the model's KV policy (self.kv). timing: a
         generate.Timing to add this call's prefill and decode seconds to. check_context=False runs prompts and
         new tokens past the context the model reaches (an eval that measures what happens there)."""
+        _check_controls(controls)
         return [c.token_ids for c in self._complete(prompts, max_new_tokens, temperature, top_p, seed, chat, truncate,
                                                     progress, timing, check_context, text=False, **controls)]
 
@@ -337,6 +361,7 @@ class Encoder(_Loaded):
         self.head = settings["head"].to(self.device)  # pooling, then the folder's Dense and Normalize modules
         self.max_seq_length = min(settings["max_seq_length"] or self.config.context_length, self.config.context_length)
         self._fast = None  # encode.FastTokenizer, built on the first text call
+        self.prompts = dict(settings.get("prompts") or {"query": "", "document": ""})  # encode's prompt_name picks
 
     @property
     def context_length(self) -> int:
@@ -405,13 +430,26 @@ class Encoder(_Loaded):
                output_value: str = "sentence_embedding", precision: str = "float32", convert_to_numpy: bool = True,
                convert_to_tensor: bool = False, device: str | torch.device | None = None,
                normalize_embeddings: bool = False, truncate_dim: int | None = None,
-               max_tokens_per_forward: int | None = None, prompt: str | None = None):
+               max_tokens_per_forward: int | None = None, prompt: str | None = None, prompt_name: str | None = None,
+               **unsupported):
         """sentence-transformers' encode, with its return conventions: [N, D] float32 ndarray by default, one
         tensor (convert_to_tensor, on the model's device), or a list of 1-D tensors (convert_to_numpy=False); one
         string gives one 1-D vector. Texts past max_seq_length are cut, as there. batch_size bounds memory as a
         padded batch would: a forward packs at most batch_size x max_seq_length tokens (max_tokens_per_forward
         overrides), from as many texts as fit. Embeddings are float32 whatever the weights' dtype.
-        prompt: prepended to every text (folders whose pooling excludes the prompt are refused)."""
+        prompt: prepended to every text (folders whose pooling excludes the prompt are refused); prompt_name: one
+        of self.prompts (the folder's config_sentence_transformers.json prompts, and "query" and "document", empty
+        unless it names them), as sentence-transformers looks it up; prompt wins where both are given."""
+        if unsupported:
+            raise LengthwiseError(f"encode: {', '.join(sorted(unsupported))} "
+                                  f"{'is' if len(unsupported) == 1 else 'are'} not supported here (sentence-transformers' "
+                                  "multi-process pool and chunk_size have no counterpart: one process packs every "
+                                  "batch): drop it")
+        if prompt is None and prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise LengthwiseError(f"prompt_name {prompt_name!r} is not one of this model's prompts "
+                                      f"({', '.join(map(repr, self.prompts))}): name one, or pass prompt=")
+            prompt = self.prompts[prompt_name] or None
         if sentences is None or isinstance(sentences, (bytes, np.ndarray, torch.Tensor)) or not (
                 isinstance(sentences, str) or hasattr(sentences, "__len__")):
             raise LengthwiseError(f"encode takes a string or a list of strings, not {type(sentences).__name__}")
@@ -457,6 +495,18 @@ class Encoder(_Loaded):
         else:
             out = list(out)
         return out[0] if one else out
+
+
+    def encode_query(self, sentences, **kw):
+        """encode with the "query" prompt (sentence-transformers' encode_query)."""
+        kw.setdefault("prompt_name", "query")
+        return self.encode(sentences, **kw)
+
+    def encode_document(self, sentences, **kw):
+        """encode with the first of the "document", "passage" or "corpus" prompts the model has
+        (sentence-transformers' encode_document)."""
+        kw.setdefault("prompt_name", next(n for n in ("document", "passage", "corpus", "query") if n in self.prompts))
+        return self.encode(sentences, **kw)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -476,7 +476,7 @@ def sentence_transformers_settings(folder: Path | None, dim: int) -> dict:
     Without such config, or without a folder (an in-memory model): mean pooling, no normalization
     (sentence-transformers' own default).
     """
-    from .sentence import SentenceHead, read_head
+    from .sentence import SentenceHead, read_head, read_prompts
     head = read_head(folder, dim) if folder is not None else SentenceHead(("mean",), [], dim, None)
     return {"head": head, "pooling": head.modes[0] if len(head.modes) == 1 else head.modes,
-            "normalize": head.normalize, "max_seq_length": head.max_seq_length}
+            "normalize": head.normalize, "max_seq_length": head.max_seq_length, "prompts": read_prompts(folder)}

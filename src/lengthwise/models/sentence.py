@@ -200,6 +200,20 @@ def _transformer(folder: Path) -> int | None:
     return n
 
 
+def read_prompts(folder: Path | None) -> dict[str, str]:
+    """The named prompts encode's prompt_name picks from, as sentence-transformers has them: "query" and "document"
+    (empty) unless the folder's config_sentence_transformers.json names its own."""
+    out = {"query": "", "document": ""}
+    file = Path(folder) / "config_sentence_transformers.json" if folder is not None and Path(folder).is_dir() else None
+    if file is None or not file.exists():
+        return out
+    prompts = _read(file).get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str))
+                                                for k, v in prompts.items()):
+        raise LengthwiseError(f"{file}: prompts must map names to strings")
+    return {**out, **{k: v or "" for k, v in prompts.items()}}
+
+
 def read_head(folder: Path, dim: int) -> SentenceHead:
     """The head a folder states; without modules.json, mean pooling and nothing else (sentence-transformers'
     own default for a plain transformers folder)."""
