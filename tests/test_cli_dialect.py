@@ -84,13 +84,13 @@ def test_messages_lines(model, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--n", "0"], "--n must be an integer of at least 1"),
-    (["--top-k", "-1"], "top_k must be an integer >= 0"),
-    (["--min-p", "1.5"], "min_p must be a number in [0, 1]"),
-    (["--min-p", "-0.1"], "min_p must be a number in [0, 1]"),
+    (["--top-k", "-1"], "--top-k must be an integer >= 0"),
+    (["--min-p", "1.5"], "--min-p must be a number in [0, 1]"),
+    (["--min-p", "-0.1"], "--min-p must be a number in [0, 1]"),
     (["--stop", ""], "--stop string 0 is empty"),
     (["--stop", "ok", "--stop", ""], "--stop string 1 is empty"),
     (["--logprobs", "-1"], "--logprobs must be an integer from 0 to 100"),
-    (["--repetition-penalty", "0"], "repetition_penalty must be a finite number > 0"),
+    (["--repetition-penalty", "0"], "--repetition-penalty must be a finite number > 0"),
 ])
 def test_bad_generate_values_are_one_line_before_loading(prompts, args, needle):
     """--model no/such: had a check come after loading, the error would be about the missing model."""

@@ -527,9 +527,13 @@ def generate(
     if top_p <= 0:
         raise typer.BadParameter("must be greater than 0", param_hint="'--top-p'")
     from .sampling import Sampling, check_logprobs, check_n, check_stop
-    # a NaN, infinite or out-of-range value fails before the model loads
-    Sampling(temperature, top_p, seed, top_k, min_p, repetition_penalty)
-    check_sampling(temperature)
+    # a NaN, infinite or out-of-range value fails before the model loads, named by its flag
+    try:
+        Sampling(temperature, top_p, seed, top_k, min_p, repetition_penalty)
+        check_sampling(temperature)
+    except LengthwiseError as e:
+        raise LengthwiseError(re.sub(r"^(temperature|top_p|top_k|min_p|repetition_penalty|seed)\b",
+                                     lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
     lw.kv.parse(kv)  # a bad policy or kv dtype fails before the model loads
     lw.kv.check_kv_dtype(kv_dtype)
     check_n(n, "--n")
@@ -544,6 +548,8 @@ def generate(
     lm = _load(ctx, model, device, dtype, backend, positions, kv=kv, kv_dtype=kv_dtype)
     if not isinstance(lm, lw.CausalLM):
         raise LengthwiseError(f"{model} is an encoder ({lm.arch}), not a text generator: use lengthwise embed")
+    from .sampling import check_token_ids
+    check_token_ids(stop_token_id, "--stop-token-id", lm.config.vocab_size)
     with _too_long(input, linenos, "lower --max-new-tokens or pass --truncate (keeps the last tokens)"), \
             _progress("generating", len(prompts), "prompts") as done:
         out = lm.complete(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
