@@ -568,6 +568,9 @@ def report(path: str | Path | list, out_dir: str | Path | None = None, markdown_
         r, w = read_results(p)
         records += r
         warnings += [f"{p.name}: {x}" if len(paths) > 1 else x for x in w]
+    if len(paths) > 1:  # the same cell in two stores (a copy, a rerun) counts once: the later store's
+        records = _keep_last(records, lambda r: str(r["id"]) if "id" in r else None, "a cell of an earlier store",
+                             warnings)
     written = plots(records, out_dir, threshold)
     md = markdown(records, warnings, threshold)
     if markdown_path is not None:
@@ -575,7 +578,7 @@ def report(path: str | Path | list, out_dir: str | Path | None = None, markdown_
     if markdown_path is not None:
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(markdown_path, "w") as f:
-            f.write(md)
+            f.write(md if md.endswith("\n") else md + "\n")
     return {"table": accuracy_table(records), "plots": written, "warnings": warnings, "markdown": md}
 
 
@@ -741,7 +744,7 @@ def lab_report(paths: list[Path], out_dir: Path | None = None, markdown_path: Pa
         markdown_path = Path(markdown_path)
         md += plot_links(written, markdown_path.parent)
         with atomic_write(markdown_path, "w") as f:
-            f.write(md)
+            f.write(md if md.endswith("\n") else md + "\n")
     return {"text": text, "plots": written, "warnings": warnings, "mrr": mrr, "markdown": md, "records": records}
 
 

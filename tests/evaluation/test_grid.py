@@ -125,6 +125,8 @@ def test_parsing_lengths_and_depths():
         parse_depths("0")
     with pytest.raises(LengthwiseError, match="cannot read length"):
         parse_lengths("1q")
+    with pytest.raises(LengthwiseError, match="has an empty item"):
+        parse_lengths("1k,,")
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -242,3 +244,26 @@ def test_a_gated_remaps_two_sides_are_timed_apart(tiny_lm, monkeypatch):
     outputs, timing = runner.generate(samples)
     assert len(calls) == 2 and len(outputs) == 3
     assert timing["prefill_s"] == 2.0 and timing["decode_s"] == 20.0
+
+
+def test_a_resumed_store_says_its_damage_and_report_counts_a_cell_once_across_stores(tiny_lm, tmp_path):
+    """eval resumes around a damaged middle line and says so; the default kernel named (cpu_flash here) is the same
+    run as auto; report of two stores holding the same cells counts each cell once, and says so."""
+    args = ["eval", "--model", str(tiny_lm), "--device", "cpu", "--tasks", "passkey", "--lengths", "300",
+            "--depths", "1", "--samples", "2"]
+    out = tmp_path / "r.jsonl"
+    assert CliRunner().invoke(cli.app, [*args, "-o", str(out)]).exit_code == 0
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:2] + ["this is garbage"] + lines[2:]) + "\n")
+    before = out.read_bytes()
+    r = CliRunner().invoke(cli.app, [*args, "--backend", "cpu_flash", "-o", str(out)])
+    assert r.exit_code == 0 and "already in" in r.stderr, r.output
+    assert "line 3: not valid JSON" in r.stderr and "warning" in r.stderr
+    assert out.read_bytes() == before  # said, not changed
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text("\n".join(lines) + "\n")
+    from lengthwise.report import report
+    one = report([copy], tmp_path / "p1")
+    two = report([copy, copy], tmp_path / "p2")
+    assert [row["n"] for row in two["table"]] == [row["n"] for row in one["table"]] == [2]
+    assert any("repeat a cell of an earlier store" in w for w in two["warnings"])

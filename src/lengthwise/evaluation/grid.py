@@ -118,12 +118,16 @@ def store_config(cfg: EvalConfig) -> dict:
     device = resolve_device(cfg.device).type  # the kind: cuda:0 and cuda:1 run the same kernels
     dtype = cfg.dtype if isinstance(cfg.dtype, str) or cfg.dtype is None else str(cfg.dtype).removeprefix("torch.")
     dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
+    kernel = getattr(cfg, "kernel", "auto")
+    if kernel == ("varlen" if device == "cuda" and dtype in ("bfloat16", "float16") else
+                  "cpu_flash" if device == "cpu" and dtype in ("float32", "bfloat16", "float16") else "reference"):
+        kernel = "auto"  # naming the kernel auto picks: the same run, keyed alike
     kv_dtype = getattr(cfg, "kv_dtype", "auto")
     kv_dtype = "auto" if kv_dtype == "bf16" and dtype == "bfloat16" else kv_dtype  # the same cache: keyed alike
     return {"model": cfg.model, "model_sha256": L.content_hash(L.resolve(cfg.model)), "backend": cfg.backend,
             "dtype": dtype, "device": device, "chat": cfg.chat,
             "positions": cfg.method, "hf_rope": cfg.hf_rope, "kv": getattr(cfg, "kv", None) or "full",
-            "seed": cfg.seed, **({"kernel": cfg.kernel} if getattr(cfg, "kernel", "auto") != "auto" else {}),
+            "seed": cfg.seed, **({"kernel": kernel} if kernel != "auto" else {}),
             **({"kv_question": cfg.kv_question} if (getattr(cfg, "kv", None) or "full") != "full" else {}),
             **({"kv_dtype": kv_dtype} if kv_dtype != "auto" else {}),  # stores from before kv_dtype keep their keys
             **_kv_files(getattr(cfg, "kv", None) or "full")}
@@ -244,7 +248,10 @@ def _batches(todo: list[Cell], max_tokens: int) -> list[list[Cell]]:
 def parse_lengths(text: str) -> list[int]:
     """'1k,2k,4k' -> [1024, 2048, 4096]; plain numbers are tokens."""
     out = []
-    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+    parts = [p.strip().lower() for p in text.split(",")]
+    if len(parts) > 1 and "" in parts:
+        raise LengthwiseError(f"lengths {text!r} has an empty item: separate the lengths with single commas, e.g. 1k,2k,4k")
+    for part in (p for p in parts if p):
         try:
             out.append(int(float(part[:-1]) * 1024) if part.endswith("k") else int(part))
         except (ValueError, OverflowError):  # "abc", "nan", "infk"
