@@ -213,13 +213,19 @@ def _mean(xs: Iterable[float]) -> float:
 
 
 def accuracy_table(records: list[dict]) -> list[dict]:
-    """Rows {model, method, backend, task, length, accuracy, n}: mean score (0..1) over the n cells."""
+    """Rows {model, method, backend, task, length, accuracy, n, kv_mb}: mean score (0..1) over the n cells, and
+    the mean KV-cache size per sequence in decode (MiB) the engine measured (kv_bytes), None where none did."""
     cells: dict[tuple, list[float]] = defaultdict(list)
+    kv: dict[tuple, list[float]] = defaultdict(list)
     for r, v in zip(records, _variants(records)):
-        cells[(r["model"], r["method"], r["backend"], v, r["task"], r["length"])].append(r["score"])
+        key = (r["model"], r["method"], r["backend"], v, r["task"], r["length"])
+        cells[key].append(r["score"])
+        if _is_number(r.get("kv_bytes")):
+            kv[key].append(r["kv_bytes"] / 2**20)
     keys = sorted(cells, key=lambda k: (_group_key(k[:4]), _natural(k[4]), k[5]))
     return [dict(model=k[0], method=k[1], backend=k[2], variant=k[3], task=k[4], length=k[5],
-                 accuracy=_mean(cells[k]), n=len(cells[k])) for k in keys]
+                 accuracy=_mean(cells[k]), n=len(cells[k]), kv_mb=_mean(kv[k]) if kv.get(k) else None)
+            for k in keys]
 
 
 def _pivot(rows: list[dict]) -> list[tuple[tuple[str, ...], list[str], list[int], dict]]:
@@ -287,6 +293,11 @@ def _grid(tasks, lengths, cell, value, mean_label: str | None = None,
         rows[0].append(f"effective (≥{100 * threshold + 0.0:g}%)")
         for row, acc in zip(rows[1:], accs):
             row.append(_effective_label(acc, threshold, lengths))
+    if mean_label and any(r.get("kv_mb") is not None for r in cell.values()):  # the cache each length held
+        mb = {n: _mean([cell[(t, n)]["kv_mb"] for t in tasks
+                        if (t, n) in cell and cell[(t, n)].get("kv_mb") is not None]) for n in lengths}
+        rows.append(["KV MiB/seq"] + ["-" if math.isnan(mb[n]) else f"{mb[n]:.3g}" for n in lengths]
+                    + ([""] if threshold is not None else []))
     return rows
 
 

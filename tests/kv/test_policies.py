@@ -304,6 +304,11 @@ def test_eval_records_kv_and_the_measured_bytes_and_report_keeps_them_apart(tmp_
     text = json.dumps(rows, default=str)
     for spec in ("snapkv:ratio=0.5", "streaming:ratio=0.75,sinks=4"):
         assert spec in text
+    # each policy's block shows the cache it held, as measured: the records' mean kv_bytes in MiB
+    table = lw.report.format_table(rows["table"])
+    shown = [float(line.split()[-1]) for line in table.splitlines() if line.startswith("KV MiB/seq")]
+    assert len(shown) == 3 and "KV MiB/seq" in rows["markdown"]
+    assert sorted(shown, reverse=True) == pytest.approx([b / 2**20 for b in sorted(got.values(), reverse=True)], rel=0.1)
 
 
 def test_cli_refuses_a_bad_kv_spec_in_one_line(tmp_path):
