@@ -267,3 +267,16 @@ def test_a_resumed_store_says_its_damage_and_report_counts_a_cell_once_across_st
     two = report([copy, copy], tmp_path / "p2")
     assert [row["n"] for row in two["table"]] == [row["n"] for row in one["table"]] == [2]
     assert any("repeat a cell of an earlier store" in w for w in two["warnings"])
+
+
+def test_a_distractor_task_keeps_its_distractors_so_its_score_can_be_checked(tiny_lm, tmp_path):
+    """confusing_facts scores 0 when a distractor's value appears: its records carry the distractors, and the
+    score follows from output, answers and distractors alone."""
+    from lengthwise.tasks.scoring import contains
+    cfg = EvalConfig(model=str(tiny_lm), tasks=["confusing_facts"], lengths=[600], depths=[50.0], samples=2,
+                     device="cpu")
+    run(cfg, ResultStore(tmp_path / "cf.jsonl"), make_runner(cfg))
+    for r in _records(tmp_path / "cf.jsonl"):
+        assert len(r["distractors"]) == 4 and r["answers"][0] not in r["distractors"]
+        right = contains(r["output"], r["answers"][0]) and not any(contains(r["output"], v) for v in r["distractors"])
+        assert r["score"] == float(right)

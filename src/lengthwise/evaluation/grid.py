@@ -223,6 +223,9 @@ def _run(cfg: EvalConfig, config: dict, store: ResultStore, runner, todo: list[C
                 "id": c.id, "model": cfg.model, "method": cfg.method, "backend": cfg.backend, "task": c.task,
                 "length": c.length, "depth": c.depth, "sample": c.sample, "seed": s.seed,
                 "score": task.score(out, s), "output": out, "answers": list(s.answers),
+                # a task that scores 0 when a distractor's value appears (confusing_facts) keeps them, so the
+                # score can be checked from the store alone
+                **({"distractors": list(s.meta["distractors"])} if "distractors" in s.meta else {}),
                 "prompt_tokens": s.n_tokens, **timing, **{k: v[j] for k, v in per.items()}, "batch_size": len(batch),
                 "kv": config.get("kv", "full"), "kv_dtype": config.get("kv_dtype", "auto"), "config": config,
                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
