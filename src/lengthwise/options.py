@@ -40,8 +40,10 @@ def parse_kwargs(name: str, parts: list[str], cls, example: str = "...") -> dict
         key, eq, value = (s.strip() for s in part.partition("="))
         if key not in known:
             opts = ", ".join(known) or "none"
+            first = next(iter(known), None)
+            shown = {bool: "true", str: "..."}.get(known[first], example) if first else example
             raise LengthwiseError(f"{name}: cannot read option {part!r}: {name} has no option {key!r} (options: {opts})"
-                                  + (f"; write e.g. {name}:{next(iter(known))}={example}" if known else ""))
+                                  + (f"; write e.g. {name}:{first}={shown}" if known else ""))
         if not eq:
             raise LengthwiseError(f"{name}: option {key!r} needs a value, as in {key}=...")
         if key in kw:

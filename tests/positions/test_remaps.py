@@ -220,6 +220,12 @@ def test_generation_packed_equals_one_at_a_time(folder):
     ("linear:factor=inf", "factor must be a finite number"),
     ("sinks:sinks=32", "leaves no window"),
     ("sinks:sinks=40", "leaves no window"),
+    # original: the trained length a scaling measures against; negative or past the trained context is refused
+    ("llama3:original=-3", "llama3: original must be >= 0"),
+    ("longrope:factors=1/1/1/1/2/2/2/2,original=-1", "longrope: original must be >= 0"),
+    ("yarn:factor=4,original=1000", "original=1000 is past this model's 32-token trained context"),
+    ("llama3:factor=4,original=33", "past this model's 32-token trained context"),
+    ("none:factor=2", "write e.g. none:beyond=true"),
 ])
 def test_bad_schemes_fail_with_one_line(folder, spec, match):
     with pytest.raises(lw.LengthwiseError, match=match):

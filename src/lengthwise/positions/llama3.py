@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import LengthwiseError
-from .rope import RoPE, at_least_one, default_inv_freq
+from .rope import RoPE, at_least_one, check_original, default_inv_freq
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Llama3(RoPE):
         at_least_one("factor", self.factor, self.name)
         if not self.high_freq_factor > self.low_freq_factor > 0:
             raise LengthwiseError("llama3: need high_freq_factor > low_freq_factor > 0")
+        check_original(self.name, self.original, trained)
 
     def inv_freq(self, head_dim, base, trained):
         orig = self.original or trained

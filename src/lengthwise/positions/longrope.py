@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import LengthwiseError
-from .rope import RoPE
+from .rope import RoPE, check_original
 
 
 @functools.lru_cache(maxsize=32)
@@ -57,6 +57,7 @@ class LongRoPE(RoPE):
         vals = self.factors + self.short_factors
         if not all(0 < v < float("inf") for v in vals) or not (0 <= self.factor < float("inf")) or self.attn_factor < 0:
             raise LengthwiseError("longrope: every factor must be a finite number > 0")
+        check_original(self.name, self.original, trained)
         if self.short_factors and len(self.short_factors) != len(self.factors):
             raise LengthwiseError(f"longrope: {len(self.short_factors)} short_factors for {len(self.factors)} factors")
 

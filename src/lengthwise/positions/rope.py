@@ -79,6 +79,16 @@ def positive(name: str, value: float, scheme: str) -> None:
         raise LengthwiseError(f"{scheme}: {name} must be a finite number > 0, got {value:g}")
 
 
+def check_original(scheme: str, original: int, trained: int) -> None:
+    """original: the trained length a scaling measures against (0: the model's own). Negative, or past the
+    trained context (which would claim a reach the model never had), is refused."""
+    if original < 0:
+        raise LengthwiseError(f"{scheme}: original must be >= 0 (0: the model's own trained length), got {original}")
+    if trained and original > trained:
+        raise LengthwiseError(f"{scheme}: original={original} is past this model's {trained}-token trained context: give "
+                              "the length it was trained to, or 0 for its own")
+
+
 def at_least_one(name: str, value: float, scheme: str) -> None:
     positive(name, value, scheme)
     if value < 1:

@@ -27,7 +27,7 @@ class Sinks(Remap):
 
     def check(self, trained):
         if self.sinks < 1 or self.window < 0:
-            raise LengthwiseError(f"sinks: need sinks >= 1 and window >= 1, got sinks={self.sinks}, window={self.window}")
+            raise LengthwiseError(f"sinks: need sinks >= 1 and window >= 1 (or 0: the trained length minus the sinks), got sinks={self.sinks}, window={self.window}")
         if self._window(trained) < 1:
             raise LengthwiseError(f"sinks: sinks={self.sinks} leaves no window in the {trained}-token trained context")
         if self.sinks + self._window(trained) > trained:

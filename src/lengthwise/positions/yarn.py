@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import LengthwiseError
-from .rope import RoPE, at_least_one, default_inv_freq
+from .rope import RoPE, at_least_one, check_original, default_inv_freq
 
 
 @functools.lru_cache(maxsize=None)  # never evicted: a captured CUDA graph reads these tables by address
@@ -67,6 +67,7 @@ class YaRN(RoPE):
             raise LengthwiseError(f"yarn: need beta_fast > beta_slow > 0, got {self.beta_fast:g} and {self.beta_slow:g}")
         if self.attn_factor < 0 or self.original < 0:
             raise LengthwiseError("yarn: attn_factor and original must be >= 0 (0 means the default)")
+        check_original(self.name, self.original, trained)
 
     def _table(self, head_dim, base, trained, device="cpu"):
         return _table(head_dim, float(base), self.original or trained, self.beta_fast, self.beta_slow, self.truncate,
