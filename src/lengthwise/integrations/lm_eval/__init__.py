@@ -34,8 +34,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import logging
 import os
-import warnings
 
 import lm_eval.models  # noqa: F401  the harness's own models registered first (its registry imports them only when empty)
 import torch
@@ -46,6 +46,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import (_add_special_kwargs, handle_stop_sequences, has_bos_prefix,
                                   normalize_gen_kwargs, postprocess_generated_text)
 from tqdm import tqdm
+
+_log = logging.getLogger(__name__)  # under "lengthwise", beside the harness's "lm_eval.*" loggers
 
 from ...errors import LengthwiseError
 
@@ -108,7 +110,7 @@ class LengthwiseLM(TemplateLM):
         elif isinstance(pretrained, (str, os.PathLike)):
             if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
                 # the harness's default device is cuda; its hf model falls back to the CPU the same way
-                warnings.warn(f"device {device}: no CUDA GPU here, running on the CPU", stacklevel=2)
+                _log.warning(f"device {device}: no CUDA GPU here, running on the CPU")  # as the harness's own log
                 device = "cpu"
             if tokenizer is not None:
                 raise LengthwiseError("tokenizer= goes with an in-memory model; a checkpoint brings its own")
