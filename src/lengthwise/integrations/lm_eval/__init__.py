@@ -47,9 +47,9 @@ from lm_eval.models.utils import (_add_special_kwargs, handle_stop_sequences, ha
                                   normalize_gen_kwargs, postprocess_generated_text)
 from tqdm import tqdm
 
-_log = logging.getLogger(__name__)  # under "lengthwise", beside the harness's "lm_eval.*" loggers
-
 from ...errors import LengthwiseError
+
+_log = logging.getLogger(__name__)  # under "lengthwise", beside the harness's "lm_eval.*" loggers
 
 ARGS = ("pretrained", "positions", "kv", "device", "dtype", "backend", "max_length", "max_batch_tokens",
         "max_gen_toks", "add_bos_token", "prefix_token_id", "tokenizer", "batch_size", "max_batch_size")
