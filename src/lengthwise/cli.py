@@ -670,9 +670,14 @@ def eval_(
         return
     resolve_device(device)
     runner = make_runner(cfg)
-    with _progress(f"eval ({todo} of {total} cells)", todo, "cells") as done:
-        n = run(cfg, store, runner, yes=yes, allow_beyond_context=allow_beyond_context,
-                progress=lambda k, _: done(k), warn=_warn, append_config=append_config)
+    try:
+        with _progress(f"eval ({todo} of {total} cells)", todo, "cells") as done:
+            n = run(cfg, store, runner, yes=yes, allow_beyond_context=allow_beyond_context,
+                    progress=lambda k, _: done(k), warn=_warn, append_config=append_config)
+    except KeyboardInterrupt:  # every finished cell is already fsynced into the store
+        _error(f"interrupted: {out} holds {len(store.done_ids() & ids)} of this grid's {total} cells; the same "
+               "command resumes from there")
+        raise typer.Exit(130) from None
     typer.echo(f"ran {n} cells; {out} now holds {len(store.done_ids() & ids)} of this grid's {total}", err=True)
 
 

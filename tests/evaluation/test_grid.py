@@ -280,3 +280,22 @@ def test_a_distractor_task_keeps_its_distractors_so_its_score_can_be_checked(tin
         assert len(r["distractors"]) == 4 and r["answers"][0] not in r["distractors"]
         right = contains(r["output"], r["answers"][0]) and not any(contains(r["output"], v) for v in r["distractors"])
         assert r["score"] == float(right)
+
+
+def test_an_interrupted_eval_says_what_it_kept_and_how_to_resume(tiny_lm, tmp_path, monkeypatch):
+    """Ctrl-C mid-grid: one line naming the cells the store holds and that the same command resumes; exit 130."""
+    import lengthwise.evaluation as E
+    real = E.run
+
+    def interrupted(cfg, store, runner, progress=None, **kw):
+        cfg.samples = 1  # the first sample's cells run, then the user presses Ctrl-C
+        real(cfg, store, runner, progress=progress, **kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(E, "run", interrupted)
+    out = tmp_path / "i.jsonl"
+    r = CliRunner().invoke(cli.app, ["eval", "--model", str(tiny_lm), "--device", "cpu", "--tasks", "passkey",
+                                     "--lengths", "300", "--depths", "1", "--samples", "2", "-o", str(out)])
+    assert r.exit_code == 130, r.output
+    assert r.stderr.strip().splitlines()[-1] == (f"error: interrupted: {out} holds 1 of this grid's 2 cells; the same "
+                                                 "command resumes from there")
+    assert len(_records(out)) == 1
