@@ -57,16 +57,18 @@ def test_probe_equals_hf_attention_mass_outside_the_window(smol, hf_smol, tmp_pa
     assert max(max(r) for r in got["scores"]) > 0.1  # some heads do reach past the window
 
 
+def _two_prompts(folder, table, more: str = ""):
+    """duo (sinks 2, recent 5) in float64, and two prompts of 38 and 27 tokens whose contexts end at 30 and 19."""
+    lm = lw.load(folder, device="cpu", dtype="float64", kv=f"duo:heads=0.5,sinks=2,recent=5,calibration={table}{more}")
+    return lm, lm.module, prompts_of(7, (38, 27)), [30, 19]
+
+
 @pytest.mark.parametrize("chunk", [4096, 8])
 def test_streaming_heads_keep_their_window_and_attention_equals_hf_masked(models, table, chunk):
     """In one prefill forward or in chunks of 8 (a streaming head evicting after each): the kept tokens, and the
     question's and decode steps' logits equal HF's model with each streaming head masked as it runs (visible)."""
     hf, folder = models
-    spec = f"duo:heads=0.5,sinks=2,recent=5,calibration={table}"
-    lm = lw.load(folder, device="cpu", dtype="float64", kv=spec)
-    m = lm.module
-    prompts = prompts_of(7, (38, 27))
-    context = [30, 19]
+    lm, m, prompts, context = _two_prompts(folder, table)
     feed = [[5, 17, 3], [11, 2, 40]]
     cache = new_cache(m, prompts, len(feed[0]) + 1, lm.kv, chunk=chunk, context=context)
     steps = []
@@ -93,10 +95,7 @@ def test_streaming_heads_slide_in_decode_with_every(models, table, every):
     logits equal HF's model with every head masked as the engine runs it; packed equals alone."""
     hf, folder = models
     spec = f"duo:heads=0.5,sinks=2,recent=5,calibration={table},every={every}"
-    lm = lw.load(folder, device="cpu", dtype="float64", kv=spec)
-    m = lm.module
-    prompts = prompts_of(7, (38, 27))
-    context = [30, 19]
+    lm, m, prompts, context = _two_prompts(folder, table, f",every={every}")
     feed = [[5, 17, 3, 8, 21, 9, 30, 2], [11, 2, 40, 6, 12, 33, 7, 4]]
     T = len(feed[0])
     cache = new_cache(m, prompts, T + 1, lm.kv, chunk=8, context=context)
