@@ -69,8 +69,10 @@ class _Loaded:
         return f"{type(self).__name__}({self.name!r}, arch={self.arch}, device={self.device}, dtype={self.dtype}, backend={self.backend})"
 
 
-CONTROLS = ("top_k", "min_p", "repetition_penalty", "stop", "stop_token_ids", "n", "logprobs", "system",
-            "max_batch_tokens", "context")
+def _controls() -> tuple[str, ...]:
+    """generate's keyword controls: the keyword-only parameters of CausalLM._complete, read from it."""
+    import inspect
+    return tuple(n for n, p in inspect.signature(CausalLM._complete).parameters.items() if p.kind is p.KEYWORD_ONLY)
 _PEER_NAMES = {  # what HF generate or vLLM's SamplingParams call these
     "do_sample": "sampling is temperature > 0 (HF's do_sample switch has no counterpart)",
     "max_tokens": "max_new_tokens is the count of new tokens (max_tokens is vLLM's name)",
@@ -83,12 +85,13 @@ _PEER_NAMES = {  # what HF generate or vLLM's SamplingParams call these
 
 def _check_controls(controls: dict) -> None:
     """generate's keyword controls: a name it does not take is one line, with its name here where a peer's differs."""
+    known = _controls() if controls else ()
     for k in controls:
-        if k not in CONTROLS:
+        if k not in known:
             hint = _PEER_NAMES.get(k)
             raise LengthwiseError(f"generate has no option {k!r}: " + (f"use {hint}" if hint else
                                   f"its options are max_new_tokens, temperature, top_p, seed, chat, truncate, "
-                                  f"details, {', '.join(CONTROLS)}"))
+                                  f"details, {', '.join(known)}"))
 
 
 def _batch(inputs, what: str) -> list:

@@ -322,7 +322,6 @@ def _parse_gguf_fast(path: Path) -> GGUFFile | None:
     try:
         from transformers.integrations.gguf.reader import GgufHeader, read_gguf_metadata
         from gguf import GGMLQuantizationType
-        from gguf.constants import GGML_QUANT_SIZES
         from gguf.quants import quant_shape_to_byte_shape
     except ImportError:
         return None
@@ -342,7 +341,6 @@ def _parse_gguf_fast(path: Path) -> GGUFFile | None:
                 item = np.dtype(plain[qtype])
                 count, shape = int(np.prod(info.shape)), info.shape
             else:
-                block, type_size = GGML_QUANT_SIZES[qtype]
                 item, shape = np.dtype(np.uint8), quant_shape_to_byte_shape(info.shape, qtype)
                 count = int(np.prod(shape))
             raw = blob[start:start + count * item.itemsize]
